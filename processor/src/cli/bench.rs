@@ -1,0 +1,194 @@
+//! `weir bench`: the offline path under load, with a built-in Nexmark-style generator.
+//! decode (Confluent wire Avro) -> key_by bidder -> tumbling 10 s count/sum/max ->
+//! checkpoint to RocksDB -> encode results as Avro. Prints events/s, p99 per-event
+//! processing time, RocksDB writes per event and peak RSS.
+
+use crate::monitor::peak_rss_bytes;
+use crate::pipeline::load_file;
+use crate::runtime::engine::Engine;
+use crate::schema::codec::RecordEncoder;
+use crate::source::{Payload, SourceRecord};
+use crate::state::{Store, META_KEY};
+use anyhow::Context;
+use clap::Args;
+use rocksdb::WriteBatch;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Benchmark the offline path at a given number of distinct keys.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Events to process.
+    #[arg(long, default_value_t = 5_000_000)]
+    events: u64,
+    /// Distinct bidders (group keys).
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    /// Events per 10 s window of event time (default: twice the keys, so a window sees
+    /// most keys).
+    #[arg(long)]
+    events_per_window: Option<u64>,
+    /// Override the pipeline's write-cache bound (entries).
+    #[arg(long)]
+    cache_entries: Option<usize>,
+    /// Checkpoint every this many events.
+    #[arg(long, default_value_t = 200_000)]
+    checkpoint_every: u64,
+    /// Where RocksDB lives (default: a temporary directory).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// The pipeline to run.
+    #[arg(long, default_value = "pipelines/nexmark-bids.yaml")]
+    pipeline: PathBuf,
+}
+
+/// A deterministic xorshift generator: the benchmark needs no statistical quality.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn zigzag(n: i64, out: &mut Vec<u8>) {
+    let mut z = ((n << 1) ^ (n >> 63)) as u64;
+    while z >= 0x80 {
+        out.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
+fn string(s: &str, out: &mut Vec<u8>) {
+    zigzag(s.len() as i64, out);
+    out.extend_from_slice(s.as_bytes());
+}
+
+const CHANNELS: [&str; 4] = ["apple", "google", "facebook", "baidu"];
+
+/// One bid in Confluent wire format (schema id 1), about 100 bytes.
+fn bid(rng: &mut Rng, keys: u64, date_time: i64, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&[0, 0, 0, 0, 1]);
+    let r = rng.next();
+    zigzag((r % 10_000) as i64 + 1000, out); // auction
+    zigzag((rng.next() % keys) as i64, out); // bidder
+    zigzag(((r >> 20) % 100_000) as i64 + 1, out); // price
+    string(CHANNELS[(r >> 40) as usize % 4], out);
+    string("https://www.nexmark.com/item.htm?query=1", out);
+    zigzag(date_time, out);
+    string("xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", out); // padding to ~100 bytes
+}
+
+pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    let loaded = load_file(&a.pipeline, None);
+    let Some(mut plan) = loaded.plan else {
+        for p in &loaded.problems {
+            eprintln!("error: {p}");
+        }
+        anyhow::bail!("{} is not a valid pipeline", a.pipeline.display());
+    };
+    if let Some(c) = a.cache_entries {
+        plan.state.cache_entries = c.max(1);
+    }
+    let tmp = tempfile::Builder::new().prefix("weir-bench-").tempdir()?;
+    let dir = a.state_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let mut store = Store::open(&dir, &plan.state).context("opening the state store")?;
+    let encoder = RecordEncoder::new(plan.output.schema.clone());
+    let mut engine = Engine::new(&plan, None);
+    let keys = a.keys.max(1);
+    let per_window = a.events_per_window.unwrap_or(keys * 2).max(1);
+    // Event time advances 10 s per `per_window` events, in microsecond steps.
+    let step_us = 10_000_000f64 / per_window as f64;
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let base: i64 = 1_767_225_600_000;
+
+    const CHUNK: usize = 65_536;
+    let mut pool: Vec<SourceRecord> = Vec::with_capacity(CHUNK);
+    let mut buf = Vec::with_capacity(128);
+    let mut emitted = Vec::new();
+    let mut dead = Vec::new();
+    let mut out_bytes = 0u64;
+    let mut enc_buf = Vec::with_capacity(256);
+    let mut samples: Vec<u32> = Vec::with_capacity((a.events / 64 + 1) as usize);
+    let mut checkpoint_times = Vec::new();
+    let mut busy = Duration::ZERO;
+    let mut since_cp = 0u64;
+    let mut produced = 0u64;
+    let mut bytes_in = 0u64;
+
+    while produced < a.events {
+        // Generate a chunk (not timed).
+        pool.clear();
+        let n = CHUNK.min((a.events - produced) as usize);
+        for i in 0..n {
+            let seq = produced + i as u64;
+            let t = base + ((seq as f64 * step_us) / 1000.0) as i64;
+            bid(&mut rng, keys, t, &mut buf);
+            bytes_in += buf.len() as u64;
+            pool.push(SourceRecord {
+                topic: "nexmark-bids".into(),
+                partition: 0,
+                offset: seq as i64,
+                timestamp: None,
+                key: None,
+                value: Payload::Bytes(buf.clone()),
+                line: seq,
+            });
+        }
+        let started = Instant::now();
+        for (i, rec) in pool.iter().enumerate() {
+            let sample = i % 64 == 0;
+            let t0 = sample.then(Instant::now);
+            engine.process(&store, rec, &mut emitted, &mut dead)?;
+            for e in emitted.drain(..) {
+                enc_buf.clear();
+                encoder.encode(&engine.output_value(&e), &mut enc_buf).map_err(anyhow::Error::msg)?;
+                out_bytes += enc_buf.len() as u64;
+            }
+            if let Some(t0) = t0 {
+                samples.push(t0.elapsed().as_nanos().min(u32::MAX as u128) as u32);
+            }
+            since_cp += 1;
+            if since_cp >= a.checkpoint_every || engine.windows.over_capacity() {
+                let c0 = Instant::now();
+                let mut batch = WriteBatch::default();
+                engine.windows.checkpoint_into(&mut batch)?;
+                batch.put(META_KEY, (rec.offset + 1).to_be_bytes());
+                store.write(batch)?;
+                engine.windows.after_checkpoint();
+                checkpoint_times.push(c0.elapsed());
+                since_cp = 0;
+            }
+        }
+        busy += started.elapsed();
+        produced += n as u64;
+    }
+    let started = Instant::now();
+    engine.finish(&store, &mut emitted)?;
+    for e in emitted.drain(..) {
+        enc_buf.clear();
+        encoder.encode(&engine.output_value(&e), &mut enc_buf).map_err(anyhow::Error::msg)?;
+        out_bytes += enc_buf.len() as u64;
+    }
+    busy += started.elapsed();
+
+    samples.sort_unstable();
+    let pct = |p: f64| samples.get(((samples.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0);
+    checkpoint_times.sort();
+    let cp99 = checkpoint_times.get(((checkpoint_times.len() as f64 - 1.0) * 0.99).max(0.0) as usize).copied().unwrap_or_default();
+    let secs = busy.as_secs_f64();
+    println!("weir bench: {} events, {} distinct keys, {} events per 10 s window, cache {} entries", a.events, keys, per_window, plan.state.cache_entries);
+    println!("  throughput      {:.0} events/s ({:.1} MB/s of Avro in) on one thread", a.events as f64 / secs, bytes_in as f64 / secs / 1e6);
+    println!("  per event       p50 {} ns, p99 {} ns, max {} ns (1 in 64 sampled)", pct(0.5), pct(0.99), samples.last().copied().unwrap_or(0));
+    println!("  checkpoints     {} (p99 {:.1} ms)", checkpoint_times.len(), cp99.as_secs_f64() * 1e3);
+    println!("  rocksdb writes  {:.3} per input event ({} in all)", store.writes as f64 / a.events as f64, store.writes);
+    println!("  results         {} ({} bytes of Avro), dead letters {}", engine.counters.results_out, out_bytes, engine.counters.dead_total());
+    println!("  peak RSS        {:.1} MiB", peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0);
+    println!("  state on disk   {:.1} MiB", store.size_bytes() as f64 / 1048576.0);
+    Ok(ExitCode::SUCCESS)
+}

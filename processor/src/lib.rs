@@ -1,0 +1,40 @@
+//! # Weir: a stateful stream processor for Kafka
+//!
+//! One event's path, top to bottom; each module reads only from the ones above it:
+//!
+//! ```text
+//!   pipelines/*.yaml ──► pipeline   definition types, validation (every problem, with path
+//!                          │          and fix), compile to a Plan
+//!   event log / Kafka ─► source     raw records with coordinates (topic/partition/offset,
+//!                          │          file/line); no decoding here
+//!                          ▼
+//!                        schema     bytes -> validated Avro record (Confluent wire, raw Avro,
+//!                          │          JSON), writer->reader resolution set up once
+//!                          ▼
+//!                        operators  filter/map (CEL), key_by, window assignment, watermarks,
+//!                          │          aggregate accumulators
+//!                          ▼
+//!                        state      write cache of window accumulators in front of RocksDB;
+//!                          │          one WriteBatch per checkpoint (state + positions)
+//!                          ▼
+//!                        sink       derived events (file, stdout; Kafka, PostgreSQL next) and
+//!                          │          dead letters; the idempotency contract
+//!                          ▼
+//!                        monitor    counters, summary, peak RSS
+//!
+//!   runtime  wires them per record and runs the checkpoint loop (its docs state the
+//!            at-least-once argument);  cli  is the door (`weir run|validate|bench`).
+//! ```
+//!
+//! Invalid events never stop a pipeline: they go to the dead letter with the reason
+//! (`decode`, `schema`, `expression`, `late`), their source coordinates and original bytes.
+
+pub mod pipeline;
+pub mod source;
+pub mod schema;
+pub mod operators;
+pub mod state;
+pub mod sink;
+pub mod monitor;
+pub mod runtime;
+pub mod cli;

@@ -1,0 +1,77 @@
+//! Watermarks. A partition's watermark is the largest event time it has shown minus
+//! `max_out_of_orderness`; the pipeline's is the minimum over partitions that are not
+//! idle, and never goes back. A partition is idle when the clock has moved
+//! `idle_timeout` past its last record; with every partition idle, the largest
+//! partition watermark counts. Offline the clock is the largest event time read so far
+//! (so a replay is deterministic); against Kafka it is the wall clock.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Watermarks {
+    ooo: i64,
+    idle: Option<i64>,
+    /// partition -> (largest event time, clock at its last record)
+    parts: BTreeMap<u32, (i64, i64)>,
+    current: i64,
+}
+
+impl Watermarks {
+    pub fn new(max_out_of_orderness_ms: i64, idle_timeout_ms: Option<i64>) -> Watermarks {
+        Watermarks { ooo: max_out_of_orderness_ms, idle: idle_timeout_ms, parts: BTreeMap::new(), current: i64::MIN }
+    }
+
+    pub fn observe(&mut self, partition: u32, ts: i64, clock: i64) {
+        let e = self.parts.entry(partition).or_insert((i64::MIN, clock));
+        e.0 = e.0.max(ts);
+        e.1 = clock;
+    }
+
+    /// Recomputes and returns the pipeline watermark at `clock`.
+    pub fn advance(&mut self, clock: i64) -> i64 {
+        let active = self.parts.values().filter(|(_, seen)| self.idle.is_none_or(|t| clock.saturating_sub(*seen) < t));
+        let min_active = active.map(|(ts, _)| *ts).min();
+        let wm = match min_active {
+            Some(ts) => ts,
+            None => self.parts.values().map(|(ts, _)| *ts).max().unwrap_or(i64::MIN),
+        };
+        let wm = wm.saturating_sub(self.ooo);
+        self.current = self.current.max(wm);
+        self.current
+    }
+
+    /// At the end of a bounded input every window may close.
+    pub fn finish(&mut self) -> i64 {
+        self.current = i64::MAX;
+        self.current
+    }
+
+    pub fn current(&self) -> i64 {
+        self.current
+    }
+
+    /// Per partition: (largest event time, watermark).
+    pub fn partitions(&self) -> impl Iterator<Item = (u32, i64)> + '_ {
+        self.parts.iter().map(|(p, (ts, _))| (*p, *ts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_over_active_partitions() {
+        let mut w = Watermarks::new(10, Some(100));
+        w.observe(0, 1000, 1000);
+        w.observe(1, 500, 1000);
+        assert_eq!(w.advance(1000), 490);
+        // partition 1 goes quiet while time moves on
+        w.observe(0, 1200, 1200);
+        assert_eq!(w.advance(1200), 1190);
+        // and never goes back
+        w.observe(1, 600, 1200);
+        assert_eq!(w.advance(1200), 1190);
+    }
+}

@@ -1,0 +1,52 @@
+//! Window assignment. All arithmetic is in integer epoch milliseconds.
+//!
+//! Alignment: tumbling windows are `[k*size, (k+1)*size)` and hopping windows
+//! `[k*advance, k*advance + size)` for integer `k`, aligned to the Unix epoch
+//! (1970-01-01T00:00:00Z), so a 1-minute window starts on a whole UTC minute and a 1-day
+//! window at UTC midnight. Negative times floor toward minus infinity. A session is
+//! `[first event, last event + gap)`; two sessions of a key merge when an event makes
+//! them overlap or touch.
+//!
+//! A window closes when the watermark reaches `end + grace`; an event whose every window
+//! is closed on arrival is late.
+
+use crate::pipeline::compile::WindowAssigner;
+
+/// The aligned windows (start, end) containing `ts`, oldest first. Empty for sessions,
+/// which the state store assigns by merging.
+pub fn assign(a: WindowAssigner, ts: i64) -> Vec<(i64, i64)> {
+    match a {
+        WindowAssigner::Tumbling { size } => {
+            let start = ts.div_euclid(size) * size;
+            vec![(start, start + size)]
+        }
+        WindowAssigner::Hopping { size, advance } => {
+            let last = ts.div_euclid(advance) * advance;
+            let mut out = Vec::new();
+            let mut s = last;
+            while s > ts - size {
+                out.push((s, s + size));
+                s -= advance;
+            }
+            out.reverse();
+            out
+        }
+        WindowAssigner::Session { .. } => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tumbling_and_hopping_align_to_epoch() {
+        assert_eq!(assign(WindowAssigner::Tumbling { size: 60_000 }, 61_000), vec![(60_000, 120_000)]);
+        assert_eq!(assign(WindowAssigner::Tumbling { size: 10 }, -1), vec![(-10, 0)]);
+        assert_eq!(
+            assign(WindowAssigner::Hopping { size: 30, advance: 10 }, 25),
+            vec![(0, 30), (10, 40), (20, 50)]
+        );
+        assert_eq!(assign(WindowAssigner::Hopping { size: 30, advance: 10 }, 30), vec![(10, 40), (20, 50), (30, 60)]);
+    }
+}

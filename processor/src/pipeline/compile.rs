@@ -1,0 +1,701 @@
+//! Definition -> plan. Resolves every name to an index and every duration to milliseconds,
+//! infers the type of each field through the steps, and checks the result against the
+//! declared output schema. Every problem found is collected; a plan exists only when there
+//! are none.
+
+use super::validate::Problems;
+use super::{
+    AggFn, EmitMode, EventTimeDef, KeyByDef, MapFieldDef, PipelineDef, SinkDef, StateDef,
+    ValueFormat, WindowKind,
+};
+use crate::schema::codec::check_readable;
+use crate::schema::{record_fields, FieldType, Kind, SchemaResolver};
+use apache_avro::Schema;
+use cel_interpreter::Program;
+
+/// An executable pipeline: every name resolved, every duration in milliseconds.
+pub struct Plan {
+    pub name: String,
+    pub source: SourcePlan,
+    pub row_steps: Vec<RowStep>,
+    pub key: KeyPlan,
+    pub window: WindowPlan,
+    pub aggs: Vec<AggPlan>,
+    pub emit: EmitPlan,
+    pub output: OutputPlan,
+    pub sinks: Vec<SinkDef>,
+    pub dead_letter: Option<SinkDef>,
+    pub state: StateDef,
+}
+
+pub struct SourcePlan {
+    pub topics: Vec<String>,
+    pub group: String,
+    pub format: ValueFormat,
+    pub reader_schema: Schema,
+    pub writer_schemas: Vec<(u32, Schema)>,
+    pub event_time: EventTime,
+    pub max_out_of_orderness_ms: i64,
+    pub idle_timeout_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub enum EventTime {
+    RecordTimestamp,
+    Field { index: usize, name: String, unit: TimeUnit },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeUnit {
+    Millis,
+    Micros,
+    Rfc3339,
+}
+
+/// A compiled CEL expression and the row fields it reads.
+pub struct Expr {
+    pub text: String,
+    pub program: Program,
+    pub vars: Vec<(String, usize)>,
+}
+
+pub enum RowStep {
+    Filter(Expr),
+    Map(Vec<MapOut>),
+}
+
+pub enum MapOut {
+    Field(usize),
+    Expr(Expr, FieldType),
+}
+
+pub enum KeyPlan {
+    Fields(Vec<usize>),
+    Expr(Expr),
+}
+
+pub struct KeyField {
+    pub name: String,
+    pub ty: FieldType,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowAssigner {
+    Tumbling { size: i64 },
+    Hopping { size: i64, advance: i64 },
+    Session { gap: i64 },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct WindowPlan {
+    pub assigner: WindowAssigner,
+    pub grace: i64,
+}
+
+pub struct AggPlan {
+    pub name: String,
+    pub func: AggFn,
+    /// Row index of the input field (`None` for `count` of rows).
+    pub field: Option<usize>,
+    pub input: Option<FieldType>,
+    pub out: FieldType,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmitPlan {
+    Final,
+    Update { interval_ms: i64 },
+}
+
+pub struct OutputPlan {
+    pub schema: Schema,
+    pub key_fields: Vec<KeyField>,
+    pub fields: Vec<OutField>,
+}
+
+pub struct OutField {
+    pub name: String,
+    pub source: OutSource,
+    pub schema: Schema,
+    pub ty: FieldType,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutSource {
+    Key(usize),
+    WindowStart,
+    WindowEnd,
+    Agg(usize),
+}
+
+/// The type a key or aggregate carries into the output for an input kind.
+fn out_kind(k: &Kind) -> Kind {
+    match k {
+        Kind::Enum | Kind::Uuid => Kind::String,
+        other => other.clone(),
+    }
+}
+
+fn groupable(k: &Kind) -> bool {
+    matches!(
+        k,
+        Kind::Boolean
+            | Kind::Int
+            | Kind::Long
+            | Kind::Float
+            | Kind::Double
+            | Kind::String
+            | Kind::Bytes
+            | Kind::Enum
+            | Kind::Uuid
+            | Kind::Date
+            | Kind::TimeMillis
+            | Kind::TimeMicros
+            | Kind::TimestampMillis
+            | Kind::TimestampMicros
+    )
+}
+
+fn field_names(row: &[(String, FieldType)]) -> String {
+    row.iter()
+        .map(|(n, _)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn duration(p: &mut Problems, path: &str, d: &Option<super::DurationSpec>, positive: bool) -> Option<i64> {
+    let d = d.as_ref()?;
+    match d.millis() {
+        Err(e) => {
+            p.add(
+                path,
+                format!("`{}` is not a duration ({e})", d.0),
+                "write a duration such as 30s, 5m, 1h or 250ms",
+            );
+            None
+        }
+        Ok(ms) if positive && ms <= 0 => {
+            p.add(
+                path,
+                format!("must be greater than 0, got {}", d.0),
+                "set a positive duration such as 1m",
+            );
+            None
+        }
+        Ok(ms) if ms < 0 => {
+            p.add(
+                path,
+                format!("must be >= 0s, got {}", d.0),
+                "use 0s for no allowance, or a positive duration",
+            );
+            None
+        }
+        Ok(ms) => Some(ms),
+    }
+}
+
+fn compile_expr(p: &mut Problems, path: &str, text: &str, row: &[(String, FieldType)]) -> Option<Expr> {
+    let program = match Program::compile(text) {
+        Ok(prog) => prog,
+        Err(e) => {
+            let msg = e.to_string().lines().next().unwrap_or_default().to_string();
+            p.add(
+                path,
+                format!("invalid CEL expression `{text}`: {msg}"),
+                "see https://github.com/google/cel-spec for the syntax; field names are variables",
+            );
+            return None;
+        }
+    };
+    let mut vars = Vec::new();
+    let mut ok = true;
+    let mut referenced = program.references().variables().into_iter().map(str::to_string).collect::<Vec<_>>();
+    referenced.sort();
+    for v in referenced {
+        match row.iter().position(|(n, _)| *n == v) {
+            Some(i) => vars.push((v, i)),
+            None => {
+                ok = false;
+                p.add(
+                    path,
+                    format!("unknown field `{v}` in expression `{text}`"),
+                    format!("use one of the fields available here: {}", field_names(row)),
+                );
+            }
+        }
+    }
+    ok.then(|| Expr {
+        text: text.to_string(),
+        program,
+        vars,
+    })
+}
+
+fn declared_type(p: &mut Problems, path: &str, ty: Option<&str>, nullable: bool) -> Option<FieldType> {
+    match ty {
+        None => {
+            p.add(
+                path,
+                "a computed field needs its type",
+                format!("write it as {{expr: \"...\", type: long}}; types: {}", Kind::DECLARABLE),
+            );
+            None
+        }
+        Some(t) => match Kind::parse_declared(t) {
+            Some(k) => Some(FieldType::new(k, nullable)),
+            None => {
+                p.add(
+                    &format!("{path}.type"),
+                    format!("unknown type `{t}`"),
+                    format!("use one of: {}", Kind::DECLARABLE),
+                );
+                None
+            }
+        },
+    }
+}
+
+/// Compiles a structurally valid definition, adding every semantic problem to `p`.
+pub fn compile(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems) -> Option<Plan> {
+    let source = compile_source(def, resolver, p);
+    let mut row: Vec<(String, FieldType)> = source
+        .as_ref()
+        .and_then(|s| record_fields(&s.reader_schema))
+        .unwrap_or_default();
+    let schema_known = source.is_some();
+
+    let mut row_steps = Vec::new();
+    let mut key: Option<(KeyPlan, Vec<KeyField>)> = None;
+    let mut window: Option<WindowPlan> = None;
+    let mut aggregate: Option<(Vec<AggPlan>, EmitPlan)> = None;
+    let mut stage = 0; // 0: row steps, 1: after key_by, 2: after window, 3: after aggregate
+
+    if def.steps.is_empty() {
+        p.add("steps", "no steps", "add key_by, window and aggregate steps");
+    }
+    for (i, step) in def.steps.iter().enumerate() {
+        let path = format!("steps[{i}]");
+        let kinds = step.kinds();
+        if kinds.len() != 1 {
+            p.add(
+                &path,
+                if kinds.is_empty() {
+                    "empty step".to_string()
+                } else {
+                    format!("one step sets {} at once", kinds.join(" and "))
+                },
+                "give each step exactly one of: filter, map, key_by, window, aggregate",
+            );
+            continue;
+        }
+        let kind = kinds[0];
+        let want_stage = match kind {
+            "filter" | "map" => 0,
+            "key_by" => 1,
+            "window" => 2,
+            _ => 3,
+        };
+        let expected_next = ["filter, map or key_by", "window", "aggregate", "nothing"][stage.min(3)];
+        if want_stage < stage || want_stage > stage + 1 || (want_stage == stage && want_stage != 0) {
+            p.add(
+                &format!("{path}.{kind}"),
+                format!("`{kind}` cannot come here; expected {expected_next}"),
+                "order the steps as: filter/map (any number), key_by, window, aggregate",
+            );
+            continue;
+        }
+        stage = want_stage;
+        if let Some(f) = &step.filter {
+            if schema_known {
+                if let Some(e) = compile_expr(p, &format!("{path}.filter"), f, &row) {
+                    row_steps.push(RowStep::Filter(e));
+                }
+            }
+        }
+        if let Some(m) = &step.map {
+            if m.is_empty() {
+                p.add(&format!("{path}.map"), "a map step needs at least one field", "list the fields to keep or compute");
+            }
+            let mut outs = Vec::new();
+            let mut next_row = Vec::new();
+            for (name, fd) in m {
+                let fpath = format!("{path}.map.{name}");
+                let (text, ty, nullable) = match fd {
+                    MapFieldDef::Expr(t) => (t.as_str(), None, false),
+                    MapFieldDef::Typed(t) => (t.expr.as_str(), t.ty.as_deref(), t.nullable),
+                };
+                if !schema_known {
+                    continue;
+                }
+                // A bare field name copies (or renames) a field and keeps its type.
+                if let Some(idx) = row.iter().position(|(n, _)| n == text.trim()) {
+                    if ty.is_none() {
+                        outs.push(MapOut::Field(idx));
+                        next_row.push((name.clone(), row[idx].1.clone()));
+                        continue;
+                    }
+                }
+                let e = compile_expr(p, &fpath, text, &row);
+                let t = declared_type(p, &fpath, ty, nullable);
+                if let (Some(e), Some(t)) = (e, t) {
+                    next_row.push((name.clone(), t.clone()));
+                    outs.push(MapOut::Expr(e, t));
+                }
+            }
+            if schema_known {
+                row = next_row;
+                row_steps.push(RowStep::Map(outs));
+            }
+        }
+        if let Some(k) = &step.key_by {
+            key = compile_key(p, &format!("{path}.key_by"), k, &row, schema_known);
+        }
+        if let Some(w) = &step.window {
+            window = compile_window(p, &format!("{path}.window"), w);
+        }
+        if let Some(a) = &step.aggregate {
+            aggregate = compile_aggregate(p, &format!("{path}.aggregate"), a, &row, schema_known);
+        }
+    }
+    if stage < 3 && !def.steps.is_empty() {
+        let missing = ["key_by", "window", "aggregate"][stage.min(2)..].join(", ");
+        p.add(
+            "steps",
+            format!("the steps end before {missing}"),
+            "a pipeline needs key_by, window and aggregate steps, in that order",
+        );
+    }
+
+    let output_schema = match resolver.load(&def.output.schema) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            p.add("output.schema", e.to_string(), "put the .avsc file in schemas/ or fix the name");
+            None
+        }
+    };
+    let output = match (&output_schema, &key, &aggregate) {
+        (Some(s), Some((_, kf)), Some((aggs, _))) => check_output(p, s, kf, aggs),
+        _ => None,
+    };
+
+    for (i, s) in def.sinks.iter().enumerate() {
+        check_sink(p, &format!("sinks[{i}]"), s);
+    }
+    if let Some(d) = &def.dead_letter {
+        check_sink(p, "dead_letter", d);
+    }
+    if def.state.cache_entries == 0 {
+        p.add("state.cache_entries", "must be at least 1", "the default is 1000000");
+    }
+
+    if !p.is_empty() {
+        return None;
+    }
+    let (key, _) = key?;
+    let (aggs, emit) = aggregate?;
+    Some(Plan {
+        name: def.name.clone(),
+        source: source?,
+        row_steps,
+        key,
+        window: window?,
+        aggs,
+        emit,
+        output: output?,
+        sinks: def.sinks.clone(),
+        dead_letter: def.dead_letter.clone(),
+        state: def.state.clone(),
+    })
+}
+
+fn check_sink(p: &mut Problems, path: &str, s: &SinkDef) {
+    match s.kind {
+        super::SinkKind::File if s.path.as_deref().unwrap_or("").is_empty() => {
+            p.add(&format!("{path}.path"), "a file sink needs a path", "add path: out/results.jsonl");
+        }
+        super::SinkKind::Stdout if s.path.is_some() => {
+            p.add(&format!("{path}.path"), "stdout takes no path", "remove path, or use type: file");
+        }
+        _ => {}
+    }
+}
+
+fn compile_source(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems) -> Option<SourcePlan> {
+    let s = &def.source;
+    if s.topics.is_empty() {
+        p.add("source.topics", "at least one topic is needed", "add topics: [my-topic]");
+    }
+    let reader = match resolver.load(&s.schema) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            p.add("source.schema", e.to_string(), "put the .avsc file in schemas/ or fix the name");
+            None
+        }
+    };
+    let reader = match reader {
+        Some(r) if record_fields(&r).is_none() => {
+            p.add("source.schema", "the event schema must be an Avro record", "wrap the fields in {\"type\": \"record\", ...}");
+            None
+        }
+        r => r,
+    };
+    let mut writers = Vec::new();
+    if s.format != ValueFormat::Avro && !s.writer_schemas.is_empty() {
+        p.add("source.writer_schemas", "writer schemas by id apply to the `avro` (Confluent wire) format only", "remove writer_schemas, or set format: avro");
+    }
+    for (id, file) in &s.writer_schemas {
+        let path = format!("source.writer_schemas.{id}");
+        match resolver.load(file) {
+            Err(e) => p.add(&path, e.to_string(), "put the .avsc file in schemas/ or fix the name"),
+            Ok(w) => {
+                if let Some(r) = &reader {
+                    if let Err(e) = check_readable(&w, r) {
+                        p.add(&path, format!("events written with {file} cannot be read as {}: {e}", s.schema), "give removed fields no role and added fields a default");
+                    }
+                }
+                writers.push((*id, w));
+            }
+        }
+    }
+    if s.format == ValueFormat::Avro && s.writer_schemas.is_empty() {
+        if let Some(r) = &reader {
+            // Offline default: the reader schema under id 1.
+            writers.push((1, r.clone()));
+        }
+    }
+    let event_time = compile_event_time(p, &s.event_time, reader.as_ref());
+    let ooo = duration(p, "source.watermark.max_out_of_orderness", &s.watermark.max_out_of_orderness, false).unwrap_or(0);
+    let idle = duration(p, "source.watermark.idle_timeout", &s.watermark.idle_timeout, true);
+    Some(SourcePlan {
+        topics: s.topics.clone(),
+        group: s.group.clone().unwrap_or_else(|| format!("weir-{}", def.name)),
+        format: s.format,
+        reader_schema: reader?,
+        writer_schemas: writers,
+        event_time: event_time?,
+        max_out_of_orderness_ms: ooo,
+        idle_timeout_ms: idle,
+    })
+}
+
+fn compile_event_time(p: &mut Problems, et: &EventTimeDef, reader: Option<&Schema>) -> Option<EventTime> {
+    match (&et.field, et.record_timestamp) {
+        (Some(_), Some(true)) | (None, None) | (None, Some(false)) => {
+            p.add("source.event_time", "set exactly one of `field` or `record_timestamp: true`", "for example event_time: {field: ts}");
+            None
+        }
+        (None, Some(true)) => Some(EventTime::RecordTimestamp),
+        (Some(f), _) => {
+            let fields = record_fields(reader?)?;
+            let Some(index) = fields.iter().position(|(n, _)| n == f) else {
+                p.add("source.event_time.field", format!("unknown field `{f}`"), format!("use one of: {}", field_names(&fields)));
+                return None;
+            };
+            let unit = match fields[index].1.kind {
+                Kind::TimestampMillis | Kind::Long => TimeUnit::Millis,
+                Kind::TimestampMicros => TimeUnit::Micros,
+                Kind::String => TimeUnit::Rfc3339,
+                ref k => {
+                    p.add("source.event_time.field", format!("`{f}` is {}, which cannot hold an event time", k.name()), "use a timestamp-millis, timestamp-micros, long (epoch ms) or RFC 3339 string field");
+                    return None;
+                }
+            };
+            Some(EventTime::Field { index, name: f.clone(), unit })
+        }
+    }
+}
+
+fn compile_key(p: &mut Problems, path: &str, k: &KeyByDef, row: &[(String, FieldType)], known: bool) -> Option<(KeyPlan, Vec<KeyField>)> {
+    match k {
+        KeyByDef::Fields(fields) => {
+            if fields.is_empty() {
+                p.add(path, "no key fields", "list at least one field, e.g. key_by: [user_id]");
+                return None;
+            }
+            if !known {
+                return None;
+            }
+            let mut idx = Vec::new();
+            let mut kf = Vec::new();
+            for (i, f) in fields.iter().enumerate() {
+                match row.iter().position(|(n, _)| n == f) {
+                    None => p.add(&format!("{path}[{i}]"), format!("unknown field `{f}`"), format!("use one of the fields available here: {}", field_names(row))),
+                    Some(j) if !groupable(&row[j].1.kind) => p.add(&format!("{path}[{i}]"), format!("`{f}` is {}, which cannot be a key", row[j].1.kind.name()), "key by scalar fields (strings, numbers, booleans, enums, timestamps)"),
+                    Some(j) => {
+                        idx.push(j);
+                        kf.push(KeyField { name: f.clone(), ty: FieldType::new(out_kind(&row[j].1.kind), row[j].1.nullable) });
+                    }
+                }
+            }
+            (idx.len() == fields.len()).then_some((KeyPlan::Fields(idx), kf))
+        }
+        KeyByDef::Expr(e) => {
+            if !known {
+                return None;
+            }
+            let expr = compile_expr(p, &format!("{path}.expr"), &e.expr, row);
+            let ty = declared_type(p, path, Some(&e.ty), false);
+            Some((KeyPlan::Expr(expr?), vec![KeyField { name: e.name.clone(), ty: ty? }]))
+        }
+    }
+}
+
+fn compile_window(p: &mut Problems, path: &str, w: &super::WindowDef) -> Option<WindowPlan> {
+    let grace = duration(p, &format!("{path}.grace"), &w.grace, false).unwrap_or(0);
+    let need = |p: &mut Problems, name: &str, d: &Option<super::DurationSpec>, example: &str| -> Option<i64> {
+        if d.is_none() {
+            p.add(&format!("{path}.{name}"), format!("a {:?} window needs `{name}`", w.kind).to_lowercase(), format!("add {name}: {example}"));
+            return None;
+        }
+        duration(p, &format!("{path}.{name}"), d, true)
+    };
+    let forbid = |p: &mut Problems, name: &str, d: &Option<super::DurationSpec>| {
+        if d.is_some() {
+            p.add(&format!("{path}.{name}"), format!("a {:?} window has no `{name}`", w.kind).to_lowercase(), format!("remove {name}"));
+        }
+    };
+    let assigner = match w.kind {
+        WindowKind::Tumbling => {
+            forbid(p, "advance", &w.advance);
+            forbid(p, "gap", &w.gap);
+            WindowAssigner::Tumbling { size: need(p, "size", &w.size, "1m")? }
+        }
+        WindowKind::Hopping => {
+            forbid(p, "gap", &w.gap);
+            let size = need(p, "size", &w.size, "1m");
+            let advance = need(p, "advance", &w.advance, "10s");
+            let (size, advance) = (size?, advance?);
+            if advance > size {
+                p.add(&format!("{path}.advance"), format!("must not exceed size ({} > {})", w.advance.as_ref()?.0, w.size.as_ref()?.0), "use an advance no larger than the size; equal means tumbling");
+                return None;
+            }
+            WindowAssigner::Hopping { size, advance }
+        }
+        WindowKind::Session => {
+            forbid(p, "size", &w.size);
+            forbid(p, "advance", &w.advance);
+            WindowAssigner::Session { gap: need(p, "gap", &w.gap, "5m")? }
+        }
+    };
+    Some(WindowPlan { assigner, grace })
+}
+
+fn compile_aggregate(p: &mut Problems, path: &str, a: &super::AggregateDef, row: &[(String, FieldType)], known: bool) -> Option<(Vec<AggPlan>, EmitPlan)> {
+    if a.outputs.is_empty() {
+        p.add(&format!("{path}.outputs"), "no outputs", "add e.g. views: {fn: count}");
+    }
+    let emit = match a.emit.unwrap_or(EmitMode::Final) {
+        EmitMode::Final => {
+            if a.interval.is_some() {
+                p.add(&format!("{path}.interval"), "`interval` applies to emit: update only", "remove interval, or set emit: update");
+            }
+            EmitPlan::Final
+        }
+        EmitMode::Update => EmitPlan::Update { interval_ms: duration(p, &format!("{path}.interval"), &a.interval, false).unwrap_or(0) },
+    };
+    let mut aggs = Vec::new();
+    for (name, o) in &a.outputs {
+        let opath = format!("{path}.outputs.{name}");
+        if matches!(name.as_str(), "window_start" | "window_end") {
+            p.add(&opath, format!("`{name}` is reserved for the window bounds"), "choose another output name");
+            continue;
+        }
+        let input = match (&o.field, o.func) {
+            (None, AggFn::Count) => None,
+            (None, f) => {
+                p.add(&format!("{opath}.field"), format!("{} needs a field", fn_name(f)), format!("add field: <one of {}>", field_names(row)));
+                continue;
+            }
+            (Some(f), func) => {
+                if !known {
+                    continue;
+                }
+                let Some(j) = row.iter().position(|(n, _)| n == f) else {
+                    p.add(&format!("{opath}.field"), format!("unknown field `{f}`"), format!("use one of the fields available here: {}", field_names(row)));
+                    continue;
+                };
+                let t = &row[j].1;
+                let ok = match func {
+                    AggFn::Sum | AggFn::Avg => t.kind.is_numeric(),
+                    _ => groupable(&t.kind),
+                };
+                if !ok {
+                    let need = if matches!(func, AggFn::Sum | AggFn::Avg) { "a numeric (int, long, float, double)" } else { "a scalar" };
+                    p.add(&format!("{opath}.field"), format!("{} needs {need} field; `{f}` is {}", fn_name(func), t.kind.name()), "aggregate another field, or convert it in a map step");
+                    continue;
+                }
+                Some((j, t.clone()))
+            }
+        };
+        let out = match (o.func, &input) {
+            (AggFn::Count | AggFn::CountDistinct, _) => FieldType::new(Kind::Long, false),
+            (AggFn::Sum, Some((_, t))) => FieldType::new(if matches!(t.kind, Kind::Int | Kind::Long) { Kind::Long } else { Kind::Double }, t.nullable),
+            (AggFn::Avg, Some((_, t))) => FieldType::new(Kind::Double, t.nullable),
+            (_, Some((_, t))) => FieldType::new(out_kind(&t.kind), t.nullable),
+            (_, None) => continue,
+        };
+        aggs.push(AggPlan { name: name.clone(), func: o.func, field: input.as_ref().map(|x| x.0), input: input.map(|x| x.1), out });
+    }
+    Some((aggs, emit))
+}
+
+pub fn fn_name(f: AggFn) -> &'static str {
+    match f {
+        AggFn::Count => "count",
+        AggFn::Sum => "sum",
+        AggFn::Min => "min",
+        AggFn::Max => "max",
+        AggFn::Avg => "avg",
+        AggFn::CountDistinct => "count_distinct",
+        AggFn::First => "first",
+        AggFn::Last => "last",
+    }
+}
+
+fn check_output(p: &mut Problems, schema: &Schema, keys: &[KeyField], aggs: &[AggPlan]) -> Option<OutputPlan> {
+    let Schema::Record(rec) = schema else {
+        p.add("output.schema", "the output schema must be an Avro record", "wrap the fields in {\"type\": \"record\", ...}");
+        return None;
+    };
+    // What the steps produce, in order.
+    let mut produced: Vec<(String, OutSource, FieldType)> = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        produced.push((k.name.clone(), OutSource::Key(i), k.ty.clone()));
+    }
+    produced.push(("window_start".into(), OutSource::WindowStart, FieldType::new(Kind::TimestampMillis, false)));
+    produced.push(("window_end".into(), OutSource::WindowEnd, FieldType::new(Kind::TimestampMillis, false)));
+    for (i, a) in aggs.iter().enumerate() {
+        produced.push((a.name.clone(), OutSource::Agg(i), a.out.clone()));
+    }
+    let mut ok = true;
+    let mut fields = Vec::new();
+    for f in &rec.fields {
+        let declared = FieldType::of(&f.schema);
+        match produced.iter().find(|(n, _, _)| *n == f.name) {
+            None => {
+                ok = false;
+                p.add("output.schema", format!("field `{}` is in the output schema but no step produces it", f.name), format!("remove it from the schema, or produce it (the steps produce: {})", produced.iter().map(|x| x.0.as_str()).collect::<Vec<_>>().join(", ")));
+            }
+            Some((name, src, ty)) => {
+                let bounds = matches!(src, OutSource::WindowStart | OutSource::WindowEnd);
+                let same = if bounds {
+                    !declared.nullable && matches!(declared.kind, Kind::Long | Kind::TimestampMillis)
+                } else {
+                    declared == *ty
+                };
+                if !same {
+                    ok = false;
+                    p.add("output.schema", format!("field `{name}`: the schema says {declared}, the steps produce {ty}"), format!("declare `{name}` as {ty} in the output schema"));
+                }
+                fields.push(OutField { name: name.clone(), source: *src, schema: f.schema.clone(), ty: declared });
+            }
+        }
+    }
+    for (n, _, ty) in &produced {
+        if !rec.fields.iter().any(|f| f.name == *n) {
+            ok = false;
+            p.add("output.schema", format!("the steps produce `{n}` ({ty}) but the output schema has no such field"), format!("add {{\"name\": \"{n}\", \"type\": {ty}}} to the output schema"));
+        }
+    }
+    ok.then(|| OutputPlan { schema: schema.clone(), key_fields: keys.iter().map(|k| KeyField { name: k.name.clone(), ty: k.ty.clone() }).collect(), fields })
+}

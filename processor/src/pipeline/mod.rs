@@ -1,0 +1,349 @@
+//! Pipeline definitions: the YAML a user writes, parsed and checked.
+//!
+//! Owns: the versioned definition types (`apiVersion: weir/v1`), loading a file while
+//! collecting *every* problem with its path, line and a fix ([`validate`]), and turning a
+//! valid definition into an executable [`compile::Plan`].
+//!
+//! Guarantees: a definition that loads without problems compiles into a plan whose output
+//! records match the declared output schema exactly (names, types, nullability).
+
+pub mod compile;
+pub mod locate;
+pub mod validate;
+
+use indexmap::IndexMap;
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+pub use validate::{load_file, load_str, Loaded, Problem};
+
+/// The definition format version. New versions are added as variants, so old files keep parsing.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum ApiVersion {
+    #[serde(rename = "weir/v1")]
+    V1,
+}
+
+/// A whole pipeline definition (`apiVersion: weir/v1`).
+#[derive(Debug, Clone)]
+pub struct PipelineDef {
+    pub api_version: ApiVersion,
+    pub name: String,
+    pub description: Option<String>,
+    pub source: SourceDef,
+    pub steps: Vec<StepDef>,
+    pub output: OutputDef,
+    pub sinks: Vec<SinkDef>,
+    pub dead_letter: Option<SinkDef>,
+    pub state: StateDef,
+}
+
+/// Top-level keys of a definition, in the order they are documented.
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "apiVersion",
+    "name",
+    "description",
+    "source",
+    "steps",
+    "output",
+    "sinks",
+    "dead_letter",
+    "state",
+];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceDef {
+    /// Kafka topics to read. Offline runs use the first one in dead-letter coordinates.
+    pub topics: Vec<String>,
+    /// Consumer group; defaults to `weir-<pipeline name>`.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// How each record value is encoded.
+    pub format: ValueFormat,
+    /// The reader schema every event must satisfy (an `.avsc` file).
+    pub schema: String,
+    /// Writer schemas by Confluent schema id, for the `avro` format without a registry.
+    #[serde(default)]
+    pub writer_schemas: IndexMap<u32, String>,
+    /// Where the event time comes from.
+    pub event_time: EventTimeDef,
+    #[serde(default)]
+    pub watermark: WatermarkDef,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum ValueFormat {
+    /// Confluent wire format: magic byte 0, 4-byte big-endian schema id, Avro binary.
+    #[serde(rename = "avro")]
+    Avro,
+    /// A bare Avro binary datum written with the reader schema.
+    #[serde(rename = "avro-raw")]
+    AvroRaw,
+    /// A JSON object validated against the Avro schema.
+    #[serde(rename = "json")]
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EventTimeDef {
+    /// A field of the source schema: `timestamp-millis`, `timestamp-micros`, a long of epoch
+    /// milliseconds, or an RFC 3339 string.
+    #[serde(default)]
+    pub field: Option<String>,
+    /// Use the Kafka record timestamp instead.
+    #[serde(default)]
+    pub record_timestamp: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WatermarkDef {
+    #[serde(default)]
+    pub max_out_of_orderness: Option<DurationSpec>,
+    #[serde(default)]
+    pub idle_timeout: Option<DurationSpec>,
+}
+
+/// One step. Exactly one of its keys is set; validation says so when not.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StepDef {
+    #[serde(default)]
+    pub filter: Option<String>,
+    #[serde(default)]
+    pub map: Option<IndexMap<String, MapFieldDef>>,
+    #[serde(default)]
+    pub key_by: Option<KeyByDef>,
+    #[serde(default)]
+    pub window: Option<WindowDef>,
+    #[serde(default)]
+    pub aggregate: Option<AggregateDef>,
+}
+
+impl StepDef {
+    /// The kinds of step this entry sets (more than one is an error).
+    pub fn kinds(&self) -> Vec<&'static str> {
+        let mut k = Vec::new();
+        if self.filter.is_some() {
+            k.push("filter");
+        }
+        if self.map.is_some() {
+            k.push("map");
+        }
+        if self.key_by.is_some() {
+            k.push("key_by");
+        }
+        if self.window.is_some() {
+            k.push("window");
+        }
+        if self.aggregate.is_some() {
+            k.push("aggregate");
+        }
+        k
+    }
+}
+
+/// A computed field of a `map` step: a CEL expression, optionally with its type.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum MapFieldDef {
+    Expr(String),
+    Typed(TypedExprDef),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TypedExprDef {
+    pub expr: String,
+    /// An Avro primitive type name: boolean, int, long, float, double, string, bytes,
+    /// or `timestamp-millis`.
+    #[serde(rename = "type", default)]
+    pub ty: Option<String>,
+    #[serde(default)]
+    pub nullable: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum KeyByDef {
+    Fields(Vec<String>),
+    Expr(KeyExprDef),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyExprDef {
+    pub expr: String,
+    /// The output field that carries the key.
+    #[serde(rename = "as")]
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowDef {
+    #[serde(rename = "type")]
+    pub kind: WindowKind,
+    #[serde(default)]
+    pub size: Option<DurationSpec>,
+    #[serde(default)]
+    pub advance: Option<DurationSpec>,
+    #[serde(default)]
+    pub gap: Option<DurationSpec>,
+    #[serde(default)]
+    pub grace: Option<DurationSpec>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowKind {
+    Tumbling,
+    Hopping,
+    Session,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateDef {
+    pub outputs: IndexMap<String, AggFieldDef>,
+    #[serde(default)]
+    pub emit: Option<EmitMode>,
+    /// With `emit: update`: at most one update per window per this much watermark progress.
+    #[serde(default)]
+    pub interval: Option<DurationSpec>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EmitMode {
+    Final,
+    Update,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggFieldDef {
+    #[serde(rename = "fn")]
+    pub func: AggFn,
+    #[serde(default)]
+    pub field: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum AggFn {
+    Count,
+    Sum,
+    Min,
+    Max,
+    Avg,
+    CountDistinct,
+    First,
+    Last,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputDef {
+    /// The Avro schema of the derived events.
+    pub schema: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkDef {
+    #[serde(rename = "type")]
+    pub kind: SinkKind,
+    /// File sinks: where to write. Relative paths are relative to the working directory.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    Stdout,
+    File,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateDef {
+    /// Window entries kept in the in-memory write cache before a checkpoint spills them.
+    #[serde(default = "default_cache_entries")]
+    pub cache_entries: usize,
+    /// RocksDB block cache, in MiB.
+    #[serde(default = "default_block_cache_mb")]
+    pub block_cache_mb: usize,
+    /// RocksDB write buffer (memtable), in MiB.
+    #[serde(default = "default_write_buffer_mb")]
+    pub write_buffer_mb: usize,
+}
+
+fn default_cache_entries() -> usize {
+    1_000_000
+}
+fn default_block_cache_mb() -> usize {
+    64
+}
+fn default_write_buffer_mb() -> usize {
+    32
+}
+
+impl Default for StateDef {
+    fn default() -> Self {
+        StateDef {
+            cache_entries: default_cache_entries(),
+            block_cache_mb: default_block_cache_mb(),
+            write_buffer_mb: default_write_buffer_mb(),
+        }
+    }
+}
+
+/// A duration as written (`10s`, `1m30s`, `250ms`, or an integer of milliseconds). It is
+/// parsed during validation so that a bad value is reported with its path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DurationSpec(pub String);
+
+impl DurationSpec {
+    /// Milliseconds, possibly negative (validation rejects negatives with a message).
+    pub fn millis(&self) -> Result<i64, String> {
+        let t = self.0.trim();
+        if let Ok(n) = t.parse::<i64>() {
+            return Ok(n);
+        }
+        let (neg, body) = match t.strip_prefix('-') {
+            Some(rest) => (true, rest.trim()),
+            None => (false, t),
+        };
+        let d = humantime::parse_duration(body).map_err(|e| e.to_string())?;
+        let ms = i64::try_from(d.as_millis()).map_err(|_| "too large".to_string())?;
+        Ok(if neg { -ms } else { ms })
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = DurationSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a duration such as 10s, 5m, 250ms, or an integer of milliseconds")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationSpec, E> {
+                Ok(DurationSpec(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<DurationSpec, E> {
+                Ok(DurationSpec(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<DurationSpec, E> {
+                Ok(DurationSpec(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

@@ -1,0 +1,286 @@
+//! Loading a definition while collecting every problem.
+//!
+//! Pass 1 parses the YAML and deserializes each section on its own (`source`, each
+//! `steps[i]`, `output`, each `sinks[i]` ...), so one typo does not hide the others.
+//! Pass 2 ([`super::compile`]) checks meaning: fields exist, types fit, durations are
+//! positive, the output schema matches. Each problem carries its path, line and a fix, and
+//! its wording is tested (`tests/fixtures/invalid`): it is part of the interface.
+
+use super::compile::{compile, Plan};
+use super::locate::LineIndex;
+use super::{ApiVersion, PipelineDef, StateDef, StepDef, TOP_LEVEL_KEYS};
+use crate::schema::SchemaResolver;
+use serde::de::DeserializeOwned;
+use serde_yaml::Value as Yaml;
+use std::fmt;
+use std::path::Path;
+
+/// One thing wrong with a definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: String,
+    pub line: Option<usize>,
+    pub path: String,
+    pub message: String,
+    pub fix: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{}: ", self.file, l)?,
+            None => write!(f, "{}: ", self.file)?,
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        write!(f, "{}\n  fix: {}", self.message, self.fix)
+    }
+}
+
+/// Collects problems for one file.
+pub struct Problems {
+    file: String,
+    lines: LineIndex,
+    list: Vec<Problem>,
+}
+
+impl Problems {
+    fn new(file: &str, text: &str) -> Problems {
+        Problems {
+            file: file.to_string(),
+            lines: LineIndex::new(text),
+            list: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, path: &str, message: impl Into<String>, fix: impl Into<String>) {
+        self.list.push(Problem {
+            file: self.file.clone(),
+            line: self.lines.line(path),
+            path: path.to_string(),
+            message: message.into(),
+            fix: fix.into(),
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+/// The result of loading: the plan when there is no problem, else every problem found.
+pub struct Loaded {
+    pub def: Option<PipelineDef>,
+    pub plan: Option<Plan>,
+    pub problems: Vec<Problem>,
+}
+
+pub fn load_file(path: &Path, schemas_dir: Option<&Path>) -> Loaded {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => load_str(&text, &file, &SchemaResolver::for_pipeline(path, schemas_dir)),
+        Err(e) => Loaded {
+            def: None,
+            plan: None,
+            problems: vec![Problem {
+                file,
+                line: None,
+                path: String::new(),
+                message: format!("cannot read the file: {e}"),
+                fix: "check the path".into(),
+            }],
+        },
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// "did you mean" for an unknown key among `known`.
+fn suggest(key: &str, known: &[&str]) -> String {
+    let best = known
+        .iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .min()
+        .filter(|(d, _)| *d <= 3);
+    match best {
+        Some((_, k)) => format!("did you mean `{k}`?"),
+        None => format!("the keys here are: {}", known.join(", ")),
+    }
+}
+
+/// Deserializes one section, adding a problem (with the precise path) when it does not fit.
+fn section<T: DeserializeOwned>(p: &mut Problems, path: &str, v: &Yaml) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(v.clone()) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let full = if inner == "." || inner.is_empty() {
+                path.to_string()
+            } else if inner.starts_with('[') {
+                format!("{path}{inner}")
+            } else {
+                format!("{path}.{inner}")
+            };
+            let msg = e.inner().to_string();
+            let fix = if let Some(rest) = msg.strip_prefix("unknown field `") {
+                let name = rest.split('`').next().unwrap_or_default();
+                let known: Vec<&str> = rest
+                    .split("expected one of ")
+                    .nth(1)
+                    .or_else(|| rest.split("expected ").nth(1))
+                    .unwrap_or_default()
+                    .split(", ")
+                    .map(|s| s.trim_matches('`'))
+                    .collect();
+                let full_unknown = format!("{full}.{name}");
+                p.add(&full_unknown, format!("unknown key `{name}`"), suggest(name, &known));
+                return None;
+            } else if msg.starts_with("missing field") {
+                "add it (see the README's pipeline reference)".to_string()
+            } else if msg.starts_with("unknown variant") {
+                "use one of the values listed".to_string()
+            } else {
+                "see the README's pipeline reference for this key".to_string()
+            };
+            p.add(&full, msg, fix);
+            None
+        }
+    }
+}
+
+/// Loads a definition from text. `file` names it in problems.
+pub fn load_str(text: &str, file: &str, resolver: &SchemaResolver) -> Loaded {
+    let mut p = Problems::new(file, text);
+    let fail = |p: Problems| Loaded {
+        def: None,
+        plan: None,
+        problems: p.list,
+    };
+    let doc: Yaml = match serde_yaml::from_str(text) {
+        Ok(d) => d,
+        Err(e) => {
+            let line = e.location().map(|l| l.line());
+            p.list.push(Problem {
+                file: file.to_string(),
+                line,
+                path: String::new(),
+                message: format!("not valid YAML: {e}"),
+                fix: "fix the YAML syntax (indentation, colons, quotes)".into(),
+            });
+            return fail(p);
+        }
+    };
+    let Yaml::Mapping(map) = &doc else {
+        p.add("", "a pipeline definition is a YAML mapping", "start with `apiVersion: weir/v1`");
+        return fail(p);
+    };
+    for k in map.keys() {
+        let name = k.as_str().unwrap_or("?");
+        if !TOP_LEVEL_KEYS.contains(&name) {
+            p.add(name, format!("unknown key `{name}`"), suggest(name, TOP_LEVEL_KEYS));
+        }
+    }
+    let get = |k: &str| map.get(k);
+    let mut required = |p: &mut Problems, k: &str, example: &str| -> Option<Yaml> {
+        match get(k) {
+            Some(v) => Some(v.clone()),
+            None => {
+                p.add(k, format!("missing required key `{k}`"), format!("add {example}"));
+                None
+            }
+        }
+    };
+    let api = required(&mut p, "apiVersion", "apiVersion: weir/v1").and_then(|v| {
+        let r = section::<ApiVersion>(&mut p, "apiVersion", &v);
+        if r.is_none() {
+            if let Some(last) = p.list.last_mut() {
+                last.message = format!("unsupported apiVersion {}", yaml_text(&v));
+                last.fix = "use apiVersion: weir/v1".into();
+            }
+        }
+        r
+    });
+    let name = required(&mut p, "name", "name: my-pipeline").and_then(|v| section::<String>(&mut p, "name", &v));
+    if let Some(n) = &name {
+        if n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            p.add("name", format!("`{n}` is not a valid pipeline name"), "use letters, digits, - and _ only");
+        }
+    }
+    let description = get("description").and_then(|v| section::<String>(&mut p, "description", v));
+    let source = required(&mut p, "source", "a source section").and_then(|v| section(&mut p, "source", &v));
+    let steps: Option<Vec<StepDef>> = required(&mut p, "steps", "a steps list").and_then(|v| match v {
+        Yaml::Sequence(items) => {
+            let parsed: Vec<Option<StepDef>> = items
+                .iter()
+                .enumerate()
+                .map(|(i, it)| section(&mut p, &format!("steps[{i}]"), it))
+                .collect();
+            parsed.into_iter().collect()
+        }
+        _ => {
+            p.add("steps", "must be a list", "write each step as a list item: - key_by: [user_id]");
+            None
+        }
+    });
+    let output = required(&mut p, "output", "output: {schema: my_output.avsc}").and_then(|v| section(&mut p, "output", &v));
+    let sinks = match get("sinks") {
+        None => Some(Vec::new()),
+        Some(Yaml::Sequence(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, it)| section(&mut p, &format!("sinks[{i}]"), it))
+            .collect::<Vec<Option<_>>>()
+            .into_iter()
+            .collect(),
+        Some(_) => {
+            p.add("sinks", "must be a list", "write each sink as a list item: - type: stdout");
+            None
+        }
+    };
+    let dead_letter = match get("dead_letter") {
+        None => Some(None),
+        Some(v) => section(&mut p, "dead_letter", v).map(Some),
+    };
+    let state = match get("state") {
+        None => Some(StateDef::default()),
+        Some(v) => section(&mut p, "state", v),
+    };
+    let (Some(api_version), Some(name), Some(source), Some(steps), Some(output), Some(sinks), Some(dead_letter), Some(state)) =
+        (api, name, source, steps, output, sinks, dead_letter, state)
+    else {
+        return fail(p);
+    };
+    let def = PipelineDef {
+        api_version,
+        name,
+        description,
+        source,
+        steps,
+        output,
+        sinks,
+        dead_letter,
+        state,
+    };
+    let plan = compile(&def, resolver, &mut p);
+    Loaded {
+        def: Some(def),
+        plan,
+        problems: p.list,
+    }
+}
+
+fn yaml_text(v: &Yaml) -> String {
+    serde_yaml::to_string(v).map(|s| s.trim().to_string()).unwrap_or_default()
+}

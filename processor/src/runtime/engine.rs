@@ -1,0 +1,275 @@
+//! One record through the pipeline: decode and validate, event time, row steps, key,
+//! windows, watermark, emission. The engine is driven by a source loop (file replay,
+//! the benchmark, and later the Kafka consumer) and never does I/O itself except RocksDB
+//! reads on a cache miss.
+
+use crate::monitor::{Counters, DeadLetterReason};
+use crate::operators::expr::Evaluator;
+use crate::operators::watermark::Watermarks;
+use crate::operators::{apply_row_steps, decode_key, encode_key, key_of, Row, Scalar};
+use crate::pipeline::compile::{EventTime, OutSource, Plan, TimeUnit};
+use crate::schema::codec::{DecodeError, Decoder};
+use crate::schema::json::{avro_to_json, parse_rfc3339_millis};
+use crate::schema::Kind;
+use crate::source::{Payload, SourceRecord};
+use crate::state::windows::{Added, Emission, WindowState};
+use crate::state::{StateError, Store};
+use apache_avro::types::Value;
+use apache_avro::Schema;
+use base64::Engine as _;
+
+/// A derived result with its key decoded.
+pub struct Emitted {
+    pub partition: u32,
+    pub key: Vec<Scalar>,
+    pub start: i64,
+    pub end: i64,
+    pub results: Vec<Scalar>,
+    pub seq: u32,
+}
+
+/// An event that left the pipeline, with everything needed to find and replay it.
+pub struct DeadLetter {
+    pub pipeline: String,
+    pub reason: DeadLetterReason,
+    pub error: String,
+    pub topic: String,
+    pub partition: u32,
+    pub offset: i64,
+    pub line: u64,
+    pub timestamp: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+}
+
+impl DeadLetter {
+    /// The dead-letter envelope as one JSON line. `file` is the input file, if any.
+    pub fn to_json(&self, file: &str) -> String {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let mut source = serde_json::json!({
+            "topic": self.topic, "partition": self.partition, "offset": self.offset,
+        });
+        if !file.is_empty() {
+            source["file"] = serde_json::json!(file);
+            source["line"] = serde_json::json!(self.line);
+        }
+        serde_json::json!({
+            "pipeline": self.pipeline,
+            "reason": self.reason.as_str(),
+            "error": self.error,
+            "source": source,
+            "timestamp": self.timestamp,
+            "key_b64": self.key.as_deref().map(b64),
+            "value_b64": b64(&self.value),
+        })
+        .to_string()
+    }
+}
+
+pub struct Engine<'p> {
+    plan: &'p Plan,
+    decoder: Decoder,
+    /// The writer schema of an Avro container input, when it differs from the reader's.
+    container: Option<Schema>,
+    eval: Evaluator,
+    pub windows: WindowState,
+    pub watermarks: Watermarks,
+    pub counters: Counters,
+    /// The offline clock: the largest event time read so far.
+    pub clock: i64,
+}
+
+impl<'p> Engine<'p> {
+    pub fn new(plan: &'p Plan, container_schema: Option<Schema>) -> Engine<'p> {
+        let src = &plan.source;
+        let reader_canon = src.reader_schema.canonical_form();
+        Engine {
+            plan,
+            decoder: Decoder::new(src.format, src.reader_schema.clone(), src.writer_schemas.clone()),
+            container: container_schema.filter(|s| s.canonical_form() != reader_canon),
+            eval: Evaluator::default(),
+            windows: WindowState::new(plan),
+            watermarks: Watermarks::new(src.max_out_of_orderness_ms, src.idle_timeout_ms),
+            counters: Counters::default(),
+            clock: i64::MIN,
+        }
+    }
+
+    pub fn restore(&mut self, w: Watermarks, c: Counters, clock: i64) {
+        self.watermarks = w;
+        self.counters = c;
+        self.clock = clock;
+    }
+
+    fn decode(&self, rec: &SourceRecord) -> Result<Value, (DeadLetterReason, String)> {
+        let map = |e: DecodeError| match e {
+            DecodeError::Decode(m) => (DeadLetterReason::Decode, m),
+            DecodeError::Schema(m) => (DeadLetterReason::Schema, m),
+        };
+        match &rec.value {
+            Payload::Bytes(b) => self.decoder.decode(b).map_err(map),
+            Payload::Json(b) => self.decoder.decode_json(b).map_err(map),
+            Payload::Avro { value, .. } => match &self.container {
+                None => Ok(value.clone()),
+                Some(_) => value.clone().resolve(self.decoder.reader_schema()).map_err(|e| (DeadLetterReason::Schema, format!("cannot resolve to the reader schema: {e}"))),
+            },
+        }
+    }
+
+    fn event_time(&self, rec: &SourceRecord, row: &Row) -> Result<i64, String> {
+        match &self.plan.source.event_time {
+            EventTime::RecordTimestamp => rec.timestamp.ok_or_else(|| "the record has no timestamp".to_string()),
+            EventTime::Field { index, name, unit } => {
+                let mut v = &row[*index];
+                if let Value::Union(_, inner) = v {
+                    v = inner;
+                }
+                match (v, unit) {
+                    (Value::Long(t) | Value::TimestampMillis(t) | Value::LocalTimestampMillis(t), TimeUnit::Millis) => Ok(*t),
+                    (Value::TimestampMicros(t) | Value::LocalTimestampMicros(t), TimeUnit::Micros) => Ok(t.div_euclid(1000)),
+                    (Value::String(s), TimeUnit::Rfc3339) => parse_rfc3339_millis(s).ok_or_else(|| format!("event time field `{name}` is not an RFC 3339 timestamp: {s:?}")),
+                    (Value::Null, _) => Err(format!("event time field `{name}` is null")),
+                    (other, _) => Err(format!("event time field `{name}` has an unexpected value {other:?}")),
+                }
+            }
+        }
+    }
+
+    fn dead(&mut self, rec: &SourceRecord, reason: DeadLetterReason, error: String, out: &mut Vec<DeadLetter>) {
+        self.counters.dead_letter(reason);
+        out.push(DeadLetter {
+            pipeline: self.plan.name.clone(),
+            reason,
+            error,
+            topic: rec.topic.clone(),
+            partition: rec.partition,
+            offset: rec.offset,
+            line: rec.line,
+            timestamp: rec.timestamp,
+            key: rec.key.clone(),
+            value: rec.value.bytes().to_vec(),
+        });
+    }
+
+    /// Processes one record; results and dead letters are appended to the two vectors.
+    pub fn process(&mut self, store: &Store, rec: &SourceRecord, emitted: &mut Vec<Emitted>, dead: &mut Vec<DeadLetter>) -> Result<(), StateError> {
+        self.counters.events_in += 1;
+        let value = match self.decode(rec) {
+            Ok(v) => v,
+            Err((reason, msg)) => {
+                self.dead(rec, reason, msg, dead);
+                return Ok(());
+            }
+        };
+        let row: Row = match value {
+            Value::Record(fields) => fields.into_iter().map(|(_, v)| v).collect(),
+            other => {
+                self.dead(rec, DeadLetterReason::Schema, format!("expected a record, got {other:?}"), dead);
+                return Ok(());
+            }
+        };
+        let ts = match self.event_time(rec, &row) {
+            Ok(t) => t,
+            Err(msg) => {
+                self.dead(rec, DeadLetterReason::Schema, msg, dead);
+                return Ok(());
+            }
+        };
+        let row = match apply_row_steps(self.plan, &self.eval, row) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                self.counters.filtered += 1;
+                return Ok(());
+            }
+            Err(e) => {
+                self.dead(rec, DeadLetterReason::Expression, e.0, dead);
+                return Ok(());
+            }
+        };
+        let key = match key_of(self.plan, &self.eval, &row) {
+            Ok(k) => encode_key(&k),
+            Err(e) => {
+                self.dead(rec, DeadLetterReason::Expression, e.0, dead);
+                return Ok(());
+            }
+        };
+        let before = self.watermarks.current();
+        match self.windows.add(self.plan, store, rec.partition, &key, &row, ts, rec.offset, before)? {
+            Added::Ok => {}
+            Added::Late => {
+                let msg = format!("event time {} is behind the watermark {} beyond the grace period; its windows have closed", fmt_ms(ts), fmt_ms(before));
+                self.dead(rec, DeadLetterReason::Late, msg, dead);
+            }
+        }
+        self.clock = self.clock.max(ts);
+        self.watermarks.observe(rec.partition, ts, self.clock);
+        let wm = self.watermarks.advance(self.clock);
+        self.emit(store, wm, emitted)
+    }
+
+    fn emit(&mut self, store: &Store, wm: i64, emitted: &mut Vec<Emitted>) -> Result<(), StateError> {
+        let updates = self.windows.take_updates(wm, store)?;
+        let closed = self.windows.close_until(wm, store)?;
+        for e in updates.into_iter().chain(closed) {
+            self.counters.results_out += 1;
+            emitted.push(self.decode_emission(e));
+        }
+        Ok(())
+    }
+
+    /// The end of a bounded input: the watermark jumps to the end of time and every open
+    /// window emits.
+    pub fn finish(&mut self, store: &Store, emitted: &mut Vec<Emitted>) -> Result<(), StateError> {
+        let wm = self.watermarks.finish();
+        self.emit(store, wm, emitted)
+    }
+
+    fn decode_emission(&self, e: Emission) -> Emitted {
+        Emitted { partition: e.partition, key: decode_key(&e.key), start: e.start, end: e.end, results: e.results, seq: e.seq }
+    }
+
+    /// The derived event as an Avro record of the output schema.
+    pub fn output_value(&self, e: &Emitted) -> Value {
+        let fields = self
+            .plan
+            .output
+            .fields
+            .iter()
+            .map(|f| {
+                let v = match f.source {
+                    OutSource::Key(i) => e.key.get(i).cloned().unwrap_or(Scalar::Null).to_value(&f.ty),
+                    OutSource::WindowStart => bound(e.start, &f.ty.kind),
+                    OutSource::WindowEnd => bound(e.end, &f.ty.kind),
+                    OutSource::Agg(i) => e.results.get(i).cloned().unwrap_or(Scalar::Null).to_value(&f.ty),
+                };
+                (f.name.clone(), v)
+            })
+            .collect();
+        Value::Record(fields)
+    }
+
+    /// The derived event as one line of JSON, fields in output-schema order.
+    pub fn output_json(&self, e: &Emitted, buf: &mut String) {
+        buf.push_str(&avro_to_json(&self.output_value(e)).to_string());
+    }
+}
+
+fn bound(t: i64, k: &Kind) -> Value {
+    match k {
+        Kind::TimestampMillis => Value::TimestampMillis(t),
+        _ => Value::Long(t),
+    }
+}
+
+/// Milliseconds as RFC 3339, for messages.
+pub fn fmt_ms(ms: i64) -> String {
+    if ms == i64::MIN {
+        return "-inf".into();
+    }
+    if ms == i64::MAX {
+        return "+inf".into();
+    }
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| ms.to_string())
+}

@@ -1,0 +1,86 @@
+//! JSON Lines to a file or to standard output. See the module above for how the file sink
+//! stays exact across a crash: it truncates to its checkpointed length on restart.
+
+use super::{Output, Sink, SinkError};
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+
+pub struct FileSink {
+    path: String,
+    out: BufWriter<File>,
+    len: u64,
+}
+
+impl FileSink {
+    /// Opens `path`: truncated to `resume_at` bytes when resuming from a checkpoint,
+    /// emptied otherwise.
+    pub fn open(path: &str, resume_at: Option<u64>) -> Result<FileSink, SinkError> {
+        let open_err = |source| SinkError::Open { path: path.to_string(), source };
+        if let Some(parent) = std::path::Path::new(path).parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent).map_err(open_err)?;
+            }
+        }
+        let mut f = OpenOptions::new().create(true).write(true).truncate(false).open(path).map_err(open_err)?;
+        let len = resume_at.unwrap_or(0);
+        let actual = f.metadata().map_err(open_err)?.len();
+        if actual < len {
+            return Err(SinkError::Truncated { path: path.to_string(), expected: len, actual });
+        }
+        f.set_len(len).map_err(open_err)?;
+        f.seek(SeekFrom::Start(len)).map_err(open_err)?;
+        Ok(FileSink { path: path.to_string(), out: BufWriter::with_capacity(1 << 16, f), len })
+    }
+
+    pub fn write_line(&mut self, line: &str) -> Result<(), SinkError> {
+        let werr = |source| SinkError::Write { name: self.path.clone(), source };
+        self.out.write_all(line.as_bytes()).map_err(werr)?;
+        self.out.write_all(b"\n").map_err(|source| SinkError::Write { name: self.path.clone(), source })?;
+        self.len += line.len() as u64 + 1;
+        Ok(())
+    }
+}
+
+impl Sink for FileSink {
+    fn name(&self) -> &str {
+        &self.path
+    }
+
+    fn write(&mut self, out: &Output<'_>) -> Result<(), SinkError> {
+        self.write_line(out.json)
+    }
+
+    fn flush(&mut self) -> Result<Option<u64>, SinkError> {
+        let werr = |source| SinkError::Write { name: self.path.clone(), source };
+        self.out.flush().map_err(werr)?;
+        self.out.get_ref().sync_data().map_err(|source| SinkError::Write { name: self.path.clone(), source })?;
+        Ok(Some(self.len))
+    }
+}
+
+pub struct StdoutSink {
+    out: BufWriter<std::io::Stdout>,
+}
+
+impl Default for StdoutSink {
+    fn default() -> Self {
+        StdoutSink { out: BufWriter::new(std::io::stdout()) }
+    }
+}
+
+impl Sink for StdoutSink {
+    fn name(&self) -> &str {
+        "stdout"
+    }
+
+    fn write(&mut self, out: &Output<'_>) -> Result<(), SinkError> {
+        let werr = |source| SinkError::Write { name: "stdout".into(), source };
+        self.out.write_all(out.json.as_bytes()).map_err(werr)?;
+        self.out.write_all(b"\n").map_err(|source| SinkError::Write { name: "stdout".into(), source })
+    }
+
+    fn flush(&mut self) -> Result<Option<u64>, SinkError> {
+        self.out.flush().map_err(|source| SinkError::Write { name: "stdout".into(), source })?;
+        Ok(None)
+    }
+}

@@ -1,0 +1,38 @@
+//! Sinks: where derived events and dead letters go.
+//!
+//! # The idempotency contract
+//! Weir delivers at least once: after a crash, results emitted after the last checkpoint
+//! are emitted again, with the same window, key and emission sequence. A sink must make
+//! that second delivery have no further effect. The file sink does it by truncating its
+//! file, on restart, to the length recorded in the checkpoint (so a replay rewrites the
+//! same bytes); stdout cannot and may repeat lines after a crash; the Kafka sink (deterministic
+//! keys and a `weir-event-id` header) and the PostgreSQL sink (upsert) come with the Kafka
+//! issue.
+//!
+//! A sink's [`Sink::flush`] returns only when everything written so far is durable, and
+//! returns the position to record in the checkpoint.
+
+pub mod file;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("cannot open sink file {path}: {source}")]
+    Open { path: String, source: std::io::Error },
+    #[error("cannot write to sink {name}: {source}")]
+    Write { name: String, source: std::io::Error },
+    #[error("sink file {path} is shorter ({actual} bytes) than its checkpoint says ({expected}); it was changed outside Weir. Remove the state directory to start over")]
+    Truncated { path: String, expected: u64, actual: u64 },
+}
+
+/// A derived event, encoded once for every sink.
+pub struct Output<'a> {
+    /// The event as one line of JSON (no newline).
+    pub json: &'a str,
+}
+
+pub trait Sink {
+    fn name(&self) -> &str;
+    fn write(&mut self, out: &Output<'_>) -> Result<(), SinkError>;
+    /// Makes every write durable; returns the position to checkpoint, if the sink has one.
+    fn flush(&mut self) -> Result<Option<u64>, SinkError>;
+}

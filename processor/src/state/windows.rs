@@ -1,0 +1,464 @@
+//! Open windows and their accumulators: the write cache in front of RocksDB.
+//!
+//! Aligned windows (tumbling, hopping) live in slots, one per (partition, start, end); a
+//! slot's entries are in the cache until a checkpoint that finds the cache over its bound
+//! evicts them (they are clean then). A slot that evicted ("spilled") answers misses from
+//! RocksDB and, when it closes, merges its RocksDB entries with the cached ones.
+//! Sessions of a key are kept in memory (they are few per key) and checkpointed per key.
+//! Results are emitted in a deterministic order: by close time, window, then group key.
+
+use super::{session_key, window_key, window_prefix, StateError, Store, WindowId};
+use crate::operators::aggregate::WindowAcc;
+use crate::operators::{decode_key, window, Row, Scalar};
+use crate::pipeline::compile::{EmitPlan, Plan, WindowAssigner};
+use rocksdb::WriteBatch;
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A derived result, ready for the sinks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Emission {
+    pub partition: u32,
+    pub start: i64,
+    pub end: i64,
+    pub key: Vec<u8>,
+    pub results: Vec<Scalar>,
+    /// 0 for the first emission of this window and key, then 1, 2, ...
+    pub seq: u32,
+}
+
+struct Entry {
+    acc: WindowAcc,
+    dirty: bool,
+}
+
+#[derive(Default)]
+struct Slot {
+    cache: FxHashMap<Vec<u8>, Entry>,
+    /// Some entries were written to RocksDB.
+    persisted: bool,
+    /// Entries were evicted from the cache: misses must look in RocksDB.
+    spilled: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Session {
+    start: i64,
+    end: i64,
+    acc: WindowAcc,
+}
+
+/// What the state must remember beyond RocksDB entries; stored in the checkpoint record.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WindowMeta {
+    open: Vec<(WindowId, bool)>,
+    pending: Vec<(WindowId, Vec<u8>)>,
+    pending_sessions: Vec<(u32, Vec<u8>)>,
+    last_update_wm: i64,
+}
+
+pub enum Added {
+    Ok,
+    /// Every window of the event had closed.
+    Late,
+}
+
+pub struct WindowState {
+    assigner: WindowAssigner,
+    grace: i64,
+    emit: EmitPlan,
+    capacity: usize,
+    slots: BTreeMap<WindowId, Slot>,
+    closing: BTreeSet<(i64, WindowId)>,
+    cached: usize,
+    dirty: Vec<(WindowId, Vec<u8>)>,
+    closed_persisted: Vec<WindowId>,
+    pending: BTreeSet<(WindowId, Vec<u8>)>,
+    sessions: FxHashMap<(u32, Vec<u8>), Vec<Session>>,
+    session_timers: BTreeSet<(i64, u32, Vec<u8>, i64)>,
+    dirty_sessions: FxHashSet<(u32, Vec<u8>)>,
+    pending_sessions: BTreeSet<(u32, Vec<u8>)>,
+    last_update_wm: i64,
+}
+
+fn decode_acc(v: &[u8]) -> Result<WindowAcc, StateError> {
+    bincode::deserialize(v).map_err(|e| StateError::Corrupt(e.to_string()))
+}
+
+impl WindowState {
+    pub fn new(plan: &Plan) -> WindowState {
+        WindowState {
+            assigner: plan.window.assigner,
+            grace: plan.window.grace,
+            emit: plan.emit,
+            capacity: plan.state.cache_entries,
+            slots: BTreeMap::new(),
+            closing: BTreeSet::new(),
+            cached: 0,
+            dirty: Vec::new(),
+            closed_persisted: Vec::new(),
+            pending: BTreeSet::new(),
+            sessions: FxHashMap::default(),
+            session_timers: BTreeSet::new(),
+            dirty_sessions: FxHashSet::default(),
+            pending_sessions: BTreeSet::new(),
+            last_update_wm: i64::MIN,
+        }
+    }
+
+    /// Restores the open windows recorded in a checkpoint; their entries stay in RocksDB
+    /// and are read on demand. Sessions are loaded whole.
+    pub fn restore(&mut self, meta: WindowMeta, store: &Store) -> Result<(), StateError> {
+        for (id, _) in meta.open {
+            self.closing.insert((id.end + self.grace, id));
+            self.slots.insert(
+                id,
+                Slot {
+                    persisted: true,
+                    spilled: true,
+                    ..Slot::default()
+                },
+            );
+        }
+        self.pending = meta.pending.into_iter().collect();
+        self.pending_sessions = meta.pending_sessions.into_iter().collect();
+        self.last_update_wm = meta.last_update_wm;
+        for (k, v) in store.scan(b"s")? {
+            if k.len() < 5 {
+                continue;
+            }
+            let partition = u32::from_be_bytes([k[1], k[2], k[3], k[4]]);
+            let key = k[5..].to_vec();
+            let list: Vec<Session> =
+                bincode::deserialize(&v).map_err(|e| StateError::Corrupt(e.to_string()))?;
+            for s in &list {
+                self.session_timers
+                    .insert((s.end + self.grace, partition, key.clone(), s.start));
+            }
+            self.sessions.insert((partition, key), list);
+        }
+        Ok(())
+    }
+
+    pub fn meta(&self) -> WindowMeta {
+        WindowMeta {
+            open: self.slots.iter().map(|(id, s)| (*id, s.spilled)).collect(),
+            pending: self.pending.iter().cloned().collect(),
+            pending_sessions: self.pending_sessions.iter().cloned().collect(),
+            last_update_wm: self.last_update_wm,
+        }
+    }
+
+    /// Number of open windows (slots and sessions).
+    pub fn open_windows(&self) -> usize {
+        self.slots.len() + self.session_timers.len()
+    }
+
+    pub fn over_capacity(&self) -> bool {
+        self.cached > self.capacity
+    }
+
+    /// Adds one event. `watermark` is the pipeline watermark before this event.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add(
+        &mut self,
+        plan: &Plan,
+        store: &Store,
+        partition: u32,
+        key: &[u8],
+        row: &Row,
+        ts: i64,
+        offset: i64,
+        watermark: i64,
+    ) -> Result<Added, StateError> {
+        if let WindowAssigner::Session { gap } = self.assigner {
+            return Ok(self.add_session(plan, partition, key, row, ts, offset, watermark, gap));
+        }
+        let mut any = false;
+        for (start, end) in window::assign(self.assigner, ts) {
+            if watermark >= end.saturating_add(self.grace) {
+                continue; // this window has closed
+            }
+            any = true;
+            let id = WindowId { partition, start, end };
+            let slot = match self.slots.get_mut(&id) {
+                Some(s) => s,
+                None => {
+                    self.closing.insert((end + self.grace, id));
+                    self.slots.entry(id).or_default()
+                }
+            };
+            let entry = match slot.cache.get_mut(key) {
+                Some(e) => e,
+                None => {
+                    let acc = match slot.spilled {
+                        true => match store.get(&window_key(&id, key))? {
+                            Some(v) => decode_acc(&v)?,
+                            None => WindowAcc::new(plan),
+                        },
+                        false => WindowAcc::new(plan),
+                    };
+                    self.cached += 1;
+                    slot.cache.entry(key.to_vec()).or_insert(Entry { acc, dirty: false })
+                }
+            };
+            entry.acc.add(plan, row, ts, offset);
+            if !entry.dirty {
+                entry.dirty = true;
+                self.dirty.push((id, key.to_vec()));
+            }
+            if let EmitPlan::Update { .. } = self.emit {
+                self.pending.insert((id, key.to_vec()));
+            }
+        }
+        Ok(if any { Added::Ok } else { Added::Late })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_session(
+        &mut self,
+        plan: &Plan,
+        partition: u32,
+        key: &[u8],
+        row: &Row,
+        ts: i64,
+        offset: i64,
+        watermark: i64,
+        gap: i64,
+    ) -> Added {
+        let grace = self.grace;
+        let k = (partition, key.to_vec());
+        let list = self.sessions.entry(k.clone()).or_default();
+        let (mut start, mut end) = (ts, ts.saturating_add(gap));
+        let mut merged: Option<WindowAcc> = None;
+        let mut keep = Vec::with_capacity(list.len());
+        let mut absorbed = Vec::new();
+        for s in list.drain(..) {
+            if s.start <= end && start <= s.end {
+                absorbed.push(s);
+            } else {
+                keep.push(s);
+            }
+        }
+        for s in &absorbed {
+            start = start.min(s.start);
+            end = end.max(s.end);
+        }
+        if absorbed.is_empty() && watermark >= end.saturating_add(grace) {
+            *list = keep;
+            if list.is_empty() {
+                self.sessions.remove(&k);
+            }
+            return Added::Late;
+        }
+        for s in absorbed {
+            self.session_timers
+                .remove(&(s.end + grace, partition, key.to_vec(), s.start));
+            match merged.as_mut() {
+                None => merged = Some(s.acc),
+                Some(m) => m.merge(s.acc),
+            }
+        }
+        let mut acc = merged.unwrap_or_else(|| WindowAcc::new(plan));
+        acc.add(plan, row, ts, offset);
+        keep.push(Session { start, end, acc });
+        keep.sort_by_key(|s| s.start);
+        *list = keep;
+        self.session_timers
+            .insert((end + grace, partition, key.to_vec(), start));
+        self.dirty_sessions.insert(k.clone());
+        if let EmitPlan::Update { .. } = self.emit {
+            self.pending_sessions.insert(k);
+        }
+        Added::Ok
+    }
+
+    /// Closes every window whose `end + grace` the watermark has reached, returning what
+    /// must be emitted (every closed window in `final` mode; changed ones in `update`).
+    pub fn close_until(&mut self, watermark: i64, store: &Store) -> Result<Vec<Emission>, StateError> {
+        let mut out = Vec::new();
+        let final_mode = self.emit == EmitPlan::Final;
+        while let Some((close, id)) = self.closing.first().copied() {
+            if close > watermark {
+                break;
+            }
+            self.closing.pop_first();
+            let Some(slot) = self.slots.remove(&id) else { continue };
+            self.cached -= slot.cache.len();
+            let mut entries: Vec<(Vec<u8>, WindowAcc)> =
+                slot.cache.into_iter().map(|(k, e)| (k, e.acc)).collect();
+            if slot.spilled {
+                let prefix = window_prefix(&id);
+                let cached: FxHashSet<Vec<u8>> = entries.iter().map(|(k, _)| k.clone()).collect();
+                for (k, v) in store.scan(&prefix)? {
+                    let key = k[prefix.len()..].to_vec();
+                    if !cached.contains(&key) {
+                        entries.push((key, decode_acc(&v)?));
+                    }
+                }
+            }
+            if slot.persisted {
+                self.closed_persisted.push(id);
+            }
+            let mut keyed: Vec<(Vec<Scalar>, Vec<u8>, WindowAcc)> = entries
+                .into_iter()
+                .map(|(k, a)| (decode_key(&k), k, a))
+                .collect();
+            keyed.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.cmp(&b.1)));
+            for (_, key, acc) in keyed {
+                self.pending.remove(&(id, key.clone()));
+                if final_mode || acc.changed {
+                    out.push(Emission {
+                        partition: id.partition,
+                        start: id.start,
+                        end: id.end,
+                        key,
+                        results: acc.results(),
+                        seq: acc.emitted,
+                    });
+                }
+            }
+        }
+        while let Some((close, partition, key, start)) = self.session_timers.first().cloned() {
+            if close > watermark {
+                break;
+            }
+            self.session_timers.pop_first();
+            let k = (partition, key.clone());
+            let Some(list) = self.sessions.get_mut(&k) else { continue };
+            let Some(pos) = list.iter().position(|s| s.start == start) else { continue };
+            let s = list.remove(pos);
+            if list.is_empty() {
+                self.sessions.remove(&k);
+                self.pending_sessions.remove(&k);
+            }
+            self.dirty_sessions.insert(k);
+            if final_mode || s.acc.changed {
+                out.push(Emission {
+                    partition,
+                    start: s.start,
+                    end: s.end,
+                    key,
+                    results: s.acc.results(),
+                    seq: s.acc.emitted,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// In `update` mode: the changed windows, once the watermark has moved `interval`
+    /// since the last update round (every event when the interval is 0).
+    pub fn take_updates(&mut self, watermark: i64, store: &Store) -> Result<Vec<Emission>, StateError> {
+        let EmitPlan::Update { interval_ms } = self.emit else {
+            return Ok(Vec::new());
+        };
+        if interval_ms > 0 && self.last_update_wm != i64::MIN && watermark < self.last_update_wm.saturating_add(interval_ms) {
+            return Ok(Vec::new());
+        }
+        if self.pending.is_empty() && self.pending_sessions.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.last_update_wm = watermark;
+        let mut out = Vec::new();
+        let mut items: Vec<(WindowId, Vec<Scalar>, Vec<u8>)> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|(id, k)| (id, decode_key(&k), k))
+            .collect();
+        items.sort_by(|a, b| (a.0.end, a.0).cmp(&(b.0.end, b.0)).then(a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal)));
+        for (id, _, key) in items {
+            let Some(slot) = self.slots.get_mut(&id) else { continue };
+            if !slot.cache.contains_key(&key) {
+                let acc = match store.get(&window_key(&id, &key))? {
+                    Some(v) => decode_acc(&v)?,
+                    None => continue,
+                };
+                self.cached += 1;
+                slot.cache.insert(key.clone(), Entry { acc, dirty: false });
+            }
+            let Some(e) = slot.cache.get_mut(&key) else { continue };
+            if !e.acc.changed {
+                continue;
+            }
+            out.push(Emission {
+                partition: id.partition,
+                start: id.start,
+                end: id.end,
+                key: key.clone(),
+                results: e.acc.results(),
+                seq: e.acc.emitted,
+            });
+            e.acc.emitted += 1;
+            e.acc.changed = false;
+            if !e.dirty {
+                e.dirty = true;
+                self.dirty.push((id, key));
+            }
+        }
+        let mut keys: Vec<(u32, Vec<Scalar>, Vec<u8>)> = std::mem::take(&mut self.pending_sessions)
+            .into_iter()
+            .map(|(p, k)| (p, decode_key(&k), k))
+            .collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal)));
+        for (p, _, key) in keys {
+            let k = (p, key);
+            let Some(list) = self.sessions.get_mut(&k) else { continue };
+            for s in list.iter_mut().filter(|s| s.acc.changed) {
+                out.push(Emission {
+                    partition: p,
+                    start: s.start,
+                    end: s.end,
+                    key: k.1.clone(),
+                    results: s.acc.results(),
+                    seq: s.acc.emitted,
+                });
+                s.acc.emitted += 1;
+                s.acc.changed = false;
+            }
+            self.dirty_sessions.insert(k);
+        }
+        Ok(out)
+    }
+
+    /// Adds every dirty entry and every closed window's deletion to `batch`. After the
+    /// batch is written the caller calls [`WindowState::after_checkpoint`].
+    pub fn checkpoint_into(&mut self, batch: &mut WriteBatch) -> Result<(), StateError> {
+        for id in self.closed_persisted.drain(..) {
+            Store::delete_prefix(batch, &window_prefix(&id));
+        }
+        for (id, key) in self.dirty.drain(..) {
+            let Some(slot) = self.slots.get_mut(&id) else { continue };
+            let Some(e) = slot.cache.get_mut(&key) else { continue };
+            let bytes = bincode::serialize(&e.acc).map_err(|e| StateError::Corrupt(e.to_string()))?;
+            batch.put(window_key(&id, &key), bytes);
+            e.dirty = false;
+            slot.persisted = true;
+        }
+        for k in self.dirty_sessions.drain() {
+            let sk = session_key(k.0, &k.1);
+            match self.sessions.get(&k) {
+                Some(list) if !list.is_empty() => {
+                    let bytes = bincode::serialize(list).map_err(|e| StateError::Corrupt(e.to_string()))?;
+                    batch.put(sk, bytes);
+                }
+                _ => batch.delete(sk),
+            }
+        }
+        Ok(())
+    }
+
+    /// Once a checkpoint is durable every cached entry is clean; if the cache is over its
+    /// bound, evict it all (misses then read RocksDB).
+    pub fn after_checkpoint(&mut self) {
+        if self.cached > self.capacity {
+            for slot in self.slots.values_mut() {
+                if !slot.cache.is_empty() {
+                    slot.cache.clear();
+                    slot.spilled = true;
+                }
+            }
+            self.cached = 0;
+        }
+    }
+}

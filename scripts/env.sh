@@ -1,0 +1,22 @@
+# Sourced by the other scripts: a persistent build directory and the system packages the
+# build needs (libclang for the RocksDB bindings, a C++ compiler for RocksDB and librdkafka).
+set -euo pipefail
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+need_pkgs=()
+have_libclang() {
+  ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1
+}
+have_libclang || need_pkgs+=(libclang-dev clang)
+command -v c++ >/dev/null 2>&1 || need_pkgs+=(g++)
+command -v make >/dev/null 2>&1 || need_pkgs+=(make)
+command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "weir: installing system packages: ${need_pkgs[*]}" >&2
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+command -v cargo >/dev/null 2>&1 || { echo "weir: cargo is missing: install Rust from https://rustup.rs" >&2; exit 1; }

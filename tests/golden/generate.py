@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Writes the inputs of the golden cases that need Avro bytes or many events, and the
+expected output of `many_keys`, computed here independently of Weir (plain Python, its
+own Avro encoder, its own grouping). Run from this folder: python3 generate.py"""
+import base64, json, random, struct
+
+def zigzag(n):
+    z = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while z >= 0x80:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
+
+def avro_string(s):
+    b = s.encode()
+    return zigzag(len(b)) + b
+
+def wire(schema_id, body):
+    return b"\x00" + struct.pack(">I", schema_id) + body
+
+def rec(value_bytes, **kw):
+    d = dict(kw)
+    d["value_b64"] = base64.b64encode(value_bytes).decode()
+    return json.dumps(d, separators=(",", ":"))
+
+def write(path, lines):
+    with open(path, "w") as f:
+        for l in lines:
+            f.write(l + "\n")
+
+# --- invalid_avro: schema {user: string, n: long, ts: timestamp-millis}, id 1
+def ev(user, n, ts):
+    return avro_string(user) + zigzag(n) + zigzag(ts)
+
+good1 = wire(1, ev("a", 1, 1000))
+lines = [
+    rec(good1),
+    rec(wire(1, ev("a", 2, 2000))[:-1]),            # truncated: decode
+    rec(b"\x01" + good1[1:]),                        # wrong magic byte: decode
+    rec(wire(9, ev("b", 4, 3000))),                  # unknown schema id: schema
+    rec(wire(1, ev("b", 8, 4000)) + b"\x00\x00"),     # trailing bytes: decode
+    "this line is not JSON at all",                  # decode
+    rec(wire(1, ev("b", 16, 5000))),
+    rec(b""),                                        # empty: decode
+]
+write("invalid_avro/input.jsonl", lines)
+
+# --- schema_evolution: v1 {user, n:int, ts, legacy:string} id 1; v2 {user, n:long, ts, channel:string="web"} id 2
+def v1(user, n, ts, legacy):
+    return wire(1, avro_string(user) + zigzag(n) + zigzag(ts) + avro_string(legacy))
+def v2(user, n, ts, channel):
+    return wire(2, avro_string(user) + zigzag(n) + zigzag(ts) + avro_string(channel))
+lines = [
+    rec(v1("a", 1, 1000, "old")),
+    rec(v2("b", 2, 2000, "app")),
+    rec(v1("c", 4, 3000, "old")),
+    rec(v2("d", 8, 4000, "web")),
+    rec(v2("e", 16, 12000, "app")),
+    rec(v1("f", 32, 13000, "x")),
+]
+write("schema_evolution/input.jsonl", lines)
+
+# --- many_keys: 4 partitions, 300 keys, 6000 events, bounded disorder, no late events.
+rnd = random.Random(42)
+PARTS, KEYS, EVENTS = 4, 300, 6000
+SIZE, GRACE, OOO = 5000, 1000, 3000
+keys = [f"user-{i:03d}" for i in range(KEYS)]
+part_of = {k: i % PARTS for i, k in enumerate(keys)}
+clock = [0] * PARTS
+offsets = [0] * PARTS
+lines, events = [], []
+for i in range(EVENTS):
+    k = rnd.choice(keys)
+    p = part_of[k]
+    clock[p] += rnd.randint(0, 40)
+    ts = max(0, clock[p] - rnd.randint(0, 2500))   # at most 2.5 s out of order < OOO
+    n = rnd.randint(-5, 100)
+    lines.append(json.dumps({"partition": p, "offset": offsets[p], "key": k,
+                             "value": {"user": k, "n": n, "ts": ts}}, separators=(",", ":")))
+    offsets[p] += 1
+    events.append((p, k, n, ts))
+write("many_keys/input.jsonl", lines)
+agg = {}
+for p, k, n, ts in events:
+    start = ts // SIZE * SIZE
+    a = agg.setdefault((p, start, k), [0, 0, None])
+    a[0] += 1
+    a[1] += n
+    a[2] = n if a[2] is None else max(a[2], n)
+rows = sorted(agg.items(), key=lambda kv: (kv[0][1] + SIZE + GRACE, kv[0][0], kv[0][1], kv[0][2]))
+write("many_keys/expected.jsonl", [json.dumps(
+    {"user": k, "window_start": s, "window_end": s + SIZE, "events": c, "total": t, "max_n": m},
+    separators=(",", ":")) for (p, s, k), (c, t, m) in rows])

@@ -1,0 +1,66 @@
+//! Pipeline definitions: every shipped pipeline validates, and invalid fixtures produce
+//! exactly the messages in their `.expected` files (wording is part of the interface).
+//! Set WEIR_BLESS=1 to rewrite the `.expected` files after a deliberate wording change,
+//! then review the diff.
+
+use std::process::Command;
+use weir_tests::{repo, text, weir_bin};
+
+#[test]
+fn every_shipped_pipeline_is_valid() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(repo().join("pipelines")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            let loaded = weir::pipeline::load_file(&path, None);
+            let problems: Vec<String> = loaded.problems.iter().map(|p| p.to_string()).collect();
+            assert!(problems.is_empty(), "{}:\n{}", path.display(), problems.join("\n"));
+            assert!(loaded.plan.is_some());
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "expected the shipped pipelines in pipelines/");
+}
+
+#[test]
+fn invalid_fixtures_report_every_problem_exactly() {
+    let dir = repo().join("tests/fixtures/invalid");
+    let bless = std::env::var("WEIR_BLESS").is_ok();
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let out = Command::new(weir_bin())
+            .args(["validate", &format!("fixtures/invalid/{name}")])
+            .current_dir(repo().join("tests"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{name}: validate must exit 1");
+        let got = text(&out.stdout);
+        let expected_path = path.with_extension("expected");
+        if bless {
+            std::fs::write(&expected_path, &got).unwrap();
+        }
+        let want = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        assert_eq!(got, want, "{name}: messages differ from {}", expected_path.display());
+        n += 1;
+    }
+    assert!(n >= 4);
+}
+
+#[test]
+fn validate_exits_zero_on_valid_files() {
+    let out = Command::new(weir_bin())
+        .args(["validate", "pipelines/clickstream.yaml", "pipelines/clickstream-sessions.yaml"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert_eq!(
+        text(&out.stdout),
+        "pipelines/clickstream.yaml: ok\npipelines/clickstream-sessions.yaml: ok\n"
+    );
+}
