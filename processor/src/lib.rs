@@ -29,12 +29,12 @@
 //! Invalid events never stop a pipeline: they go to the dead letter with the reason
 //! (`decode`, `schema`, `expression`, `late`), their source coordinates and original bytes.
 
-pub mod pipeline;
-pub mod source;
-pub mod schema;
-pub mod operators;
-pub mod state;
-pub mod sink;
-pub mod monitor;
-pub mod runtime;
 pub mod cli;
+pub mod monitor;
+pub mod operators;
+pub mod pipeline;
+pub mod runtime;
+pub mod schema;
+pub mod sink;
+pub mod source;
+pub mod state;

@@ -6,7 +6,10 @@ use std::process::{Command, Output};
 
 /// The repository root.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// The `weir` binary of this build. `cargo test --workspace` builds it next to the test
@@ -24,7 +27,11 @@ pub fn weir_bin() -> PathBuf {
 }
 
 pub fn weir(args: &[&str]) -> Output {
-    Command::new(weir_bin()).args(args).current_dir(repo()).output().expect("run weir")
+    Command::new(weir_bin())
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("run weir")
 }
 
 pub fn text(b: &[u8]) -> String {

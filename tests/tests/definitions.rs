@@ -14,7 +14,12 @@ fn every_shipped_pipeline_is_valid() {
         if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
             let loaded = weir::pipeline::load_file(&path, None);
             let problems: Vec<String> = loaded.problems.iter().map(|p| p.to_string()).collect();
-            assert!(problems.is_empty(), "{}:\n{}", path.display(), problems.join("\n"));
+            assert!(
+                problems.is_empty(),
+                "{}:\n{}",
+                path.display(),
+                problems.join("\n")
+            );
             assert!(loaded.plan.is_some());
             n += 1;
         }
@@ -45,7 +50,12 @@ fn invalid_fixtures_report_every_problem_exactly() {
             std::fs::write(&expected_path, &got).unwrap();
         }
         let want = std::fs::read_to_string(&expected_path).unwrap_or_default();
-        assert_eq!(got, want, "{name}: messages differ from {}", expected_path.display());
+        assert_eq!(
+            got,
+            want,
+            "{name}: messages differ from {}",
+            expected_path.display()
+        );
         n += 1;
     }
     assert!(n >= 4);
@@ -54,7 +64,11 @@ fn invalid_fixtures_report_every_problem_exactly() {
 #[test]
 fn validate_exits_zero_on_valid_files() {
     let out = Command::new(weir_bin())
-        .args(["validate", "pipelines/clickstream.yaml", "pipelines/clickstream-sessions.yaml"])
+        .args([
+            "validate",
+            "pipelines/clickstream.yaml",
+            "pipelines/clickstream-sessions.yaml",
+        ])
         .current_dir(repo())
         .output()
         .unwrap();

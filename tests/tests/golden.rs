@@ -13,7 +13,12 @@ fn case_dir(name: &str) -> PathBuf {
     repo().join("tests/golden").join(name)
 }
 
-fn run(dir: &Path, work: &Path, extra_env: Option<(&str, &str)>, every: &str) -> std::process::Output {
+fn run(
+    dir: &Path,
+    work: &Path,
+    extra_env: Option<(&str, &str)>,
+    every: &str,
+) -> std::process::Output {
     let mut cmd = Command::new(weir_bin());
     cmd.args(["run", "pipeline.yaml", "--input", "input.jsonl"])
         .arg("--output")
@@ -34,13 +39,26 @@ fn golden(name: &str) {
     let dir = case_dir(name);
     let work = tempfile::tempdir().unwrap();
     let out = run(&dir, work.path(), None, "1000");
-    assert!(out.status.success(), "{name}: weir failed: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{name}: weir failed: {}",
+        text(&out.stderr)
+    );
 
     let got = json_lines(&work.path().join("out.jsonl"));
     let want = json_lines(&dir.join("expected.jsonl"));
     if got != want {
-        let show = |v: &[serde_json::Value]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("\n");
-        panic!("{name}: output differs\n--- expected\n{}\n--- got\n{}", show(&want), show(&got));
+        let show = |v: &[serde_json::Value]| {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        panic!(
+            "{name}: output differs\n--- expected\n{}\n--- got\n{}",
+            show(&want),
+            show(&got)
+        );
     }
     let dead = json_lines(&work.path().join("dead.jsonl"));
     let want_dead = json_lines(&dir.join("expected-dead.jsonl"));
@@ -51,29 +69,72 @@ fn golden(name: &str) {
     assert_eq!(got_dead, want_dead, "{name}: dead letters differ: {dead:?}");
     // Every dead letter carries its original bytes and coordinates.
     for d in &dead {
-        assert!(d["value_b64"].is_string() && d["source"]["offset"].is_i64() && d["error"].is_string(), "{d}");
-        assert_eq!(d["pipeline"], serde_json::json!(format!("golden-{}", name.replace('_', "-"))));
+        assert!(
+            d["value_b64"].is_string() && d["source"]["offset"].is_i64() && d["error"].is_string(),
+            "{d}"
+        );
+        assert_eq!(
+            d["pipeline"],
+            serde_json::json!(format!("golden-{}", name.replace('_', "-")))
+        );
     }
 
     // Restart variant.
-    let total = std::fs::read_to_string(dir.join("input.jsonl")).unwrap().lines().filter(|l| !l.trim().is_empty()).count();
-    let kill_at = (total / 2).max(1).to_string();
+    let total = std::fs::read_to_string(dir.join("input.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    // Checkpoints fall on even record counts; the kill on an odd one, so the resumed run
+    // must truncate the outputs and re-emit what followed the last checkpoint.
+    assert!(
+        total >= 3,
+        "{name}: a golden input needs at least 3 records"
+    );
+    let kill_at = ((total / 2) | 1).max(3).to_string();
     let crash = tempfile::tempdir().unwrap();
-    let killed = run(&dir, crash.path(), Some(("WEIR_TEST_SIGKILL_AFTER", &kill_at)), "2");
+    let killed = run(
+        &dir,
+        crash.path(),
+        Some(("WEIR_TEST_SIGKILL_AFTER", &kill_at)),
+        "2",
+    );
     #[cfg(unix)]
     {
         use std::os::unix::process::ExitStatusExt;
-        assert_eq!(killed.status.signal(), Some(9), "{name}: expected a SIGKILL, got {:?}: {}", killed.status, text(&killed.stderr));
+        assert_eq!(
+            killed.status.signal(),
+            Some(9),
+            "{name}: expected a SIGKILL, got {:?}: {}",
+            killed.status,
+            text(&killed.stderr)
+        );
     }
     let resumed = run(&dir, crash.path(), None, "2");
-    assert!(resumed.status.success(), "{name}: resume failed: {}", text(&resumed.stderr));
-    assert!(text(&resumed.stderr).contains("resumed after record"), "{}", text(&resumed.stderr));
+    assert!(
+        resumed.status.success(),
+        "{name}: resume failed: {}",
+        text(&resumed.stderr)
+    );
+    assert!(
+        text(&resumed.stderr).contains("resumed after record"),
+        "{}",
+        text(&resumed.stderr)
+    );
     let a = std::fs::read(work.path().join("out.jsonl")).unwrap();
     let b = std::fs::read(crash.path().join("out.jsonl")).unwrap();
-    assert_eq!(text(&a), text(&b), "{name}: output after a crash and restart differs");
+    assert_eq!(
+        text(&a),
+        text(&b),
+        "{name}: output after a crash and restart differs"
+    );
     let a = std::fs::read(work.path().join("dead.jsonl")).unwrap();
     let b = std::fs::read(crash.path().join("dead.jsonl")).unwrap();
-    assert_eq!(text(&a), text(&b), "{name}: dead letters after a crash and restart differ");
+    assert_eq!(
+        text(&a),
+        text(&b),
+        "{name}: dead letters after a crash and restart differ"
+    );
 }
 
 macro_rules! golden_cases {

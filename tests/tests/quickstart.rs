@@ -6,7 +6,13 @@ use weir_tests::{json_lines, repo, text, weir_bin};
 
 fn run_example(pipeline: &str, dir: &std::path::Path) -> (String, String) {
     let out = Command::new(weir_bin())
-        .args(["run", pipeline, "--input", "examples/clickstream.jsonl", "--dead-letter"])
+        .args([
+            "run",
+            pipeline,
+            "--input",
+            "examples/clickstream.jsonl",
+            "--dead-letter",
+        ])
         .arg(dir.join("dead.jsonl"))
         .current_dir(repo())
         .output()
@@ -19,15 +25,23 @@ fn run_example(pipeline: &str, dir: &std::path::Path) -> (String, String) {
 fn clickstream_example_runs_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let (stdout, stderr) = run_example("pipelines/clickstream.yaml", dir.path());
-    let results: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let results: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert!(results.len() >= 6, "{stdout}");
     for r in &results {
-        assert_eq!(r["window_end"].as_i64().unwrap() - r["window_start"].as_i64().unwrap(), 60_000);
+        assert_eq!(
+            r["window_end"].as_i64().unwrap() - r["window_start"].as_i64().unwrap(),
+            60_000
+        );
         assert!(r["views"].as_i64().unwrap() >= 1);
     }
     // 67 lines: 1 health check filtered, 1 late, 1 truncated JSON, 2 schema violations.
     assert!(
-        stderr.contains("67 events in") && stderr.contains("4 dead-lettered (decode 1, schema 2, expression 0, late 1)") && stderr.contains("1 filtered"),
+        stderr.contains("67 events in")
+            && stderr.contains("4 dead-lettered (decode 1, schema 2, expression 0, late 1)")
+            && stderr.contains("1 filtered"),
         "{stderr}"
     );
     let dead = json_lines(&dir.path().join("dead.jsonl"));

@@ -96,7 +96,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         plan.state.cache_entries = c.max(1);
     }
     let tmp = tempfile::Builder::new().prefix("weir-bench-").tempdir()?;
-    let dir = a.state_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let dir = a
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
     let mut store = Store::open(&dir, &plan.state).context("opening the state store")?;
     let encoder = RecordEncoder::new(plan.output.schema.clone());
     let mut engine = Engine::new(&plan, None);
@@ -147,7 +150,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
             engine.process(&store, rec, &mut emitted, &mut dead)?;
             for e in emitted.drain(..) {
                 enc_buf.clear();
-                encoder.encode(&engine.output_value(&e), &mut enc_buf).map_err(anyhow::Error::msg)?;
+                encoder
+                    .encode(&engine.output_value(&e), &mut enc_buf)
+                    .map_err(anyhow::Error::msg)?;
                 out_bytes += enc_buf.len() as u64;
             }
             if let Some(t0) = t0 {
@@ -172,23 +177,64 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     engine.finish(&store, &mut emitted)?;
     for e in emitted.drain(..) {
         enc_buf.clear();
-        encoder.encode(&engine.output_value(&e), &mut enc_buf).map_err(anyhow::Error::msg)?;
+        encoder
+            .encode(&engine.output_value(&e), &mut enc_buf)
+            .map_err(anyhow::Error::msg)?;
         out_bytes += enc_buf.len() as u64;
     }
     busy += started.elapsed();
 
     samples.sort_unstable();
-    let pct = |p: f64| samples.get(((samples.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        samples
+            .get(((samples.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
     checkpoint_times.sort();
-    let cp99 = checkpoint_times.get(((checkpoint_times.len() as f64 - 1.0) * 0.99).max(0.0) as usize).copied().unwrap_or_default();
+    let cp99 = checkpoint_times
+        .get(((checkpoint_times.len() as f64 - 1.0) * 0.99).max(0.0) as usize)
+        .copied()
+        .unwrap_or_default();
     let secs = busy.as_secs_f64();
-    println!("weir bench: {} events, {} distinct keys, {} events per 10 s window, cache {} entries", a.events, keys, per_window, plan.state.cache_entries);
-    println!("  throughput      {:.0} events/s ({:.1} MB/s of Avro in) on one thread", a.events as f64 / secs, bytes_in as f64 / secs / 1e6);
-    println!("  per event       p50 {} ns, p99 {} ns, max {} ns (1 in 64 sampled)", pct(0.5), pct(0.99), samples.last().copied().unwrap_or(0));
-    println!("  checkpoints     {} (p99 {:.1} ms)", checkpoint_times.len(), cp99.as_secs_f64() * 1e3);
-    println!("  rocksdb writes  {:.3} per input event ({} in all)", store.writes as f64 / a.events as f64, store.writes);
-    println!("  results         {} ({} bytes of Avro), dead letters {}", engine.counters.results_out, out_bytes, engine.counters.dead_total());
-    println!("  peak RSS        {:.1} MiB", peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0);
-    println!("  state on disk   {:.1} MiB", store.size_bytes() as f64 / 1048576.0);
+    println!(
+        "weir bench: {} events, {} distinct keys, {} events per 10 s window, cache {} entries",
+        a.events, keys, per_window, plan.state.cache_entries
+    );
+    println!(
+        "  throughput      {:.0} events/s ({:.1} MB/s of Avro in) on one thread",
+        a.events as f64 / secs,
+        bytes_in as f64 / secs / 1e6
+    );
+    println!(
+        "  per event       p50 {} ns, p99 {} ns, max {} ns (1 in 64 sampled)",
+        pct(0.5),
+        pct(0.99),
+        samples.last().copied().unwrap_or(0)
+    );
+    println!(
+        "  checkpoints     {} (p99 {:.1} ms)",
+        checkpoint_times.len(),
+        cp99.as_secs_f64() * 1e3
+    );
+    println!(
+        "  rocksdb writes  {:.3} per input event ({} in all)",
+        store.writes as f64 / a.events as f64,
+        store.writes
+    );
+    println!(
+        "  results         {} ({} bytes of Avro), dead letters {}",
+        engine.counters.results_out,
+        out_bytes,
+        engine.counters.dead_total()
+    );
+    println!(
+        "  peak RSS        {:.1} MiB",
+        peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0
+    );
+    println!(
+        "  state on disk   {:.1} MiB",
+        store.size_bytes() as f64 / 1048576.0
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -42,7 +42,11 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         for p in &loaded.problems {
             eprintln!("error: {p}");
         }
-        eprintln!("{}: {} problem(s); nothing was run", a.pipeline.display(), loaded.problems.len());
+        eprintln!(
+            "{}: {} problem(s); nothing was run",
+            a.pipeline.display(),
+            loaded.problems.len()
+        );
         return Ok(ExitCode::from(1));
     };
     let opts = RunOptions {
@@ -53,7 +57,13 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         state_dir: a.state_dir,
         checkpoint_every: a.checkpoint_every.max(1),
     };
-    let s = run_file(&plan, &opts).with_context(|| format!("running {} over {}", a.pipeline.display(), a.input.display()))?;
+    let s = run_file(&plan, &opts).with_context(|| {
+        format!(
+            "running {} over {}",
+            a.pipeline.display(),
+            a.input.display()
+        )
+    })?;
     let resumed = match s.resumed_from {
         Some(p) => format!(" (resumed after record {p})"),
         None => String::new(),

@@ -29,5 +29,9 @@ pub fn run(a: ValidateArgs) -> anyhow::Result<ExitCode> {
             println!("{}: {} problem(s)", f.display(), loaded.problems.len());
         }
     }
-    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

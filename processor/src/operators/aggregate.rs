@@ -16,7 +16,10 @@ pub enum AccState {
     SumFloat(Option<f64>),
     Min(Option<Scalar>),
     Max(Option<Scalar>),
-    Avg { sum: f64, n: i64 },
+    Avg {
+        sum: f64,
+        n: i64,
+    },
     Distinct(BTreeSet<Vec<u8>>),
     /// (event time, offset, value)
     First(Option<(i64, i64, Scalar)>),
@@ -140,40 +143,30 @@ fn update(st: &mut AccState, v: Option<Scalar>, ts: i64, off: i64) {
 fn merge(a: &mut AccState, b: AccState) {
     match (a, b) {
         (AccState::Count(x), AccState::Count(y)) => *x += y,
-        (AccState::SumInt(x), AccState::SumInt(y)) => {
-            if let Some(y) = y {
-                *x = Some(x.unwrap_or(0).wrapping_add(y));
-            }
+        (AccState::SumInt(x), AccState::SumInt(Some(y))) => {
+            *x = Some(x.unwrap_or(0).wrapping_add(y))
         }
-        (AccState::SumFloat(x), AccState::SumFloat(y)) => {
-            if let Some(y) = y {
-                *x = Some(x.unwrap_or(0.0) + y);
-            }
+        (AccState::SumFloat(x), AccState::SumFloat(Some(y))) => *x = Some(x.unwrap_or(0.0) + y),
+        (AccState::Min(x), AccState::Min(Some(y))) if x.as_ref().is_none_or(|c| y < *c) => {
+            *x = Some(y)
         }
-        (AccState::Min(x), AccState::Min(Some(y))) => {
-            if x.as_ref().is_none_or(|c| y < *c) {
-                *x = Some(y);
-            }
-        }
-        (AccState::Max(x), AccState::Max(Some(y))) => {
-            if x.as_ref().is_none_or(|c| y > *c) {
-                *x = Some(y);
-            }
+        (AccState::Max(x), AccState::Max(Some(y))) if x.as_ref().is_none_or(|c| y > *c) => {
+            *x = Some(y)
         }
         (AccState::Avg { sum, n }, AccState::Avg { sum: s2, n: n2 }) => {
             *sum += s2;
             *n += n2;
         }
         (AccState::Distinct(x), AccState::Distinct(y)) => x.extend(y),
-        (AccState::First(x), AccState::First(Some(y))) => {
-            if x.as_ref().is_none_or(|c| (y.0, y.1) < (c.0, c.1)) {
-                *x = Some(y);
-            }
+        (AccState::First(x), AccState::First(Some(y)))
+            if x.as_ref().is_none_or(|c| (y.0, y.1) < (c.0, c.1)) =>
+        {
+            *x = Some(y)
         }
-        (AccState::Last(x), AccState::Last(Some(y))) => {
-            if x.as_ref().is_none_or(|c| (y.0, y.1) >= (c.0, c.1)) {
-                *x = Some(y);
-            }
+        (AccState::Last(x), AccState::Last(Some(y)))
+            if x.as_ref().is_none_or(|c| (y.0, y.1) >= (c.0, c.1)) =>
+        {
+            *x = Some(y)
         }
         _ => {}
     }

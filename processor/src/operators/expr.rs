@@ -10,16 +10,10 @@ use cel_interpreter::{Context, Value as Cel};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// Holds the CEL function registry, built once.
+#[derive(Default)]
 pub struct Evaluator {
     root: Context<'static>,
-}
-
-impl Default for Evaluator {
-    fn default() -> Self {
-        Evaluator {
-            root: Context::default(),
-        }
-    }
 }
 
 impl Evaluator {

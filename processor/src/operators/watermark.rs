@@ -19,7 +19,12 @@ pub struct Watermarks {
 
 impl Watermarks {
     pub fn new(max_out_of_orderness_ms: i64, idle_timeout_ms: Option<i64>) -> Watermarks {
-        Watermarks { ooo: max_out_of_orderness_ms, idle: idle_timeout_ms, parts: BTreeMap::new(), current: i64::MIN }
+        Watermarks {
+            ooo: max_out_of_orderness_ms,
+            idle: idle_timeout_ms,
+            parts: BTreeMap::new(),
+            current: i64::MIN,
+        }
     }
 
     pub fn observe(&mut self, partition: u32, ts: i64, clock: i64) {
@@ -30,11 +35,19 @@ impl Watermarks {
 
     /// Recomputes and returns the pipeline watermark at `clock`.
     pub fn advance(&mut self, clock: i64) -> i64 {
-        let active = self.parts.values().filter(|(_, seen)| self.idle.is_none_or(|t| clock.saturating_sub(*seen) < t));
+        let active = self
+            .parts
+            .values()
+            .filter(|(_, seen)| self.idle.is_none_or(|t| clock.saturating_sub(*seen) < t));
         let min_active = active.map(|(ts, _)| *ts).min();
         let wm = match min_active {
             Some(ts) => ts,
-            None => self.parts.values().map(|(ts, _)| *ts).max().unwrap_or(i64::MIN),
+            None => self
+                .parts
+                .values()
+                .map(|(ts, _)| *ts)
+                .max()
+                .unwrap_or(i64::MIN),
         };
         let wm = wm.saturating_sub(self.ooo);
         self.current = self.current.max(wm);

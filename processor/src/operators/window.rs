@@ -41,12 +41,33 @@ mod tests {
 
     #[test]
     fn tumbling_and_hopping_align_to_epoch() {
-        assert_eq!(assign(WindowAssigner::Tumbling { size: 60_000 }, 61_000), vec![(60_000, 120_000)]);
-        assert_eq!(assign(WindowAssigner::Tumbling { size: 10 }, -1), vec![(-10, 0)]);
         assert_eq!(
-            assign(WindowAssigner::Hopping { size: 30, advance: 10 }, 25),
+            assign(WindowAssigner::Tumbling { size: 60_000 }, 61_000),
+            vec![(60_000, 120_000)]
+        );
+        assert_eq!(
+            assign(WindowAssigner::Tumbling { size: 10 }, -1),
+            vec![(-10, 0)]
+        );
+        assert_eq!(
+            assign(
+                WindowAssigner::Hopping {
+                    size: 30,
+                    advance: 10
+                },
+                25
+            ),
             vec![(0, 30), (10, 40), (20, 50)]
         );
-        assert_eq!(assign(WindowAssigner::Hopping { size: 30, advance: 10 }, 30), vec![(10, 40), (20, 50), (30, 60)]);
+        assert_eq!(
+            assign(
+                WindowAssigner::Hopping {
+                    size: 30,
+                    advance: 10
+                },
+                30
+            ),
+            vec![(10, 40), (20, 50), (30, 60)]
+        );
     }
 }

@@ -42,7 +42,11 @@ pub struct SourcePlan {
 #[derive(Debug, Clone)]
 pub enum EventTime {
     RecordTimestamp,
-    Field { index: usize, name: String, unit: TimeUnit },
+    Field {
+        index: usize,
+        name: String,
+        unit: TimeUnit,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,13 +167,18 @@ fn field_names(row: &[(String, FieldType)]) -> String {
         .join(", ")
 }
 
-fn duration(p: &mut Problems, path: &str, d: &Option<super::DurationSpec>, positive: bool) -> Option<i64> {
+fn duration(
+    p: &mut Problems,
+    path: &str,
+    d: &Option<super::DurationSpec>,
+    positive: bool,
+) -> Option<i64> {
     let d = d.as_ref()?;
     match d.millis() {
-        Err(e) => {
+        Err(_) => {
             p.add(
                 path,
-                format!("`{}` is not a duration ({e})", d.0),
+                format!("`{}` is not a duration", d.0),
                 "write a duration such as 30s, 5m, 1h or 250ms",
             );
             None
@@ -194,7 +203,12 @@ fn duration(p: &mut Problems, path: &str, d: &Option<super::DurationSpec>, posit
     }
 }
 
-fn compile_expr(p: &mut Problems, path: &str, text: &str, row: &[(String, FieldType)]) -> Option<Expr> {
+fn compile_expr(
+    p: &mut Problems,
+    path: &str,
+    text: &str,
+    row: &[(String, FieldType)],
+) -> Option<Expr> {
     let program = match Program::compile(text) {
         Ok(prog) => prog,
         Err(e) => {
@@ -209,7 +223,12 @@ fn compile_expr(p: &mut Problems, path: &str, text: &str, row: &[(String, FieldT
     };
     let mut vars = Vec::new();
     let mut ok = true;
-    let mut referenced = program.references().variables().into_iter().map(str::to_string).collect::<Vec<_>>();
+    let mut referenced = program
+        .references()
+        .variables()
+        .into_iter()
+        .map(str::to_string)
+        .collect::<Vec<_>>();
     referenced.sort();
     for v in referenced {
         match row.iter().position(|(n, _)| *n == v) {
@@ -231,13 +250,21 @@ fn compile_expr(p: &mut Problems, path: &str, text: &str, row: &[(String, FieldT
     })
 }
 
-fn declared_type(p: &mut Problems, path: &str, ty: Option<&str>, nullable: bool) -> Option<FieldType> {
+fn declared_type(
+    p: &mut Problems,
+    path: &str,
+    ty: Option<&str>,
+    nullable: bool,
+) -> Option<FieldType> {
     match ty {
         None => {
             p.add(
                 path,
                 "a computed field needs its type",
-                format!("write it as {{expr: \"...\", type: long}}; types: {}", Kind::DECLARABLE),
+                format!(
+                    "write it as {{expr: \"...\", type: long}}; types: {}",
+                    Kind::DECLARABLE
+                ),
             );
             None
         }
@@ -257,12 +284,10 @@ fn declared_type(p: &mut Problems, path: &str, ty: Option<&str>, nullable: bool)
 
 /// Compiles a structurally valid definition, adding every semantic problem to `p`.
 pub fn compile(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems) -> Option<Plan> {
-    let source = compile_source(def, resolver, p);
-    let mut row: Vec<(String, FieldType)> = source
-        .as_ref()
-        .and_then(|s| record_fields(&s.reader_schema))
-        .unwrap_or_default();
-    let schema_known = source.is_some();
+    let (source, reader) = compile_source(def, resolver, p);
+    let mut row: Vec<(String, FieldType)> =
+        reader.as_ref().and_then(record_fields).unwrap_or_default();
+    let schema_known = reader.is_some();
 
     let mut row_steps = Vec::new();
     let mut key: Option<(KeyPlan, Vec<KeyField>)> = None;
@@ -271,7 +296,11 @@ pub fn compile(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems) -
     let mut stage = 0; // 0: row steps, 1: after key_by, 2: after window, 3: after aggregate
 
     if def.steps.is_empty() {
-        p.add("steps", "no steps", "add key_by, window and aggregate steps");
+        p.add(
+            "steps",
+            "no steps",
+            "add key_by, window and aggregate steps",
+        );
     }
     for (i, step) in def.steps.iter().enumerate() {
         let path = format!("steps[{i}]");
@@ -295,8 +324,10 @@ pub fn compile(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems) -
             "window" => 2,
             _ => 3,
         };
-        let expected_next = ["filter, map or key_by", "window", "aggregate", "nothing"][stage.min(3)];
-        if want_stage < stage || want_stage > stage + 1 || (want_stage == stage && want_stage != 0) {
+        let expected_next =
+            ["filter, map or key_by", "window", "aggregate", "nothing"][stage.min(3)];
+        if want_stage < stage || want_stage > stage + 1 || (want_stage == stage && want_stage != 0)
+        {
             p.add(
                 &format!("{path}.{kind}"),
                 format!("`{kind}` cannot come here; expected {expected_next}"),
@@ -314,7 +345,11 @@ pub fn compile(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems) -
         }
         if let Some(m) = &step.map {
             if m.is_empty() {
-                p.add(&format!("{path}.map"), "a map step needs at least one field", "list the fields to keep or compute");
+                p.add(
+                    &format!("{path}.map"),
+                    "a map step needs at least one field",
+                    "list the fields to keep or compute",
+                );
             }
             let mut outs = Vec::new();
             let mut next_row = Vec::new();
@@ -369,7 +404,11 @@ pub fn compile(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems) -
     let output_schema = match resolver.load(&def.output.schema) {
         Ok(s) => Some(s),
         Err(e) => {
-            p.add("output.schema", e.to_string(), "put the .avsc file in schemas/ or fix the name");
+            p.add(
+                "output.schema",
+                e.to_string(),
+                "put the .avsc file in schemas/ or fix the name",
+            );
             None
         }
     };
@@ -385,7 +424,11 @@ pub fn compile(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems) -
         check_sink(p, "dead_letter", d);
     }
     if def.state.cache_entries == 0 {
-        p.add("state.cache_entries", "must be at least 1", "the default is 1000000");
+        p.add(
+            "state.cache_entries",
+            "must be at least 1",
+            "the default is 1000000",
+        );
     }
 
     if !p.is_empty() {
@@ -411,46 +454,87 @@ pub fn compile(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems) -
 fn check_sink(p: &mut Problems, path: &str, s: &SinkDef) {
     match s.kind {
         super::SinkKind::File if s.path.as_deref().unwrap_or("").is_empty() => {
-            p.add(&format!("{path}.path"), "a file sink needs a path", "add path: out/results.jsonl");
+            p.add(
+                &format!("{path}.path"),
+                "a file sink needs a path",
+                "add path: out/results.jsonl",
+            );
         }
         super::SinkKind::Stdout if s.path.is_some() => {
-            p.add(&format!("{path}.path"), "stdout takes no path", "remove path, or use type: file");
+            p.add(
+                &format!("{path}.path"),
+                "stdout takes no path",
+                "remove path, or use type: file",
+            );
         }
         _ => {}
     }
 }
 
-fn compile_source(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems) -> Option<SourcePlan> {
+/// The source plan, and the reader schema whenever it loaded (so that the steps are
+/// checked even when another part of the source is wrong).
+fn compile_source(
+    def: &PipelineDef,
+    resolver: &SchemaResolver,
+    p: &mut Problems,
+) -> (Option<SourcePlan>, Option<Schema>) {
     let s = &def.source;
     if s.topics.is_empty() {
-        p.add("source.topics", "at least one topic is needed", "add topics: [my-topic]");
+        p.add(
+            "source.topics",
+            "at least one topic is needed",
+            "add topics: [my-topic]",
+        );
     }
     let reader = match resolver.load(&s.schema) {
         Ok(r) => Some(r),
         Err(e) => {
-            p.add("source.schema", e.to_string(), "put the .avsc file in schemas/ or fix the name");
+            p.add(
+                "source.schema",
+                e.to_string(),
+                "put the .avsc file in schemas/ or fix the name",
+            );
             None
         }
     };
     let reader = match reader {
         Some(r) if record_fields(&r).is_none() => {
-            p.add("source.schema", "the event schema must be an Avro record", "wrap the fields in {\"type\": \"record\", ...}");
+            p.add(
+                "source.schema",
+                "the event schema must be an Avro record",
+                "wrap the fields in {\"type\": \"record\", ...}",
+            );
             None
         }
         r => r,
     };
     let mut writers = Vec::new();
     if s.format != ValueFormat::Avro && !s.writer_schemas.is_empty() {
-        p.add("source.writer_schemas", "writer schemas by id apply to the `avro` (Confluent wire) format only", "remove writer_schemas, or set format: avro");
+        p.add(
+            "source.writer_schemas",
+            "writer schemas by id apply to the `avro` (Confluent wire) format only",
+            "remove writer_schemas, or set format: avro",
+        );
     }
     for (id, file) in &s.writer_schemas {
         let path = format!("source.writer_schemas.{id}");
         match resolver.load(file) {
-            Err(e) => p.add(&path, e.to_string(), "put the .avsc file in schemas/ or fix the name"),
+            Err(e) => p.add(
+                &path,
+                e.to_string(),
+                "put the .avsc file in schemas/ or fix the name",
+            ),
             Ok(w) => {
                 if let Some(r) = &reader {
                     if let Err(e) = check_readable(&w, r) {
-                        p.add(&path, format!("events written with {file} cannot be read as {}: {e}", s.schema), "give removed fields no role and added fields a default");
+                        p.add(
+                            &path,
+                            format!(
+                                "events written with {file} cannot be read as {}: {e}",
+                                s.schema
+                            ),
+                            "give removed fields no role and added fields a default",
+                        );
                     }
                 }
                 writers.push((*id, w));
@@ -464,31 +548,61 @@ fn compile_source(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems
         }
     }
     let event_time = compile_event_time(p, &s.event_time, reader.as_ref());
-    let ooo = duration(p, "source.watermark.max_out_of_orderness", &s.watermark.max_out_of_orderness, false).unwrap_or(0);
-    let idle = duration(p, "source.watermark.idle_timeout", &s.watermark.idle_timeout, true);
-    Some(SourcePlan {
-        topics: s.topics.clone(),
-        group: s.group.clone().unwrap_or_else(|| format!("weir-{}", def.name)),
-        format: s.format,
-        reader_schema: reader?,
-        writer_schemas: writers,
-        event_time: event_time?,
-        max_out_of_orderness_ms: ooo,
-        idle_timeout_ms: idle,
-    })
+    let ooo = duration(
+        p,
+        "source.watermark.max_out_of_orderness",
+        &s.watermark.max_out_of_orderness,
+        false,
+    )
+    .unwrap_or(0);
+    let idle = duration(
+        p,
+        "source.watermark.idle_timeout",
+        &s.watermark.idle_timeout,
+        true,
+    );
+    let plan = match (&reader, event_time) {
+        (Some(r), Some(event_time)) => Some(SourcePlan {
+            topics: s.topics.clone(),
+            group: s
+                .group
+                .clone()
+                .unwrap_or_else(|| format!("weir-{}", def.name)),
+            format: s.format,
+            reader_schema: r.clone(),
+            writer_schemas: writers,
+            event_time,
+            max_out_of_orderness_ms: ooo,
+            idle_timeout_ms: idle,
+        }),
+        _ => None,
+    };
+    (plan, reader)
 }
 
-fn compile_event_time(p: &mut Problems, et: &EventTimeDef, reader: Option<&Schema>) -> Option<EventTime> {
+fn compile_event_time(
+    p: &mut Problems,
+    et: &EventTimeDef,
+    reader: Option<&Schema>,
+) -> Option<EventTime> {
     match (&et.field, et.record_timestamp) {
         (Some(_), Some(true)) | (None, None) | (None, Some(false)) => {
-            p.add("source.event_time", "set exactly one of `field` or `record_timestamp: true`", "for example event_time: {field: ts}");
+            p.add(
+                "source.event_time",
+                "set exactly one of `field` or `record_timestamp: true`",
+                "for example event_time: {field: ts}",
+            );
             None
         }
         (None, Some(true)) => Some(EventTime::RecordTimestamp),
         (Some(f), _) => {
             let fields = record_fields(reader?)?;
             let Some(index) = fields.iter().position(|(n, _)| n == f) else {
-                p.add("source.event_time.field", format!("unknown field `{f}`"), format!("use one of: {}", field_names(&fields)));
+                p.add(
+                    "source.event_time.field",
+                    format!("unknown field `{f}`"),
+                    format!("use one of: {}", field_names(&fields)),
+                );
                 return None;
             };
             let unit = match fields[index].1.kind {
@@ -500,16 +614,30 @@ fn compile_event_time(p: &mut Problems, et: &EventTimeDef, reader: Option<&Schem
                     return None;
                 }
             };
-            Some(EventTime::Field { index, name: f.clone(), unit })
+            Some(EventTime::Field {
+                index,
+                name: f.clone(),
+                unit,
+            })
         }
     }
 }
 
-fn compile_key(p: &mut Problems, path: &str, k: &KeyByDef, row: &[(String, FieldType)], known: bool) -> Option<(KeyPlan, Vec<KeyField>)> {
+fn compile_key(
+    p: &mut Problems,
+    path: &str,
+    k: &KeyByDef,
+    row: &[(String, FieldType)],
+    known: bool,
+) -> Option<(KeyPlan, Vec<KeyField>)> {
     match k {
         KeyByDef::Fields(fields) => {
             if fields.is_empty() {
-                p.add(path, "no key fields", "list at least one field, e.g. key_by: [user_id]");
+                p.add(
+                    path,
+                    "no key fields",
+                    "list at least one field, e.g. key_by: [user_id]",
+                );
                 return None;
             }
             if !known {
@@ -519,11 +647,22 @@ fn compile_key(p: &mut Problems, path: &str, k: &KeyByDef, row: &[(String, Field
             let mut kf = Vec::new();
             for (i, f) in fields.iter().enumerate() {
                 match row.iter().position(|(n, _)| n == f) {
-                    None => p.add(&format!("{path}[{i}]"), format!("unknown field `{f}`"), format!("use one of the fields available here: {}", field_names(row))),
-                    Some(j) if !groupable(&row[j].1.kind) => p.add(&format!("{path}[{i}]"), format!("`{f}` is {}, which cannot be a key", row[j].1.kind.name()), "key by scalar fields (strings, numbers, booleans, enums, timestamps)"),
+                    None => p.add(
+                        &format!("{path}[{i}]"),
+                        format!("unknown field `{f}`"),
+                        format!("use one of the fields available here: {}", field_names(row)),
+                    ),
+                    Some(j) if !groupable(&row[j].1.kind) => p.add(
+                        &format!("{path}[{i}]"),
+                        format!("`{f}` is {}, which cannot be a key", row[j].1.kind.name()),
+                        "key by scalar fields (strings, numbers, booleans, enums, timestamps)",
+                    ),
                     Some(j) => {
                         idx.push(j);
-                        kf.push(KeyField { name: f.clone(), ty: FieldType::new(out_kind(&row[j].1.kind), row[j].1.nullable) });
+                        kf.push(KeyField {
+                            name: f.clone(),
+                            ty: FieldType::new(out_kind(&row[j].1.kind), row[j].1.nullable),
+                        });
                     }
                 }
             }
@@ -535,30 +674,50 @@ fn compile_key(p: &mut Problems, path: &str, k: &KeyByDef, row: &[(String, Field
             }
             let expr = compile_expr(p, &format!("{path}.expr"), &e.expr, row);
             let ty = declared_type(p, path, Some(&e.ty), false);
-            Some((KeyPlan::Expr(expr?), vec![KeyField { name: e.name.clone(), ty: ty? }]))
+            Some((
+                KeyPlan::Expr(expr?),
+                vec![KeyField {
+                    name: e.name.clone(),
+                    ty: ty?,
+                }],
+            ))
         }
     }
 }
 
 fn compile_window(p: &mut Problems, path: &str, w: &super::WindowDef) -> Option<WindowPlan> {
     let grace = duration(p, &format!("{path}.grace"), &w.grace, false).unwrap_or(0);
-    let need = |p: &mut Problems, name: &str, d: &Option<super::DurationSpec>, example: &str| -> Option<i64> {
+    let need = |p: &mut Problems,
+                name: &str,
+                d: &Option<super::DurationSpec>,
+                example: &str|
+     -> Option<i64> {
         if d.is_none() {
-            p.add(&format!("{path}.{name}"), format!("a {:?} window needs `{name}`", w.kind).to_lowercase(), format!("add {name}: {example}"));
+            p.add(
+                &format!("{path}.{name}"),
+                format!("a {:?} window needs `{name}`", w.kind).to_lowercase(),
+                format!("add {name}: {example}"),
+            );
             return None;
         }
         duration(p, &format!("{path}.{name}"), d, true)
     };
     let forbid = |p: &mut Problems, name: &str, d: &Option<super::DurationSpec>| {
         if d.is_some() {
-            p.add(&format!("{path}.{name}"), format!("a {:?} window has no `{name}`", w.kind).to_lowercase(), format!("remove {name}"));
+            p.add(
+                &format!("{path}.{name}"),
+                format!("a {:?} window has no `{name}`", w.kind).to_lowercase(),
+                format!("remove {name}"),
+            );
         }
     };
     let assigner = match w.kind {
         WindowKind::Tumbling => {
             forbid(p, "advance", &w.advance);
             forbid(p, "gap", &w.gap);
-            WindowAssigner::Tumbling { size: need(p, "size", &w.size, "1m")? }
+            WindowAssigner::Tumbling {
+                size: need(p, "size", &w.size, "1m")?,
+            }
         }
         WindowKind::Hopping => {
             forbid(p, "gap", &w.gap);
@@ -566,7 +725,15 @@ fn compile_window(p: &mut Problems, path: &str, w: &super::WindowDef) -> Option<
             let advance = need(p, "advance", &w.advance, "10s");
             let (size, advance) = (size?, advance?);
             if advance > size {
-                p.add(&format!("{path}.advance"), format!("must not exceed size ({} > {})", w.advance.as_ref()?.0, w.size.as_ref()?.0), "use an advance no larger than the size; equal means tumbling");
+                p.add(
+                    &format!("{path}.advance"),
+                    format!(
+                        "must not exceed size ({} > {})",
+                        w.advance.as_ref()?.0,
+                        w.size.as_ref()?.0
+                    ),
+                    "use an advance no larger than the size; equal means tumbling",
+                );
                 return None;
             }
             WindowAssigner::Hopping { size, advance }
@@ -574,36 +741,62 @@ fn compile_window(p: &mut Problems, path: &str, w: &super::WindowDef) -> Option<
         WindowKind::Session => {
             forbid(p, "size", &w.size);
             forbid(p, "advance", &w.advance);
-            WindowAssigner::Session { gap: need(p, "gap", &w.gap, "5m")? }
+            WindowAssigner::Session {
+                gap: need(p, "gap", &w.gap, "5m")?,
+            }
         }
     };
     Some(WindowPlan { assigner, grace })
 }
 
-fn compile_aggregate(p: &mut Problems, path: &str, a: &super::AggregateDef, row: &[(String, FieldType)], known: bool) -> Option<(Vec<AggPlan>, EmitPlan)> {
+fn compile_aggregate(
+    p: &mut Problems,
+    path: &str,
+    a: &super::AggregateDef,
+    row: &[(String, FieldType)],
+    known: bool,
+) -> Option<(Vec<AggPlan>, EmitPlan)> {
     if a.outputs.is_empty() {
-        p.add(&format!("{path}.outputs"), "no outputs", "add e.g. views: {fn: count}");
+        p.add(
+            &format!("{path}.outputs"),
+            "no outputs",
+            "add e.g. views: {fn: count}",
+        );
     }
     let emit = match a.emit.unwrap_or(EmitMode::Final) {
         EmitMode::Final => {
             if a.interval.is_some() {
-                p.add(&format!("{path}.interval"), "`interval` applies to emit: update only", "remove interval, or set emit: update");
+                p.add(
+                    &format!("{path}.interval"),
+                    "`interval` applies to emit: update only",
+                    "remove interval, or set emit: update",
+                );
             }
             EmitPlan::Final
         }
-        EmitMode::Update => EmitPlan::Update { interval_ms: duration(p, &format!("{path}.interval"), &a.interval, false).unwrap_or(0) },
+        EmitMode::Update => EmitPlan::Update {
+            interval_ms: duration(p, &format!("{path}.interval"), &a.interval, false).unwrap_or(0),
+        },
     };
     let mut aggs = Vec::new();
     for (name, o) in &a.outputs {
         let opath = format!("{path}.outputs.{name}");
         if matches!(name.as_str(), "window_start" | "window_end") {
-            p.add(&opath, format!("`{name}` is reserved for the window bounds"), "choose another output name");
+            p.add(
+                &opath,
+                format!("`{name}` is reserved for the window bounds"),
+                "choose another output name",
+            );
             continue;
         }
         let input = match (&o.field, o.func) {
             (None, AggFn::Count) => None,
             (None, f) => {
-                p.add(&format!("{opath}.field"), format!("{} needs a field", fn_name(f)), format!("add field: <one of {}>", field_names(row)));
+                p.add(
+                    &format!("{opath}.field"),
+                    format!("{} needs a field", fn_name(f)),
+                    format!("add field: <one of {}>", field_names(row)),
+                );
                 continue;
             }
             (Some(f), func) => {
@@ -611,7 +804,11 @@ fn compile_aggregate(p: &mut Problems, path: &str, a: &super::AggregateDef, row:
                     continue;
                 }
                 let Some(j) = row.iter().position(|(n, _)| n == f) else {
-                    p.add(&format!("{opath}.field"), format!("unknown field `{f}`"), format!("use one of the fields available here: {}", field_names(row)));
+                    p.add(
+                        &format!("{opath}.field"),
+                        format!("unknown field `{f}`"),
+                        format!("use one of the fields available here: {}", field_names(row)),
+                    );
                     continue;
                 };
                 let t = &row[j].1;
@@ -620,8 +817,20 @@ fn compile_aggregate(p: &mut Problems, path: &str, a: &super::AggregateDef, row:
                     _ => groupable(&t.kind),
                 };
                 if !ok {
-                    let need = if matches!(func, AggFn::Sum | AggFn::Avg) { "a numeric (int, long, float, double)" } else { "a scalar" };
-                    p.add(&format!("{opath}.field"), format!("{} needs {need} field; `{f}` is {}", fn_name(func), t.kind.name()), "aggregate another field, or convert it in a map step");
+                    let need = if matches!(func, AggFn::Sum | AggFn::Avg) {
+                        "a numeric (int, long, float, double)"
+                    } else {
+                        "a scalar"
+                    };
+                    p.add(
+                        &format!("{opath}.field"),
+                        format!(
+                            "{} needs {need} field; `{f}` is {}",
+                            fn_name(func),
+                            t.kind.name()
+                        ),
+                        "aggregate another field, or convert it in a map step",
+                    );
                     continue;
                 }
                 Some((j, t.clone()))
@@ -629,12 +838,25 @@ fn compile_aggregate(p: &mut Problems, path: &str, a: &super::AggregateDef, row:
         };
         let out = match (o.func, &input) {
             (AggFn::Count | AggFn::CountDistinct, _) => FieldType::new(Kind::Long, false),
-            (AggFn::Sum, Some((_, t))) => FieldType::new(if matches!(t.kind, Kind::Int | Kind::Long) { Kind::Long } else { Kind::Double }, t.nullable),
+            (AggFn::Sum, Some((_, t))) => FieldType::new(
+                if matches!(t.kind, Kind::Int | Kind::Long) {
+                    Kind::Long
+                } else {
+                    Kind::Double
+                },
+                t.nullable,
+            ),
             (AggFn::Avg, Some((_, t))) => FieldType::new(Kind::Double, t.nullable),
             (_, Some((_, t))) => FieldType::new(out_kind(&t.kind), t.nullable),
             (_, None) => continue,
         };
-        aggs.push(AggPlan { name: name.clone(), func: o.func, field: input.as_ref().map(|x| x.0), input: input.map(|x| x.1), out });
+        aggs.push(AggPlan {
+            name: name.clone(),
+            func: o.func,
+            field: input.as_ref().map(|x| x.0),
+            input: input.map(|x| x.1),
+            out,
+        });
     }
     Some((aggs, emit))
 }
@@ -652,9 +874,18 @@ pub fn fn_name(f: AggFn) -> &'static str {
     }
 }
 
-fn check_output(p: &mut Problems, schema: &Schema, keys: &[KeyField], aggs: &[AggPlan]) -> Option<OutputPlan> {
+fn check_output(
+    p: &mut Problems,
+    schema: &Schema,
+    keys: &[KeyField],
+    aggs: &[AggPlan],
+) -> Option<OutputPlan> {
     let Schema::Record(rec) = schema else {
-        p.add("output.schema", "the output schema must be an Avro record", "wrap the fields in {\"type\": \"record\", ...}");
+        p.add(
+            "output.schema",
+            "the output schema must be an Avro record",
+            "wrap the fields in {\"type\": \"record\", ...}",
+        );
         return None;
     };
     // What the steps produce, in order.
@@ -662,8 +893,16 @@ fn check_output(p: &mut Problems, schema: &Schema, keys: &[KeyField], aggs: &[Ag
     for (i, k) in keys.iter().enumerate() {
         produced.push((k.name.clone(), OutSource::Key(i), k.ty.clone()));
     }
-    produced.push(("window_start".into(), OutSource::WindowStart, FieldType::new(Kind::TimestampMillis, false)));
-    produced.push(("window_end".into(), OutSource::WindowEnd, FieldType::new(Kind::TimestampMillis, false)));
+    produced.push((
+        "window_start".into(),
+        OutSource::WindowStart,
+        FieldType::new(Kind::TimestampMillis, false),
+    ));
+    produced.push((
+        "window_end".into(),
+        OutSource::WindowEnd,
+        FieldType::new(Kind::TimestampMillis, false),
+    ));
     for (i, a) in aggs.iter().enumerate() {
         produced.push((a.name.clone(), OutSource::Agg(i), a.out.clone()));
     }
@@ -674,28 +913,68 @@ fn check_output(p: &mut Problems, schema: &Schema, keys: &[KeyField], aggs: &[Ag
         match produced.iter().find(|(n, _, _)| *n == f.name) {
             None => {
                 ok = false;
-                p.add("output.schema", format!("field `{}` is in the output schema but no step produces it", f.name), format!("remove it from the schema, or produce it (the steps produce: {})", produced.iter().map(|x| x.0.as_str()).collect::<Vec<_>>().join(", ")));
+                p.add(
+                    "output.schema",
+                    format!(
+                        "field `{}` is in the output schema but no step produces it",
+                        f.name
+                    ),
+                    format!(
+                        "remove it from the schema, or produce it (the steps produce: {})",
+                        produced
+                            .iter()
+                            .map(|x| x.0.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
             }
             Some((name, src, ty)) => {
                 let bounds = matches!(src, OutSource::WindowStart | OutSource::WindowEnd);
                 let same = if bounds {
-                    !declared.nullable && matches!(declared.kind, Kind::Long | Kind::TimestampMillis)
+                    !declared.nullable
+                        && matches!(declared.kind, Kind::Long | Kind::TimestampMillis)
                 } else {
                     declared == *ty
                 };
                 if !same {
                     ok = false;
-                    p.add("output.schema", format!("field `{name}`: the schema says {declared}, the steps produce {ty}"), format!("declare `{name}` as {ty} in the output schema"));
+                    p.add(
+                        "output.schema",
+                        format!(
+                            "field `{name}`: the schema says {declared}, the steps produce {ty}"
+                        ),
+                        format!("declare `{name}` as {ty} in the output schema"),
+                    );
                 }
-                fields.push(OutField { name: name.clone(), source: *src, schema: f.schema.clone(), ty: declared });
+                fields.push(OutField {
+                    name: name.clone(),
+                    source: *src,
+                    schema: f.schema.clone(),
+                    ty: declared,
+                });
             }
         }
     }
     for (n, _, ty) in &produced {
         if !rec.fields.iter().any(|f| f.name == *n) {
             ok = false;
-            p.add("output.schema", format!("the steps produce `{n}` ({ty}) but the output schema has no such field"), format!("add {{\"name\": \"{n}\", \"type\": {ty}}} to the output schema"));
+            p.add(
+                "output.schema",
+                format!("the steps produce `{n}` ({ty}) but the output schema has no such field"),
+                format!("add {{\"name\": \"{n}\", \"type\": {ty}}} to the output schema"),
+            );
         }
     }
-    ok.then(|| OutputPlan { schema: schema.clone(), key_fields: keys.iter().map(|k| KeyField { name: k.name.clone(), ty: k.ty.clone() }).collect(), fields })
+    ok.then(|| OutputPlan {
+        schema: schema.clone(),
+        key_fields: keys
+            .iter()
+            .map(|k| KeyField {
+                name: k.name.clone(),
+                ty: k.ty.clone(),
+            })
+            .collect(),
+        fields,
+    })
 }

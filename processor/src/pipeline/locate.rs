@@ -120,7 +120,8 @@ mod tests {
 
     #[test]
     fn finds_nested_paths() {
-        let text = "a: 1\nsteps:\n  - filter: x\n  - window:\n      type: tumbling\n      size: 5s\n";
+        let text =
+            "a: 1\nsteps:\n  - filter: x\n  - window:\n      type: tumbling\n      size: 5s\n";
         let idx = LineIndex::new(text);
         assert_eq!(idx.line("a"), Some(1));
         assert_eq!(idx.line("steps[0].filter"), Some(3));

@@ -79,7 +79,11 @@ pub struct Loaded {
 pub fn load_file(path: &Path, schemas_dir: Option<&Path>) -> Loaded {
     let file = path.display().to_string();
     match std::fs::read_to_string(path) {
-        Ok(text) => load_str(&text, &file, &SchemaResolver::for_pipeline(path, schemas_dir)),
+        Ok(text) => load_str(
+            &text,
+            &file,
+            &SchemaResolver::for_pipeline(path, schemas_dir),
+        ),
         Err(e) => Loaded {
             def: None,
             plan: None,
@@ -100,7 +104,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -116,7 +122,7 @@ fn suggest(key: &str, known: &[&str]) -> String {
         .filter(|(d, _)| *d <= 3);
     match best {
         Some((_, k)) => format!("did you mean `{k}`?"),
-        None => format!("the keys here are: {}", known.join(", ")),
+        None => format!("use one of: {}", known.join(", ")),
     }
 }
 
@@ -144,13 +150,30 @@ fn section<T: DeserializeOwned>(p: &mut Problems, path: &str, v: &Yaml) -> Optio
                     .split(", ")
                     .map(|s| s.trim_matches('`'))
                     .collect();
-                let full_unknown = format!("{full}.{name}");
-                p.add(&full_unknown, format!("unknown key `{name}`"), suggest(name, &known));
+                let full_unknown = if full.ends_with(&format!(".{name}")) || full == name {
+                    full.clone()
+                } else {
+                    format!("{full}.{name}")
+                };
+                p.add(
+                    &full_unknown,
+                    format!("unknown key `{name}`"),
+                    suggest(name, &known),
+                );
                 return None;
             } else if msg.starts_with("missing field") {
                 "add it (see the README's pipeline reference)".to_string()
-            } else if msg.starts_with("unknown variant") {
-                "use one of the values listed".to_string()
+            } else if let Some(rest) = msg.strip_prefix("unknown variant `") {
+                let name = rest.split('`').next().unwrap_or_default();
+                let known: Vec<&str> = rest
+                    .split("expected one of ")
+                    .nth(1)
+                    .or_else(|| rest.split("expected ").nth(1))
+                    .unwrap_or_default()
+                    .split(", ")
+                    .map(|s| s.trim_matches('`'))
+                    .collect();
+                suggest(name, &known)
             } else {
                 "see the README's pipeline reference for this key".to_string()
             };
@@ -183,21 +206,33 @@ pub fn load_str(text: &str, file: &str, resolver: &SchemaResolver) -> Loaded {
         }
     };
     let Yaml::Mapping(map) = &doc else {
-        p.add("", "a pipeline definition is a YAML mapping", "start with `apiVersion: weir/v1`");
+        p.add(
+            "",
+            "a pipeline definition is a YAML mapping",
+            "start with `apiVersion: weir/v1`",
+        );
         return fail(p);
     };
     for k in map.keys() {
         let name = k.as_str().unwrap_or("?");
         if !TOP_LEVEL_KEYS.contains(&name) {
-            p.add(name, format!("unknown key `{name}`"), suggest(name, TOP_LEVEL_KEYS));
+            p.add(
+                name,
+                format!("unknown key `{name}`"),
+                suggest(name, TOP_LEVEL_KEYS),
+            );
         }
     }
     let get = |k: &str| map.get(k);
-    let mut required = |p: &mut Problems, k: &str, example: &str| -> Option<Yaml> {
+    let required = |p: &mut Problems, k: &str, example: &str| -> Option<Yaml> {
         match get(k) {
             Some(v) => Some(v.clone()),
             None => {
-                p.add(k, format!("missing required key `{k}`"), format!("add {example}"));
+                p.add(
+                    k,
+                    format!("missing required key `{k}`"),
+                    format!("add {example}"),
+                );
                 None
             }
         }
@@ -212,29 +247,45 @@ pub fn load_str(text: &str, file: &str, resolver: &SchemaResolver) -> Loaded {
         }
         r
     });
-    let name = required(&mut p, "name", "name: my-pipeline").and_then(|v| section::<String>(&mut p, "name", &v));
+    let name = required(&mut p, "name", "name: my-pipeline")
+        .and_then(|v| section::<String>(&mut p, "name", &v));
     if let Some(n) = &name {
-        if n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            p.add("name", format!("`{n}` is not a valid pipeline name"), "use letters, digits, - and _ only");
+        if n.is_empty()
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            p.add(
+                "name",
+                format!("`{n}` is not a valid pipeline name"),
+                "use letters, digits, - and _ only",
+            );
         }
     }
     let description = get("description").and_then(|v| section::<String>(&mut p, "description", v));
-    let source = required(&mut p, "source", "a source section").and_then(|v| section(&mut p, "source", &v));
-    let steps: Option<Vec<StepDef>> = required(&mut p, "steps", "a steps list").and_then(|v| match v {
-        Yaml::Sequence(items) => {
-            let parsed: Vec<Option<StepDef>> = items
-                .iter()
-                .enumerate()
-                .map(|(i, it)| section(&mut p, &format!("steps[{i}]"), it))
-                .collect();
-            parsed.into_iter().collect()
-        }
-        _ => {
-            p.add("steps", "must be a list", "write each step as a list item: - key_by: [user_id]");
-            None
-        }
-    });
-    let output = required(&mut p, "output", "output: {schema: my_output.avsc}").and_then(|v| section(&mut p, "output", &v));
+    let source =
+        required(&mut p, "source", "a source section").and_then(|v| section(&mut p, "source", &v));
+    let steps: Option<Vec<StepDef>> =
+        required(&mut p, "steps", "a steps list").and_then(|v| match v {
+            Yaml::Sequence(items) => {
+                let parsed: Vec<Option<StepDef>> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, it)| section(&mut p, &format!("steps[{i}]"), it))
+                    .collect();
+                parsed.into_iter().collect()
+            }
+            _ => {
+                p.add(
+                    "steps",
+                    "must be a list",
+                    "write each step as a list item: - key_by: [user_id]",
+                );
+                None
+            }
+        });
+    let output = required(&mut p, "output", "output: {schema: my_output.avsc}")
+        .and_then(|v| section(&mut p, "output", &v));
     let sinks = match get("sinks") {
         None => Some(Vec::new()),
         Some(Yaml::Sequence(items)) => items
@@ -245,7 +296,11 @@ pub fn load_str(text: &str, file: &str, resolver: &SchemaResolver) -> Loaded {
             .into_iter()
             .collect(),
         Some(_) => {
-            p.add("sinks", "must be a list", "write each sink as a list item: - type: stdout");
+            p.add(
+                "sinks",
+                "must be a list",
+                "write each sink as a list item: - type: stdout",
+            );
             None
         }
     };
@@ -257,8 +312,16 @@ pub fn load_str(text: &str, file: &str, resolver: &SchemaResolver) -> Loaded {
         None => Some(StateDef::default()),
         Some(v) => section(&mut p, "state", v),
     };
-    let (Some(api_version), Some(name), Some(source), Some(steps), Some(output), Some(sinks), Some(dead_letter), Some(state)) =
-        (api, name, source, steps, output, sinks, dead_letter, state)
+    let (
+        Some(api_version),
+        Some(name),
+        Some(source),
+        Some(steps),
+        Some(output),
+        Some(sinks),
+        Some(dead_letter),
+        Some(state),
+    ) = (api, name, source, steps, output, sinks, dead_letter, state)
     else {
         return fail(p);
     };
@@ -274,6 +337,8 @@ pub fn load_str(text: &str, file: &str, resolver: &SchemaResolver) -> Loaded {
         state,
     };
     let plan = compile(&def, resolver, &mut p);
+    // In file order; problems on one line keep the order they were found in.
+    p.list.sort_by_key(|x| x.line.unwrap_or(0));
     Loaded {
         def: Some(def),
         plan,
@@ -282,5 +347,7 @@ pub fn load_str(text: &str, file: &str, resolver: &SchemaResolver) -> Loaded {
 }
 
 fn yaml_text(v: &Yaml) -> String {
-    serde_yaml::to_string(v).map(|s| s.trim().to_string()).unwrap_or_default()
+    serde_yaml::to_string(v)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }

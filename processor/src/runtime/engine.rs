@@ -85,7 +85,11 @@ impl<'p> Engine<'p> {
         let reader_canon = src.reader_schema.canonical_form();
         Engine {
             plan,
-            decoder: Decoder::new(src.format, src.reader_schema.clone(), src.writer_schemas.clone()),
+            decoder: Decoder::new(
+                src.format,
+                src.reader_schema.clone(),
+                src.writer_schemas.clone(),
+            ),
             container: container_schema.filter(|s| s.canonical_form() != reader_canon),
             eval: Evaluator::default(),
             windows: WindowState::new(plan),
@@ -111,31 +115,59 @@ impl<'p> Engine<'p> {
             Payload::Json(b) => self.decoder.decode_json(b).map_err(map),
             Payload::Avro { value, .. } => match &self.container {
                 None => Ok(value.clone()),
-                Some(_) => value.clone().resolve(self.decoder.reader_schema()).map_err(|e| (DeadLetterReason::Schema, format!("cannot resolve to the reader schema: {e}"))),
+                Some(_) => value
+                    .clone()
+                    .resolve(self.decoder.reader_schema())
+                    .map_err(|e| {
+                        (
+                            DeadLetterReason::Schema,
+                            format!("cannot resolve to the reader schema: {e}"),
+                        )
+                    }),
             },
         }
     }
 
     fn event_time(&self, rec: &SourceRecord, row: &Row) -> Result<i64, String> {
         match &self.plan.source.event_time {
-            EventTime::RecordTimestamp => rec.timestamp.ok_or_else(|| "the record has no timestamp".to_string()),
+            EventTime::RecordTimestamp => rec
+                .timestamp
+                .ok_or_else(|| "the record has no timestamp".to_string()),
             EventTime::Field { index, name, unit } => {
                 let mut v = &row[*index];
                 if let Value::Union(_, inner) = v {
                     v = inner;
                 }
                 match (v, unit) {
-                    (Value::Long(t) | Value::TimestampMillis(t) | Value::LocalTimestampMillis(t), TimeUnit::Millis) => Ok(*t),
-                    (Value::TimestampMicros(t) | Value::LocalTimestampMicros(t), TimeUnit::Micros) => Ok(t.div_euclid(1000)),
-                    (Value::String(s), TimeUnit::Rfc3339) => parse_rfc3339_millis(s).ok_or_else(|| format!("event time field `{name}` is not an RFC 3339 timestamp: {s:?}")),
+                    (
+                        Value::Long(t) | Value::TimestampMillis(t) | Value::LocalTimestampMillis(t),
+                        TimeUnit::Millis,
+                    ) => Ok(*t),
+                    (
+                        Value::TimestampMicros(t) | Value::LocalTimestampMicros(t),
+                        TimeUnit::Micros,
+                    ) => Ok(t.div_euclid(1000)),
+                    (Value::String(s), TimeUnit::Rfc3339) => {
+                        parse_rfc3339_millis(s).ok_or_else(|| {
+                            format!("event time field `{name}` is not an RFC 3339 timestamp: {s:?}")
+                        })
+                    }
                     (Value::Null, _) => Err(format!("event time field `{name}` is null")),
-                    (other, _) => Err(format!("event time field `{name}` has an unexpected value {other:?}")),
+                    (other, _) => Err(format!(
+                        "event time field `{name}` has an unexpected value {other:?}"
+                    )),
                 }
             }
         }
     }
 
-    fn dead(&mut self, rec: &SourceRecord, reason: DeadLetterReason, error: String, out: &mut Vec<DeadLetter>) {
+    fn dead(
+        &mut self,
+        rec: &SourceRecord,
+        reason: DeadLetterReason,
+        error: String,
+        out: &mut Vec<DeadLetter>,
+    ) {
         self.counters.dead_letter(reason);
         out.push(DeadLetter {
             pipeline: self.plan.name.clone(),
@@ -152,7 +184,13 @@ impl<'p> Engine<'p> {
     }
 
     /// Processes one record; results and dead letters are appended to the two vectors.
-    pub fn process(&mut self, store: &Store, rec: &SourceRecord, emitted: &mut Vec<Emitted>, dead: &mut Vec<DeadLetter>) -> Result<(), StateError> {
+    pub fn process(
+        &mut self,
+        store: &Store,
+        rec: &SourceRecord,
+        emitted: &mut Vec<Emitted>,
+        dead: &mut Vec<DeadLetter>,
+    ) -> Result<(), StateError> {
         self.counters.events_in += 1;
         let value = match self.decode(rec) {
             Ok(v) => v,
@@ -164,7 +202,12 @@ impl<'p> Engine<'p> {
         let row: Row = match value {
             Value::Record(fields) => fields.into_iter().map(|(_, v)| v).collect(),
             other => {
-                self.dead(rec, DeadLetterReason::Schema, format!("expected a record, got {other:?}"), dead);
+                self.dead(
+                    rec,
+                    DeadLetterReason::Schema,
+                    format!("expected a record, got {other:?}"),
+                    dead,
+                );
                 return Ok(());
             }
         };
@@ -194,7 +237,16 @@ impl<'p> Engine<'p> {
             }
         };
         let before = self.watermarks.current();
-        match self.windows.add(self.plan, store, rec.partition, &key, &row, ts, rec.offset, before)? {
+        match self.windows.add(
+            self.plan,
+            store,
+            rec.partition,
+            &key,
+            &row,
+            ts,
+            rec.offset,
+            before,
+        )? {
             Added::Ok => {}
             Added::Late => {
                 let msg = format!("event time {} is behind the watermark {} beyond the grace period; its windows have closed", fmt_ms(ts), fmt_ms(before));
@@ -207,7 +259,12 @@ impl<'p> Engine<'p> {
         self.emit(store, wm, emitted)
     }
 
-    fn emit(&mut self, store: &Store, wm: i64, emitted: &mut Vec<Emitted>) -> Result<(), StateError> {
+    fn emit(
+        &mut self,
+        store: &Store,
+        wm: i64,
+        emitted: &mut Vec<Emitted>,
+    ) -> Result<(), StateError> {
         let updates = self.windows.take_updates(wm, store)?;
         let closed = self.windows.close_until(wm, store)?;
         for e in updates.into_iter().chain(closed) {
@@ -225,7 +282,14 @@ impl<'p> Engine<'p> {
     }
 
     fn decode_emission(&self, e: Emission) -> Emitted {
-        Emitted { partition: e.partition, key: decode_key(&e.key), start: e.start, end: e.end, results: e.results, seq: e.seq }
+        Emitted {
+            partition: e.partition,
+            key: decode_key(&e.key),
+            start: e.start,
+            end: e.end,
+            results: e.results,
+            seq: e.seq,
+        }
     }
 
     /// The derived event as an Avro record of the output schema.
@@ -237,10 +301,20 @@ impl<'p> Engine<'p> {
             .iter()
             .map(|f| {
                 let v = match f.source {
-                    OutSource::Key(i) => e.key.get(i).cloned().unwrap_or(Scalar::Null).to_value(&f.ty),
+                    OutSource::Key(i) => e
+                        .key
+                        .get(i)
+                        .cloned()
+                        .unwrap_or(Scalar::Null)
+                        .to_value(&f.ty),
                     OutSource::WindowStart => bound(e.start, &f.ty.kind),
                     OutSource::WindowEnd => bound(e.end, &f.ty.kind),
-                    OutSource::Agg(i) => e.results.get(i).cloned().unwrap_or(Scalar::Null).to_value(&f.ty),
+                    OutSource::Agg(i) => e
+                        .results
+                        .get(i)
+                        .cloned()
+                        .unwrap_or(Scalar::Null)
+                        .to_value(&f.ty),
                 };
                 (f.name.clone(), v)
             })

@@ -43,7 +43,11 @@ pub enum RunError {
     #[error("cannot create a temporary state directory: {0}")]
     TempDir(std::io::Error),
     #[error("the state directory {dir} belongs to pipeline `{found}`, not `{expected}`; use another --state-dir")]
-    OtherPipeline { dir: String, found: String, expected: String },
+    OtherPipeline {
+        dir: String,
+        found: String,
+        expected: String,
+    },
     #[error("the checkpoint in {0} does not decode; remove the state directory to start over")]
     BadCheckpoint(String),
 }
@@ -53,7 +57,9 @@ impl RunError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             RunError::Source(_) | RunError::OtherPipeline { .. } => ErrorKind::User,
-            RunError::Sink(SinkError::Truncated { .. }) | RunError::BadCheckpoint(_) => ErrorKind::User,
+            RunError::Sink(SinkError::Truncated { .. }) | RunError::BadCheckpoint(_) => {
+                ErrorKind::User
+            }
             RunError::Sink(_) | RunError::TempDir(_) => ErrorKind::External,
             RunError::State(StateError::Corrupt(_)) => ErrorKind::Internal,
             RunError::State(_) => ErrorKind::External,
@@ -122,7 +128,11 @@ impl AnySink {
     }
 }
 
-fn open_sinks(plan: &Plan, opts: &RunOptions, resume: Option<&Checkpoint>) -> Result<Vec<AnySink>, SinkError> {
+fn open_sinks(
+    plan: &Plan,
+    opts: &RunOptions,
+    resume: Option<&Checkpoint>,
+) -> Result<Vec<AnySink>, SinkError> {
     let targets: Vec<Option<String>> = match &opts.output {
         Some(o) if o == "-" => vec![None],
         Some(o) => vec![Some(o.clone())],
@@ -174,7 +184,10 @@ pub fn run_file(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
     let state_dir: PathBuf = match &opts.state_dir {
         Some(d) => d.clone(),
         None => {
-            let t = tempfile::Builder::new().prefix("weir-state-").tempdir().map_err(RunError::TempDir)?;
+            let t = tempfile::Builder::new()
+                .prefix("weir-state-")
+                .tempdir()
+                .map_err(RunError::TempDir)?;
             let p = t.path().to_path_buf();
             _tmp = t;
             p
@@ -183,11 +196,18 @@ pub fn run_file(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
     let mut store = Store::open(&state_dir, &plan.state)?;
     let resume: Option<Checkpoint> = match store.get(META_KEY)? {
         None => None,
-        Some(bytes) => Some(bincode::deserialize(&bytes).map_err(|_| RunError::BadCheckpoint(state_dir.display().to_string()))?),
+        Some(bytes) => Some(
+            bincode::deserialize(&bytes)
+                .map_err(|_| RunError::BadCheckpoint(state_dir.display().to_string()))?,
+        ),
     };
     if let Some(c) = &resume {
         if c.pipeline != plan.name {
-            return Err(RunError::OtherPipeline { dir: state_dir.display().to_string(), found: c.pipeline.clone(), expected: plan.name.clone() });
+            return Err(RunError::OtherPipeline {
+                dir: state_dir.display().to_string(),
+                found: c.pipeline.clone(),
+                expected: plan.name.clone(),
+            });
         }
     }
     let mut sinks = open_sinks(plan, opts, resume.as_ref())?;
@@ -218,13 +238,17 @@ pub fn run_file(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
     let file_name = source.path().to_string();
     let mut json_buf = String::new();
 
-    loop {
-        let rec = match source.next().transpose()? {
-            Some(r) => r,
-            None => break,
-        };
+    while let Some(rec) = source.next().transpose()? {
         engine.process(&store, &rec, &mut emitted, &mut dead_letters)?;
-        write_out(&engine, &mut sinks, &mut dead, &mut emitted, &mut dead_letters, &file_name, &mut json_buf)?;
+        write_out(
+            &engine,
+            &mut sinks,
+            &mut dead,
+            &mut emitted,
+            &mut dead_letters,
+            &file_name,
+            &mut json_buf,
+        )?;
         position += 1;
         processed_here += 1;
         since_checkpoint += 1;
@@ -235,15 +259,37 @@ pub fn run_file(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
             }
         }
         if since_checkpoint >= opts.checkpoint_every || engine.windows.over_capacity() {
-            checkpoint(plan, &mut engine, &mut store, &mut sinks, &mut dead, position)?;
+            checkpoint(
+                plan,
+                &mut engine,
+                &mut store,
+                &mut sinks,
+                &mut dead,
+                position,
+            )?;
             engine.windows.after_checkpoint();
             since_checkpoint = 0;
             checkpoints += 1;
         }
     }
     engine.finish(&store, &mut emitted)?;
-    write_out(&engine, &mut sinks, &mut dead, &mut emitted, &mut dead_letters, &file_name, &mut json_buf)?;
-    checkpoint(plan, &mut engine, &mut store, &mut sinks, &mut dead, position)?;
+    write_out(
+        &engine,
+        &mut sinks,
+        &mut dead,
+        &mut emitted,
+        &mut dead_letters,
+        &file_name,
+        &mut json_buf,
+    )?;
+    checkpoint(
+        plan,
+        &mut engine,
+        &mut store,
+        &mut sinks,
+        &mut dead,
+        position,
+    )?;
     checkpoints += 1;
     Ok(Summary {
         counters: engine.counters.clone(),
@@ -277,7 +323,14 @@ fn write_out(
     Ok(())
 }
 
-fn checkpoint(plan: &Plan, engine: &mut Engine, store: &mut Store, sinks: &mut [AnySink], dead: &mut FileSink, position: u64) -> Result<(), RunError> {
+fn checkpoint(
+    plan: &Plan,
+    engine: &mut Engine,
+    store: &mut Store,
+    sinks: &mut [AnySink],
+    dead: &mut FileSink,
+    position: u64,
+) -> Result<(), RunError> {
     let mut lengths = Vec::with_capacity(sinks.len());
     for s in sinks.iter_mut() {
         lengths.push(s.as_sink().flush()?);

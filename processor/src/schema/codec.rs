@@ -27,6 +27,8 @@ pub enum DecodeError {
 
 struct Writer {
     schema: Schema,
+    /// The schema has no named-type references, so decoding needs no name table.
+    flat: bool,
     /// The writer schema equals the reader schema: no resolution step.
     same: bool,
 }
@@ -36,6 +38,7 @@ pub struct Decoder {
     format: ValueFormat,
     reader: Schema,
     names: Names,
+    reader_flat: bool,
     writers: HashMap<u32, Writer>,
 }
 
@@ -48,12 +51,14 @@ impl Decoder {
             .into_iter()
             .map(|(id, schema)| {
                 let same = schema.canonical_form() == canon;
-                (id, Writer { schema, same })
+                let flat = !has_refs(&schema);
+                (id, Writer { schema, flat, same })
             })
             .collect();
         Decoder {
             format,
             names: Names::of(&reader),
+            reader_flat: !has_refs(&reader),
             reader,
             writers,
         }
@@ -68,7 +73,9 @@ impl Decoder {
         let json: serde_json::Value = serde_json::from_slice(bytes)
             .map_err(|e| DecodeError::Decode(format!("invalid JSON: {e}")))?;
         if !json.is_object() {
-            return Err(DecodeError::Decode(format!("expected a JSON object, got {json}")));
+            return Err(DecodeError::Decode(format!(
+                "expected a JSON object, got {json}"
+            )));
         }
         json_to_avro(&json, &self.reader, &self.names).map_err(DecodeError::Schema)
     }
@@ -76,7 +83,7 @@ impl Decoder {
     pub fn decode(&self, bytes: &[u8]) -> Result<Value, DecodeError> {
         match self.format {
             ValueFormat::Json => self.decode_json(bytes),
-            ValueFormat::AvroRaw => decode_datum(&self.reader, None, bytes),
+            ValueFormat::AvroRaw => decode_datum(&self.reader, self.reader_flat, None, bytes),
             ValueFormat::Avro => {
                 if bytes.len() < 5 {
                     return Err(DecodeError::Decode(format!(
@@ -98,7 +105,7 @@ impl Decoder {
                     ))
                 })?;
                 let reader = if w.same { None } else { Some(&self.reader) };
-                decode_datum(&w.schema, reader, &bytes[5..])
+                decode_datum(&w.schema, w.flat, reader, &bytes[5..])
             }
         }
     }
@@ -110,10 +117,33 @@ fn sorted_ids(w: &HashMap<u32, Writer>) -> Vec<u32> {
     ids
 }
 
-fn decode_datum(writer: &Schema, reader: Option<&Schema>, bytes: &[u8]) -> Result<Value, DecodeError> {
+/// Does the schema refer to a named type by name (which needs a name table to decode)?
+fn has_refs(s: &Schema) -> bool {
+    match s {
+        Schema::Ref { .. } => true,
+        Schema::Record(r) => r.fields.iter().any(|f| has_refs(&f.schema)),
+        Schema::Array(a) => has_refs(&a.items),
+        Schema::Map(m) => has_refs(&m.types),
+        Schema::Union(u) => u.variants().iter().any(has_refs),
+        _ => false,
+    }
+}
+
+fn decode_datum(
+    writer: &Schema,
+    flat: bool,
+    reader: Option<&Schema>,
+    bytes: &[u8],
+) -> Result<Value, DecodeError> {
     let mut cursor = bytes;
-    let v = apache_avro::decode::decode(writer, &mut cursor)
-        .map_err(|e| DecodeError::Decode(format!("invalid Avro binary: {e}")))?;
+    // `from_avro_datum` rebuilds the writer's name table on every call; a schema without
+    // references needs none, so pass an empty one (measured: the larger part of decode time).
+    let decoded = if flat {
+        apache_avro::from_avro_datum_schemata(writer, Vec::new(), &mut cursor, None)
+    } else {
+        apache_avro::from_avro_datum(writer, &mut cursor, None)
+    };
+    let v = decoded.map_err(|e| DecodeError::Decode(format!("invalid Avro binary: {e}")))?;
     if !cursor.is_empty() {
         return Err(DecodeError::Decode(format!(
             "invalid Avro binary: {} bytes left after the datum",
@@ -242,7 +272,11 @@ mod tests {
         let v1 = Schema::parse_str(V1).unwrap();
         let v2 = Schema::parse_str(V2).unwrap();
         check_readable(&v1, &v2).unwrap();
-        let dec = Decoder::new(ValueFormat::Avro, v2.clone(), vec![(1, v1.clone()), (2, v2)]);
+        let dec = Decoder::new(
+            ValueFormat::Avro,
+            v2.clone(),
+            vec![(1, v1.clone()), (2, v2)],
+        );
         let old = Value::Record(vec![
             ("user".into(), Value::String("u".into())),
             ("n".into(), Value::Int(7)),
@@ -260,8 +294,14 @@ mod tests {
             ])
         );
         assert!(matches!(dec.decode(&[1, 2]), Err(DecodeError::Decode(_))));
-        assert!(matches!(dec.decode(&[0, 0, 0, 0, 9, 1]), Err(DecodeError::Schema(_))));
-        assert!(matches!(dec.decode(&[0, 0, 0, 0, 2, 0xff]), Err(DecodeError::Decode(_))));
+        assert!(matches!(
+            dec.decode(&[0, 0, 0, 0, 9, 1]),
+            Err(DecodeError::Schema(_))
+        ));
+        assert!(matches!(
+            dec.decode(&[0, 0, 0, 0, 2, 0xff]),
+            Err(DecodeError::Decode(_))
+        ));
     }
 
     #[test]
@@ -270,7 +310,10 @@ mod tests {
         let v = Value::Record(vec![
             ("user".into(), Value::String("ü".into())),
             ("n".into(), Value::Long(-300)),
-            ("ref".into(), Value::Union(1, Box::new(Value::String("r".into())))),
+            (
+                "ref".into(),
+                Value::Union(1, Box::new(Value::String("r".into()))),
+            ),
         ]);
         let mut out = Vec::new();
         RecordEncoder::new(s.clone()).encode(&v, &mut out).unwrap();

@@ -159,7 +159,10 @@ fn to_avro(json: &Json, schema: &Schema, names: &Names, path: &str) -> Result<Va
         }
         Schema::Decimal(d) => {
             let unscaled = decimal_unscaled(json, d.scale).ok_or_else(|| {
-                mismatch(&format!("a decimal with at most {} fractional digits", d.scale))
+                mismatch(&format!(
+                    "a decimal with at most {} fractional digits",
+                    d.scale
+                ))
             })?;
             let mut bytes = unscaled.to_be_bytes().to_vec();
             // Shortest two's complement form.
@@ -320,7 +323,8 @@ mod tests {
         )
         .unwrap();
         let names = Names::of(&schema);
-        let ok: Json = serde_json::json!({"a": 1, "t": "2024-01-01T00:00:00Z", "d": "12.5", "e": "Y"});
+        let ok: Json =
+            serde_json::json!({"a": 1, "t": "2024-01-01T00:00:00Z", "d": "12.5", "e": "Y"});
         let v = json_to_avro(&ok, &schema, &names).unwrap();
         assert!(v.validate(&schema));
         let bad: Json = serde_json::json!({"a": "x", "t": 0, "d": "1", "e": "Y"});

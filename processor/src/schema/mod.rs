@@ -226,7 +226,10 @@ fn kind_of(s: &Schema) -> Kind {
         Schema::TimestampMillis | Schema::LocalTimestampMillis => Kind::TimestampMillis,
         Schema::TimestampMicros | Schema::LocalTimestampMicros => Kind::TimestampMicros,
         Schema::Ref { name } => Kind::Other(name.fullname(None)),
-        other => Kind::Other(format!("{:?}", apache_avro::schema::SchemaKind::from(other))),
+        other => Kind::Other(format!(
+            "{:?}",
+            apache_avro::schema::SchemaKind::from(other)
+        )),
     }
 }
 

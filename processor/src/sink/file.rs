@@ -15,27 +15,51 @@ impl FileSink {
     /// Opens `path`: truncated to `resume_at` bytes when resuming from a checkpoint,
     /// emptied otherwise.
     pub fn open(path: &str, resume_at: Option<u64>) -> Result<FileSink, SinkError> {
-        let open_err = |source| SinkError::Open { path: path.to_string(), source };
+        let open_err = |source| SinkError::Open {
+            path: path.to_string(),
+            source,
+        };
         if let Some(parent) = std::path::Path::new(path).parent() {
             if !parent.as_os_str().is_empty() {
                 std::fs::create_dir_all(parent).map_err(open_err)?;
             }
         }
-        let mut f = OpenOptions::new().create(true).write(true).truncate(false).open(path).map_err(open_err)?;
+        let mut f = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(path)
+            .map_err(open_err)?;
         let len = resume_at.unwrap_or(0);
         let actual = f.metadata().map_err(open_err)?.len();
         if actual < len {
-            return Err(SinkError::Truncated { path: path.to_string(), expected: len, actual });
+            return Err(SinkError::Truncated {
+                path: path.to_string(),
+                expected: len,
+                actual,
+            });
         }
         f.set_len(len).map_err(open_err)?;
         f.seek(SeekFrom::Start(len)).map_err(open_err)?;
-        Ok(FileSink { path: path.to_string(), out: BufWriter::with_capacity(1 << 16, f), len })
+        Ok(FileSink {
+            path: path.to_string(),
+            out: BufWriter::with_capacity(1 << 16, f),
+            len,
+        })
     }
 
     pub fn write_line(&mut self, line: &str) -> Result<(), SinkError> {
-        let werr = |source| SinkError::Write { name: self.path.clone(), source };
+        let werr = |source| SinkError::Write {
+            name: self.path.clone(),
+            source,
+        };
         self.out.write_all(line.as_bytes()).map_err(werr)?;
-        self.out.write_all(b"\n").map_err(|source| SinkError::Write { name: self.path.clone(), source })?;
+        self.out
+            .write_all(b"\n")
+            .map_err(|source| SinkError::Write {
+                name: self.path.clone(),
+                source,
+            })?;
         self.len += line.len() as u64 + 1;
         Ok(())
     }
@@ -51,9 +75,18 @@ impl Sink for FileSink {
     }
 
     fn flush(&mut self) -> Result<Option<u64>, SinkError> {
-        let werr = |source| SinkError::Write { name: self.path.clone(), source };
+        let werr = |source| SinkError::Write {
+            name: self.path.clone(),
+            source,
+        };
         self.out.flush().map_err(werr)?;
-        self.out.get_ref().sync_data().map_err(|source| SinkError::Write { name: self.path.clone(), source })?;
+        self.out
+            .get_ref()
+            .sync_data()
+            .map_err(|source| SinkError::Write {
+                name: self.path.clone(),
+                source,
+            })?;
         Ok(Some(self.len))
     }
 }
@@ -64,7 +97,9 @@ pub struct StdoutSink {
 
 impl Default for StdoutSink {
     fn default() -> Self {
-        StdoutSink { out: BufWriter::new(std::io::stdout()) }
+        StdoutSink {
+            out: BufWriter::new(std::io::stdout()),
+        }
     }
 }
 
@@ -74,13 +109,24 @@ impl Sink for StdoutSink {
     }
 
     fn write(&mut self, out: &Output<'_>) -> Result<(), SinkError> {
-        let werr = |source| SinkError::Write { name: "stdout".into(), source };
+        let werr = |source| SinkError::Write {
+            name: "stdout".into(),
+            source,
+        };
         self.out.write_all(out.json.as_bytes()).map_err(werr)?;
-        self.out.write_all(b"\n").map_err(|source| SinkError::Write { name: "stdout".into(), source })
+        self.out
+            .write_all(b"\n")
+            .map_err(|source| SinkError::Write {
+                name: "stdout".into(),
+                source,
+            })
     }
 
     fn flush(&mut self) -> Result<Option<u64>, SinkError> {
-        self.out.flush().map_err(|source| SinkError::Write { name: "stdout".into(), source })?;
+        self.out.flush().map_err(|source| SinkError::Write {
+            name: "stdout".into(),
+            source,
+        })?;
         Ok(None)
     }
 }

@@ -17,11 +17,21 @@ pub mod file;
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("cannot open sink file {path}: {source}")]
-    Open { path: String, source: std::io::Error },
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot write to sink {name}: {source}")]
-    Write { name: String, source: std::io::Error },
+    Write {
+        name: String,
+        source: std::io::Error,
+    },
     #[error("sink file {path} is shorter ({actual} bytes) than its checkpoint says ({expected}); it was changed outside Weir. Remove the state directory to start over")]
-    Truncated { path: String, expected: u64, actual: u64 },
+    Truncated {
+        path: String,
+        expected: u64,
+        actual: u64,
+    },
 }
 
 /// A derived event, encoded once for every sink.

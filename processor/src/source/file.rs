@@ -35,7 +35,17 @@ pub enum InputFormat {
     Avro,
 }
 
-const RECORD_KEYS: &[&str] = &["topic", "partition", "offset", "timestamp", "key", "key_b64", "value", "value_b64", "headers"];
+const RECORD_KEYS: &[&str] = &[
+    "topic",
+    "partition",
+    "offset",
+    "timestamp",
+    "key",
+    "key_b64",
+    "value",
+    "value_b64",
+    "headers",
+];
 
 fn is_record_line(line: &str) -> bool {
     match serde_json::from_str::<Json>(line) {
@@ -48,8 +58,14 @@ fn is_record_line(line: &str) -> bool {
 }
 
 enum Inner {
-    Lines { lines: std::io::Lines<BufReader<File>>, records: bool },
-    Avro { reader: apache_avro::Reader<'static, BufReader<File>>, writer: Schema },
+    Lines {
+        lines: std::io::Lines<BufReader<File>>,
+        records: bool,
+    },
+    Avro {
+        reader: Box<apache_avro::Reader<'static, BufReader<File>>>,
+        writer: Schema,
+    },
 }
 
 pub struct FileSource {
@@ -63,13 +79,21 @@ pub struct FileSource {
 impl FileSource {
     pub fn open(path: &Path, format: InputFormat, topic: &str) -> Result<FileSource, SourceError> {
         let name = path.display().to_string();
-        let open = || File::open(path).map_err(|source| SourceError::Open { path: name.clone(), source });
+        let open = || {
+            File::open(path).map_err(|source| SourceError::Open {
+                path: name.clone(),
+                source,
+            })
+        };
         let format = match format {
             InputFormat::Auto if path.extension().is_some_and(|e| e == "avro") => InputFormat::Avro,
             InputFormat::Auto => {
                 let mut first = String::new();
                 for l in BufReader::new(open()?).lines() {
-                    let l = l.map_err(|source| SourceError::Read { path: name.clone(), source })?;
+                    let l = l.map_err(|source| SourceError::Read {
+                        path: name.clone(),
+                        source,
+                    })?;
                     if !l.trim().is_empty() {
                         first = l;
                         break;
@@ -85,13 +109,30 @@ impl FileSource {
         };
         let inner = match format {
             InputFormat::Avro => {
-                let reader = apache_avro::Reader::new(BufReader::new(open()?)).map_err(|e| SourceError::Container { path: name.clone(), message: e.to_string() })?;
+                let reader = apache_avro::Reader::new(BufReader::new(open()?)).map_err(|e| {
+                    SourceError::Container {
+                        path: name.clone(),
+                        message: e.to_string(),
+                    }
+                })?;
                 let writer = reader.writer_schema().clone();
-                Inner::Avro { reader, writer }
+                Inner::Avro {
+                    reader: Box::new(reader),
+                    writer,
+                }
             }
-            f => Inner::Lines { lines: BufReader::new(open()?).lines(), records: f == InputFormat::Records },
+            f => Inner::Lines {
+                lines: BufReader::new(open()?).lines(),
+                records: f == InputFormat::Records,
+            },
         };
-        Ok(FileSource { path: name, topic: topic.to_string(), inner, line: 0, next_offset: HashMap::new() })
+        Ok(FileSource {
+            path: name,
+            topic: topic.to_string(),
+            inner,
+            line: 0,
+            next_offset: HashMap::new(),
+        })
     }
 
     pub fn path(&self) -> &str {
@@ -118,17 +159,37 @@ impl FileSource {
         let raw = |t: String| Payload::Bytes(t.into_bytes());
         if !records {
             let off = self.offset(0, None);
-            return SourceRecord { topic: self.topic.clone(), partition: 0, offset: off, timestamp: None, key: None, value: Payload::Json(text.into_bytes()), line };
+            return SourceRecord {
+                topic: self.topic.clone(),
+                partition: 0,
+                offset: off,
+                timestamp: None,
+                key: None,
+                value: Payload::Json(text.into_bytes()),
+                line,
+            };
         }
-        let parsed: Option<serde_json::Map<String, Json>> = match serde_json::from_str::<Json>(&text) {
-            Ok(Json::Object(m)) => Some(m),
-            _ => None,
-        };
+        let parsed: Option<serde_json::Map<String, Json>> =
+            match serde_json::from_str::<Json>(&text) {
+                Ok(Json::Object(m)) => Some(m),
+                _ => None,
+            };
         let Some(m) = parsed else {
             let off = self.offset(0, None);
-            return SourceRecord { topic: self.topic.clone(), partition: 0, offset: off, timestamp: None, key: None, value: raw(text), line };
+            return SourceRecord {
+                topic: self.topic.clone(),
+                partition: 0,
+                offset: off,
+                timestamp: None,
+                key: None,
+                value: raw(text),
+                line,
+            };
         };
-        let b64 = |v: Option<&Json>| v.and_then(Json::as_str).and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok());
+        let b64 = |v: Option<&Json>| {
+            v.and_then(Json::as_str)
+                .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+        };
         let partition = m.get("partition").and_then(Json::as_u64).unwrap_or(0) as u32;
         let offset = self.offset(partition, m.get("offset").and_then(Json::as_i64));
         let key = match m.get("key") {
@@ -137,14 +198,20 @@ impl FileSource {
         };
         let value = match (m.get("value"), m.get("value_b64")) {
             (Some(v), _) => Payload::Json(v.to_string().into_bytes()),
-            (None, Some(Json::String(s))) => match base64::engine::general_purpose::STANDARD.decode(s) {
-                Ok(b) => Payload::Bytes(b),
-                Err(_) => raw(text.clone()),
-            },
+            (None, Some(Json::String(s))) => {
+                match base64::engine::general_purpose::STANDARD.decode(s) {
+                    Ok(b) => Payload::Bytes(b),
+                    Err(_) => raw(text.clone()),
+                }
+            }
             _ => raw(text.clone()),
         };
         SourceRecord {
-            topic: m.get("topic").and_then(Json::as_str).unwrap_or(&self.topic).to_string(),
+            topic: m
+                .get("topic")
+                .and_then(Json::as_str)
+                .unwrap_or(&self.topic)
+                .to_string(),
             partition,
             offset,
             timestamp: m.get("timestamp").and_then(Json::as_i64),
@@ -165,7 +232,12 @@ impl Iterator for FileSource {
                 loop {
                     let l = match lines.next()? {
                         Ok(l) => l,
-                        Err(source) => return Some(Err(SourceError::Read { path: self.path.clone(), source })),
+                        Err(source) => {
+                            return Some(Err(SourceError::Read {
+                                path: self.path.clone(),
+                                source,
+                            }))
+                        }
                     };
                     self.line += 1;
                     if l.trim().is_empty() {
@@ -177,12 +249,25 @@ impl Iterator for FileSource {
             Inner::Avro { reader, writer } => {
                 let v = match reader.next()? {
                     Ok(v) => v,
-                    Err(e) => return Some(Err(SourceError::Container { path: self.path.clone(), message: e.to_string() })),
+                    Err(e) => {
+                        return Some(Err(SourceError::Container {
+                            path: self.path.clone(),
+                            message: e.to_string(),
+                        }))
+                    }
                 };
                 self.line += 1;
                 let bytes = apache_avro::to_avro_datum(writer, v.clone()).unwrap_or_default();
                 let off = self.offset(0, None);
-                Some(Ok(SourceRecord { topic: self.topic.clone(), partition: 0, offset: off, timestamp: None, key: None, value: Payload::Avro { value: v, bytes }, line: self.line }))
+                Some(Ok(SourceRecord {
+                    topic: self.topic.clone(),
+                    partition: 0,
+                    offset: off,
+                    timestamp: None,
+                    key: None,
+                    value: Payload::Avro { value: v, bytes },
+                    line: self.line,
+                }))
             }
         }
     }

@@ -44,9 +44,15 @@ impl Payload {
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("cannot open the input {path}: {source}")]
-    Open { path: String, source: std::io::Error },
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot read the input {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("the input {path} is not an Avro container file: {message}")]
     Container { path: String, message: String },
 }

@@ -15,13 +15,18 @@
 pub mod windows;
 
 use crate::pipeline::StateDef;
-use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, Direction, IteratorMode, Options, WriteBatch, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, DBCompressionType, Direction, IteratorMode, Options, WriteBatch, DB,
+};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("cannot open the state store at {path}: {source}")]
-    Open { path: String, source: rocksdb::Error },
+    Open {
+        path: String,
+        source: rocksdb::Error,
+    },
     #[error("state store read failed: {0}")]
     Read(rocksdb::Error),
     #[error("state store write failed: {0}")]
@@ -30,10 +35,15 @@ pub enum StateError {
     Corrupt(String),
 }
 
+/// A key and its value, as stored.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 pub const META_KEY: &[u8] = b"m|checkpoint";
 
 /// An aligned window of one source partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct WindowId {
     pub partition: u32,
     pub start: i64,
@@ -112,9 +122,12 @@ impl Store {
     }
 
     /// Every (key, value) whose key starts with `prefix`, in key order.
-    pub fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+    pub fn scan(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, StateError> {
         let mut out = Vec::new();
-        for item in self.db.iterator(IteratorMode::From(prefix, Direction::Forward)) {
+        for item in self
+            .db
+            .iterator(IteratorMode::From(prefix, Direction::Forward))
+        {
             let (k, v) = item.map_err(StateError::Read)?;
             if !k.starts_with(prefix) {
                 break;
@@ -131,7 +144,7 @@ impl Store {
 
     /// Adds the deletion of every key with `prefix` to `batch`.
     pub fn delete_prefix(batch: &mut WriteBatch, prefix: &[u8]) {
-        batch.delete_range(prefix, prefix_end(prefix));
+        batch.delete_range(prefix, &prefix_end(prefix));
     }
 
     /// Approximate size of the state on disk and in memtables, in bytes.

@@ -181,27 +181,31 @@ impl WindowState {
                 continue; // this window has closed
             }
             any = true;
-            let id = WindowId { partition, start, end };
-            let slot = match self.slots.get_mut(&id) {
-                Some(s) => s,
-                None => {
-                    self.closing.insert((end + self.grace, id));
-                    self.slots.entry(id).or_default()
-                }
+            let id = WindowId {
+                partition,
+                start,
+                end,
             };
-            let entry = match slot.cache.get_mut(key) {
-                Some(e) => e,
-                None => {
-                    let acc = match slot.spilled {
-                        true => match store.get(&window_key(&id, key))? {
-                            Some(v) => decode_acc(&v)?,
-                            None => WindowAcc::new(plan),
-                        },
-                        false => WindowAcc::new(plan),
-                    };
-                    self.cached += 1;
-                    slot.cache.entry(key.to_vec()).or_insert(Entry { acc, dirty: false })
-                }
+            if !self.slots.contains_key(&id) {
+                self.closing.insert((end + self.grace, id));
+                self.slots.insert(id, Slot::default());
+            }
+            let Some(slot) = self.slots.get_mut(&id) else {
+                continue;
+            };
+            if !slot.cache.contains_key(key) {
+                let acc = match slot.spilled {
+                    true => match store.get(&window_key(&id, key))? {
+                        Some(v) => decode_acc(&v)?,
+                        None => WindowAcc::new(plan),
+                    },
+                    false => WindowAcc::new(plan),
+                };
+                self.cached += 1;
+                slot.cache.insert(key.to_vec(), Entry { acc, dirty: false });
+            }
+            let Some(entry) = slot.cache.get_mut(key) else {
+                continue;
             };
             entry.acc.add(plan, row, ts, offset);
             if !entry.dirty {
@@ -276,7 +280,11 @@ impl WindowState {
 
     /// Closes every window whose `end + grace` the watermark has reached, returning what
     /// must be emitted (every closed window in `final` mode; changed ones in `update`).
-    pub fn close_until(&mut self, watermark: i64, store: &Store) -> Result<Vec<Emission>, StateError> {
+    pub fn close_until(
+        &mut self,
+        watermark: i64,
+        store: &Store,
+    ) -> Result<Vec<Emission>, StateError> {
         let mut out = Vec::new();
         let final_mode = self.emit == EmitPlan::Final;
         while let Some((close, id)) = self.closing.first().copied() {
@@ -284,7 +292,9 @@ impl WindowState {
                 break;
             }
             self.closing.pop_first();
-            let Some(slot) = self.slots.remove(&id) else { continue };
+            let Some(slot) = self.slots.remove(&id) else {
+                continue;
+            };
             self.cached -= slot.cache.len();
             let mut entries: Vec<(Vec<u8>, WindowAcc)> =
                 slot.cache.into_iter().map(|(k, e)| (k, e.acc)).collect();
@@ -305,7 +315,11 @@ impl WindowState {
                 .into_iter()
                 .map(|(k, a)| (decode_key(&k), k, a))
                 .collect();
-            keyed.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.cmp(&b.1)));
+            keyed.sort_by(|a, b| {
+                a.0.partial_cmp(&b.0)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+                    .then(a.1.cmp(&b.1))
+            });
             for (_, key, acc) in keyed {
                 self.pending.remove(&(id, key.clone()));
                 if final_mode || acc.changed {
@@ -326,8 +340,12 @@ impl WindowState {
             }
             self.session_timers.pop_first();
             let k = (partition, key.clone());
-            let Some(list) = self.sessions.get_mut(&k) else { continue };
-            let Some(pos) = list.iter().position(|s| s.start == start) else { continue };
+            let Some(list) = self.sessions.get_mut(&k) else {
+                continue;
+            };
+            let Some(pos) = list.iter().position(|s| s.start == start) else {
+                continue;
+            };
             let s = list.remove(pos);
             if list.is_empty() {
                 self.sessions.remove(&k);
@@ -350,11 +368,18 @@ impl WindowState {
 
     /// In `update` mode: the changed windows, once the watermark has moved `interval`
     /// since the last update round (every event when the interval is 0).
-    pub fn take_updates(&mut self, watermark: i64, store: &Store) -> Result<Vec<Emission>, StateError> {
+    pub fn take_updates(
+        &mut self,
+        watermark: i64,
+        store: &Store,
+    ) -> Result<Vec<Emission>, StateError> {
         let EmitPlan::Update { interval_ms } = self.emit else {
             return Ok(Vec::new());
         };
-        if interval_ms > 0 && self.last_update_wm != i64::MIN && watermark < self.last_update_wm.saturating_add(interval_ms) {
+        if interval_ms > 0
+            && self.last_update_wm != i64::MIN
+            && watermark < self.last_update_wm.saturating_add(interval_ms)
+        {
             return Ok(Vec::new());
         }
         if self.pending.is_empty() && self.pending_sessions.is_empty() {
@@ -366,9 +391,15 @@ impl WindowState {
             .into_iter()
             .map(|(id, k)| (id, decode_key(&k), k))
             .collect();
-        items.sort_by(|a, b| (a.0.end, a.0).cmp(&(b.0.end, b.0)).then(a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal)));
+        items.sort_by(|a, b| {
+            (a.0.end, a.0)
+                .cmp(&(b.0.end, b.0))
+                .then(a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal))
+        });
         for (id, _, key) in items {
-            let Some(slot) = self.slots.get_mut(&id) else { continue };
+            let Some(slot) = self.slots.get_mut(&id) else {
+                continue;
+            };
             if !slot.cache.contains_key(&key) {
                 let acc = match store.get(&window_key(&id, &key))? {
                     Some(v) => decode_acc(&v)?,
@@ -377,7 +408,9 @@ impl WindowState {
                 self.cached += 1;
                 slot.cache.insert(key.clone(), Entry { acc, dirty: false });
             }
-            let Some(e) = slot.cache.get_mut(&key) else { continue };
+            let Some(e) = slot.cache.get_mut(&key) else {
+                continue;
+            };
             if !e.acc.changed {
                 continue;
             }
@@ -400,10 +433,15 @@ impl WindowState {
             .into_iter()
             .map(|(p, k)| (p, decode_key(&k), k))
             .collect();
-        keys.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal)));
+        keys.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then(a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal))
+        });
         for (p, _, key) in keys {
             let k = (p, key);
-            let Some(list) = self.sessions.get_mut(&k) else { continue };
+            let Some(list) = self.sessions.get_mut(&k) else {
+                continue;
+            };
             for s in list.iter_mut().filter(|s| s.acc.changed) {
                 out.push(Emission {
                     partition: p,
@@ -428,9 +466,14 @@ impl WindowState {
             Store::delete_prefix(batch, &window_prefix(&id));
         }
         for (id, key) in self.dirty.drain(..) {
-            let Some(slot) = self.slots.get_mut(&id) else { continue };
-            let Some(e) = slot.cache.get_mut(&key) else { continue };
-            let bytes = bincode::serialize(&e.acc).map_err(|e| StateError::Corrupt(e.to_string()))?;
+            let Some(slot) = self.slots.get_mut(&id) else {
+                continue;
+            };
+            let Some(e) = slot.cache.get_mut(&key) else {
+                continue;
+            };
+            let bytes =
+                bincode::serialize(&e.acc).map_err(|e| StateError::Corrupt(e.to_string()))?;
             batch.put(window_key(&id, &key), bytes);
             e.dirty = false;
             slot.persisted = true;
@@ -439,7 +482,8 @@ impl WindowState {
             let sk = session_key(k.0, &k.1);
             match self.sessions.get(&k) {
                 Some(list) if !list.is_empty() => {
-                    let bytes = bincode::serialize(list).map_err(|e| StateError::Corrupt(e.to_string()))?;
+                    let bytes =
+                        bincode::serialize(list).map_err(|e| StateError::Corrupt(e.to_string()))?;
                     batch.put(sk, bytes);
                 }
                 _ => batch.delete(sk),
