@@ -6,7 +6,6 @@
 use crate::monitor::peak_rss_bytes;
 use crate::pipeline::load_file;
 use crate::runtime::engine::Engine;
-use crate::schema::codec::RecordEncoder;
 use crate::source::{Payload, SourceRecord};
 use crate::state::{Store, META_KEY};
 use anyhow::Context;
@@ -101,7 +100,6 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| tmp.path().to_path_buf());
     let mut store = Store::open(&dir, &plan.state).context("opening the state store")?;
-    let encoder = RecordEncoder::new(plan.output.schema.clone());
     let mut engine = Engine::new(&plan, None);
     let keys = a.keys.max(1);
     let per_window = a.events_per_window.unwrap_or(keys * 2).max(1);
@@ -150,9 +148,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
             engine.process(&store, rec, &mut emitted, &mut dead)?;
             for e in emitted.drain(..) {
                 enc_buf.clear();
-                encoder
-                    .encode(&engine.output_value(&e), &mut enc_buf)
-                    .map_err(anyhow::Error::msg)?;
+                engine.encode_avro(&e, &mut enc_buf);
                 out_bytes += enc_buf.len() as u64;
             }
             if let Some(t0) = t0 {
@@ -177,9 +173,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     engine.finish(&store, &mut emitted)?;
     for e in emitted.drain(..) {
         enc_buf.clear();
-        encoder
-            .encode(&engine.output_value(&e), &mut enc_buf)
-            .map_err(anyhow::Error::msg)?;
+        engine.encode_avro(&e, &mut enc_buf);
         out_bytes += enc_buf.len() as u64;
     }
     busy += started.elapsed();

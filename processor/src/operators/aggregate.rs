@@ -7,6 +7,7 @@ use super::{Row, Scalar};
 use crate::pipeline::compile::{AggPlan, Plan};
 use crate::pipeline::AggFn;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use std::collections::BTreeSet;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,7 +30,8 @@ pub enum AccState {
 /// The state of one window of one key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WindowAcc {
-    pub states: Vec<AccState>,
+    /// Inline for up to four aggregates: one allocation less, one cache miss less per event.
+    pub states: SmallVec<[AccState; 4]>,
     /// How many times this window was emitted (the emission sequence).
     pub emitted: u32,
     /// Changed since it was last emitted.

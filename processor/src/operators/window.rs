@@ -12,32 +12,36 @@
 
 use crate::pipeline::compile::WindowAssigner;
 
-/// The aligned windows (start, end) containing `ts`, oldest first. Empty for sessions,
-/// which the state store assigns by merging.
-pub fn assign(a: WindowAssigner, ts: i64) -> Vec<(i64, i64)> {
+/// Puts the aligned windows (start, end) containing `ts` in `out`, oldest first. None for
+/// sessions, which the state store assigns by merging.
+pub fn assign(a: WindowAssigner, ts: i64, out: &mut Vec<(i64, i64)>) {
+    out.clear();
     match a {
         WindowAssigner::Tumbling { size } => {
             let start = ts.div_euclid(size) * size;
-            vec![(start, start + size)]
+            out.push((start, start + size));
         }
         WindowAssigner::Hopping { size, advance } => {
-            let last = ts.div_euclid(advance) * advance;
-            let mut out = Vec::new();
-            let mut s = last;
+            let mut s = ts.div_euclid(advance) * advance;
             while s > ts - size {
                 out.push((s, s + size));
                 s -= advance;
             }
             out.reverse();
-            out
         }
-        WindowAssigner::Session { .. } => Vec::new(),
+        WindowAssigner::Session { .. } => {}
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::pipeline::compile::WindowAssigner;
+
+    fn assign(a: WindowAssigner, ts: i64) -> Vec<(i64, i64)> {
+        let mut v = Vec::new();
+        super::assign(a, ts, &mut v);
+        v
+    }
 
     #[test]
     fn tumbling_and_hopping_align_to_epoch() {

@@ -35,6 +35,8 @@ pub struct SourcePlan {
     pub reader_schema: Schema,
     pub writer_schemas: Vec<(u32, Schema)>,
     pub event_time: EventTime,
+    /// Which reader-schema fields the pipeline reads (the decoder may skip the others).
+    pub needed: Vec<bool>,
     pub max_out_of_orderness_ms: i64,
     pub idle_timeout_ms: Option<i64>,
 }
@@ -436,9 +438,28 @@ pub fn compile(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems) -
     }
     let (key, _) = key?;
     let (aggs, emit) = aggregate?;
+    let mut source = source?;
+    if row_steps.is_empty() {
+        // The row is the source record: only the fields read below need decoding.
+        let mut needed = vec![false; source.needed.len()];
+        let mut mark = |i: usize| {
+            if let Some(n) = needed.get_mut(i) {
+                *n = true;
+            }
+        };
+        if let EventTime::Field { index, .. } = &source.event_time {
+            mark(*index);
+        }
+        match &key {
+            KeyPlan::Fields(idx) => idx.iter().for_each(|i| mark(*i)),
+            KeyPlan::Expr(e) => e.vars.iter().for_each(|(_, i)| mark(*i)),
+        }
+        aggs.iter().filter_map(|a| a.field).for_each(&mut mark);
+        source.needed = needed;
+    }
     Some(Plan {
         name: def.name.clone(),
-        source: source?,
+        source,
         row_steps,
         key,
         window: window?,
@@ -572,6 +593,7 @@ fn compile_source(
             reader_schema: r.clone(),
             writer_schemas: writers,
             event_time,
+            needed: vec![true; record_fields(r).map_or(0, |f| f.len())],
             max_out_of_orderness_ms: ooo,
             idle_timeout_ms: idle,
         }),

@@ -6,9 +6,9 @@
 use crate::monitor::{Counters, DeadLetterReason};
 use crate::operators::expr::Evaluator;
 use crate::operators::watermark::Watermarks;
-use crate::operators::{apply_row_steps, decode_key, encode_key, key_of, Row, Scalar};
+use crate::operators::{apply_row_steps, decode_key, key_of, Row, Scalar};
 use crate::pipeline::compile::{EventTime, OutSource, Plan, TimeUnit};
-use crate::schema::codec::{DecodeError, Decoder};
+use crate::schema::codec::{into_row, zigzag, DecodeError, Decoder};
 use crate::schema::json::{avro_to_json, parse_rfc3339_millis};
 use crate::schema::Kind;
 use crate::source::{Payload, SourceRecord};
@@ -77,6 +77,7 @@ pub struct Engine<'p> {
     pub counters: Counters,
     /// The offline clock: the largest event time read so far.
     pub clock: i64,
+    key_buf: Vec<u8>,
 }
 
 impl<'p> Engine<'p> {
@@ -96,6 +97,7 @@ impl<'p> Engine<'p> {
             watermarks: Watermarks::new(src.max_out_of_orderness_ms, src.idle_timeout_ms),
             counters: Counters::default(),
             clock: i64::MIN,
+            key_buf: Vec::with_capacity(64),
         }
     }
 
@@ -105,26 +107,32 @@ impl<'p> Engine<'p> {
         self.clock = clock;
     }
 
-    fn decode(&self, rec: &SourceRecord) -> Result<Value, (DeadLetterReason, String)> {
+    fn decode(&self, rec: &SourceRecord) -> Result<Row, (DeadLetterReason, String)> {
         let map = |e: DecodeError| match e {
             DecodeError::Decode(m) => (DeadLetterReason::Decode, m),
             DecodeError::Schema(m) => (DeadLetterReason::Schema, m),
         };
         match &rec.value {
-            Payload::Bytes(b) => self.decoder.decode(b).map_err(map),
-            Payload::Json(b) => self.decoder.decode_json(b).map_err(map),
-            Payload::Avro { value, .. } => match &self.container {
-                None => Ok(value.clone()),
-                Some(_) => value
-                    .clone()
-                    .resolve(self.decoder.reader_schema())
-                    .map_err(|e| {
-                        (
-                            DeadLetterReason::Schema,
-                            format!("cannot resolve to the reader schema: {e}"),
-                        )
-                    }),
-            },
+            Payload::Bytes(b) => self
+                .decoder
+                .decode_row(b, &self.plan.source.needed)
+                .map_err(map),
+            Payload::Json(b) => self.decoder.decode_json_row(b).map_err(map),
+            Payload::Avro { value, .. } => {
+                let v = match &self.container {
+                    None => value.clone(),
+                    Some(_) => value
+                        .clone()
+                        .resolve(self.decoder.reader_schema())
+                        .map_err(|e| {
+                            (
+                                DeadLetterReason::Schema,
+                                format!("cannot resolve to the reader schema: {e}"),
+                            )
+                        })?,
+                };
+                into_row(v).map_err(map)
+            }
         }
     }
 
@@ -192,22 +200,10 @@ impl<'p> Engine<'p> {
         dead: &mut Vec<DeadLetter>,
     ) -> Result<(), StateError> {
         self.counters.events_in += 1;
-        let value = match self.decode(rec) {
+        let row = match self.decode(rec) {
             Ok(v) => v,
             Err((reason, msg)) => {
                 self.dead(rec, reason, msg, dead);
-                return Ok(());
-            }
-        };
-        let row: Row = match value {
-            Value::Record(fields) => fields.into_iter().map(|(_, v)| v).collect(),
-            other => {
-                self.dead(
-                    rec,
-                    DeadLetterReason::Schema,
-                    format!("expected a record, got {other:?}"),
-                    dead,
-                );
                 return Ok(());
             }
         };
@@ -229,13 +225,12 @@ impl<'p> Engine<'p> {
                 return Ok(());
             }
         };
-        let key = match key_of(self.plan, &self.eval, &row) {
-            Ok(k) => encode_key(&k),
-            Err(e) => {
-                self.dead(rec, DeadLetterReason::Expression, e.0, dead);
-                return Ok(());
-            }
-        };
+        let mut key = std::mem::take(&mut self.key_buf);
+        if let Err(e) = key_of(self.plan, &self.eval, &row, &mut key) {
+            self.key_buf = key;
+            self.dead(rec, DeadLetterReason::Expression, e.0, dead);
+            return Ok(());
+        }
         let before = self.watermarks.current();
         match self.windows.add(
             self.plan,
@@ -284,7 +279,8 @@ impl<'p> Engine<'p> {
     fn decode_emission(&self, e: Emission) -> Emitted {
         Emitted {
             partition: e.partition,
-            key: decode_key(&e.key),
+            // Keys in state were written by `key_of`; an undecodable one is a bug, shown as null.
+            key: decode_key(&e.key).unwrap_or_else(|| vec![Scalar::Null]),
             start: e.start,
             end: e.end,
             results: e.results,
@@ -320,6 +316,55 @@ impl<'p> Engine<'p> {
             })
             .collect();
         Value::Record(fields)
+    }
+
+    /// The derived event in Avro binary (output schema), written straight from the result
+    /// without building a `Value` record. Output fields are scalars or nullable scalars
+    /// (validation guarantees it).
+    pub fn encode_avro(&self, e: &Emitted, out: &mut Vec<u8>) {
+        for f in &self.plan.output.fields {
+            let s = match f.source {
+                OutSource::Key(i) => e.key.get(i),
+                OutSource::Agg(i) => e.results.get(i),
+                OutSource::WindowStart | OutSource::WindowEnd => None,
+            };
+            if let Schema::Union(u) = &f.schema {
+                let is_null = matches!(s, None | Some(Scalar::Null))
+                    && !matches!(f.source, OutSource::WindowStart | OutSource::WindowEnd);
+                let branch = u
+                    .variants()
+                    .iter()
+                    .position(|b| (*b == Schema::Null) == is_null)
+                    .unwrap_or(0);
+                zigzag(branch as i64, out);
+                if is_null {
+                    continue;
+                }
+            }
+            match (f.source, s) {
+                (OutSource::WindowStart, _) => zigzag(e.start, out),
+                (OutSource::WindowEnd, _) => zigzag(e.end, out),
+                (_, Some(Scalar::Int(i))) => match f.ty.kind {
+                    Kind::Float => out.extend_from_slice(&(*i as f32).to_le_bytes()),
+                    Kind::Double => out.extend_from_slice(&(*i as f64).to_le_bytes()),
+                    _ => zigzag(*i, out),
+                },
+                (_, Some(Scalar::Float(x))) => match f.ty.kind {
+                    Kind::Float => out.extend_from_slice(&(*x as f32).to_le_bytes()),
+                    _ => out.extend_from_slice(&x.to_le_bytes()),
+                },
+                (_, Some(Scalar::Bool(b))) => out.push(u8::from(*b)),
+                (_, Some(Scalar::Str(x))) => {
+                    zigzag(x.len() as i64, out);
+                    out.extend_from_slice(x.as_bytes());
+                }
+                (_, Some(Scalar::Bytes(x))) => {
+                    zigzag(x.len() as i64, out);
+                    out.extend_from_slice(x);
+                }
+                (_, Some(Scalar::Null) | None) => {}
+            }
+        }
     }
 
     /// The derived event as one line of JSON, fields in output-schema order.

@@ -31,6 +31,8 @@ struct Writer {
     flat: bool,
     /// The writer schema equals the reader schema: no resolution step.
     same: bool,
+    /// Set when `same` and the record is flat: the fast path.
+    rec: Option<FlatRecord>,
 }
 
 /// Decodes record values of one source into records of its reader schema.
@@ -39,6 +41,7 @@ pub struct Decoder {
     reader: Schema,
     names: Names,
     reader_flat: bool,
+    reader_rec: Option<FlatRecord>,
     writers: HashMap<u32, Writer>,
 }
 
@@ -52,13 +55,23 @@ impl Decoder {
             .map(|(id, schema)| {
                 let same = schema.canonical_form() == canon;
                 let flat = !has_refs(&schema);
-                (id, Writer { schema, flat, same })
+                let rec = if same { FlatRecord::of(&schema) } else { None };
+                (
+                    id,
+                    Writer {
+                        schema,
+                        flat,
+                        same,
+                        rec,
+                    },
+                )
             })
             .collect();
         Decoder {
             format,
             names: Names::of(&reader),
             reader_flat: !has_refs(&reader),
+            reader_rec: FlatRecord::of(&reader),
             reader,
             writers,
         }
@@ -85,29 +98,71 @@ impl Decoder {
             ValueFormat::Json => self.decode_json(bytes),
             ValueFormat::AvroRaw => decode_datum(&self.reader, self.reader_flat, None, bytes),
             ValueFormat::Avro => {
-                if bytes.len() < 5 {
-                    return Err(DecodeError::Decode(format!(
-                        "Confluent wire format needs at least 5 bytes, got {}",
-                        bytes.len()
-                    )));
-                }
-                if bytes[0] != 0 {
-                    return Err(DecodeError::Decode(format!(
-                        "Confluent wire format starts with magic byte 0, got {}",
-                        bytes[0]
-                    )));
-                }
-                let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
-                let w = self.writers.get(&id).ok_or_else(|| {
-                    DecodeError::Schema(format!(
-                        "unknown writer schema id {id}; known ids: {:?}",
-                        sorted_ids(&self.writers)
-                    ))
-                })?;
+                let (w, body) = self.framed(bytes)?;
                 let reader = if w.same { None } else { Some(&self.reader) };
-                decode_datum(&w.schema, w.flat, reader, &bytes[5..])
+                decode_datum(&w.schema, w.flat, reader, body)
             }
         }
+    }
+
+    /// Splits a Confluent-framed value into its writer schema and the Avro body.
+    fn framed<'b>(&self, bytes: &'b [u8]) -> Result<(&Writer, &'b [u8]), DecodeError> {
+        if bytes.len() < 5 {
+            return Err(DecodeError::Decode(format!(
+                "Confluent wire format needs at least 5 bytes, got {}",
+                bytes.len()
+            )));
+        }
+        if bytes[0] != 0 {
+            return Err(DecodeError::Decode(format!(
+                "Confluent wire format starts with magic byte 0, got {}",
+                bytes[0]
+            )));
+        }
+        let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+        let w = self.writers.get(&id).ok_or_else(|| {
+            DecodeError::Schema(format!(
+                "unknown writer schema id {id}; known ids: {:?}",
+                sorted_ids(&self.writers)
+            ))
+        })?;
+        Ok((w, &bytes[5..]))
+    }
+
+    /// Decodes bytes in the source format into the field values of the reader schema, in
+    /// order. Fields whose `keep` flag is false may be left `Null` (the pipeline does not
+    /// read them); they are validated all the same.
+    pub fn decode_row(&self, bytes: &[u8], keep: &[bool]) -> Result<Vec<Value>, DecodeError> {
+        match self.format {
+            ValueFormat::AvroRaw => {
+                if let Some(rec) = &self.reader_rec {
+                    return rec.decode(bytes, keep);
+                }
+            }
+            ValueFormat::Avro => {
+                let (w, body) = self.framed(bytes)?;
+                if let Some(rec) = &w.rec {
+                    return rec.decode(body, keep);
+                }
+            }
+            ValueFormat::Json => {}
+        }
+        into_row(self.decode(bytes)?)
+    }
+
+    /// [`Decoder::decode_json`], as a row.
+    pub fn decode_json_row(&self, bytes: &[u8]) -> Result<Vec<Value>, DecodeError> {
+        into_row(self.decode_json(bytes)?)
+    }
+}
+
+/// The field values of a decoded record.
+pub fn into_row(v: Value) -> Result<Vec<Value>, DecodeError> {
+    match v {
+        Value::Record(fields) => Ok(fields.into_iter().map(|(_, v)| v).collect()),
+        other => Err(DecodeError::Schema(format!(
+            "expected a record, got {other:?}"
+        ))),
     }
 }
 
@@ -158,6 +213,249 @@ fn decode_datum(
     }
 }
 
+/// A primitive (or logical) type of a flat record field.
+#[derive(Debug, Clone)]
+enum Prim {
+    Null,
+    Boolean,
+    Int,
+    Long,
+    Float,
+    Double,
+    Bytes,
+    String,
+    Enum(Vec<String>),
+    Fixed(usize),
+    Date,
+    TimeMillis,
+    TimeMicros,
+    TsMillis,
+    TsMicros,
+    LocalTsMillis,
+    LocalTsMicros,
+    Uuid,
+}
+
+#[derive(Debug, Clone)]
+enum FlatField {
+    One(Prim),
+    Union(Vec<Prim>),
+}
+
+/// A record whose fields are primitives, logical types, enums, fixed or unions of those:
+/// the common shape of events. Such a record is decoded straight into a row, skipping
+/// (but still validating) the fields the pipeline does not read, with no per-field name
+/// strings; measured with `weir bench`, this is several times faster than decoding to an
+/// apache-avro `Value::Record`.
+#[derive(Debug, Clone)]
+pub struct FlatRecord {
+    fields: Vec<FlatField>,
+}
+
+fn prim_of(s: &Schema) -> Option<Prim> {
+    Some(match s {
+        Schema::Null => Prim::Null,
+        Schema::Boolean => Prim::Boolean,
+        Schema::Int => Prim::Int,
+        Schema::Long => Prim::Long,
+        Schema::Float => Prim::Float,
+        Schema::Double => Prim::Double,
+        Schema::Bytes => Prim::Bytes,
+        Schema::String => Prim::String,
+        Schema::Enum(e) => Prim::Enum(e.symbols.clone()),
+        Schema::Fixed(f) => Prim::Fixed(f.size),
+        Schema::Date => Prim::Date,
+        Schema::TimeMillis => Prim::TimeMillis,
+        Schema::TimeMicros => Prim::TimeMicros,
+        Schema::TimestampMillis => Prim::TsMillis,
+        Schema::TimestampMicros => Prim::TsMicros,
+        Schema::LocalTimestampMillis => Prim::LocalTsMillis,
+        Schema::LocalTimestampMicros => Prim::LocalTsMicros,
+        Schema::Uuid => Prim::Uuid,
+        _ => return None,
+    })
+}
+
+impl FlatRecord {
+    pub fn of(schema: &Schema) -> Option<FlatRecord> {
+        let Schema::Record(r) = schema else {
+            return None;
+        };
+        let fields = r
+            .fields
+            .iter()
+            .map(|f| match &f.schema {
+                Schema::Union(u) => u
+                    .variants()
+                    .iter()
+                    .map(prim_of)
+                    .collect::<Option<Vec<_>>>()
+                    .map(FlatField::Union),
+                s => prim_of(s).map(FlatField::One),
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(FlatRecord { fields })
+    }
+
+    /// Decodes one datum into a row; fields with `keep[i] == false` become `Null`.
+    pub fn decode(&self, bytes: &[u8], keep: &[bool]) -> Result<Vec<Value>, DecodeError> {
+        let mut r = Cursor { b: bytes, pos: 0 };
+        let mut row = Vec::with_capacity(self.fields.len());
+        for (i, f) in self.fields.iter().enumerate() {
+            let k = keep.get(i).copied().unwrap_or(true);
+            let v = match f {
+                FlatField::One(p) => r.prim(p, k)?,
+                FlatField::Union(ps) => {
+                    let idx = r.long()?;
+                    let p = usize::try_from(idx)
+                        .ok()
+                        .and_then(|i| ps.get(i))
+                        .ok_or_else(|| bad(format!("union index {idx} out of range")))?;
+                    let inner = r.prim(p, k)?;
+                    if k {
+                        Value::Union(idx as u32, Box::new(inner))
+                    } else {
+                        Value::Null
+                    }
+                }
+            };
+            row.push(v);
+        }
+        if r.pos != bytes.len() {
+            return Err(bad(format!(
+                "{} bytes left after the datum",
+                bytes.len() - r.pos
+            )));
+        }
+        Ok(row)
+    }
+}
+
+fn bad(m: String) -> DecodeError {
+    DecodeError::Decode(format!("invalid Avro binary: {m}"))
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn long(&mut self) -> Result<i64, DecodeError> {
+        let mut z: u64 = 0;
+        for shift in (0..70).step_by(7) {
+            let byte = *self
+                .b
+                .get(self.pos)
+                .ok_or_else(|| bad("unexpected end of data".into()))?;
+            self.pos += 1;
+            if shift == 63 && byte > 1 {
+                return Err(bad("varint overflows a long".into()));
+            }
+            z |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(((z >> 1) as i64) ^ -((z & 1) as i64));
+            }
+        }
+        Err(bad("varint overflows a long".into()))
+    }
+
+    fn int(&mut self) -> Result<i32, DecodeError> {
+        let v = self.long()?;
+        i32::try_from(v).map_err(|_| bad(format!("{v} does not fit an int")))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.b.len())
+            .ok_or_else(|| bad(format!("a length of {n} runs past the end")))?;
+        let s = &self.b[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn len_prefixed(&mut self) -> Result<&'a [u8], DecodeError> {
+        let n = self.long()?;
+        let n = usize::try_from(n).map_err(|_| bad(format!("negative length {n}")))?;
+        self.take(n)
+    }
+
+    fn string(&mut self) -> Result<&'a str, DecodeError> {
+        let b = self.len_prefixed()?;
+        simdutf8::basic::from_utf8(b).map_err(|_| bad("a string is not UTF-8".into()))
+    }
+
+    fn prim(&mut self, p: &Prim, keep: bool) -> Result<Value, DecodeError> {
+        Ok(match p {
+            Prim::Null => Value::Null,
+            Prim::Boolean => match self.take(1)?[0] {
+                0 => Value::Boolean(false),
+                1 => Value::Boolean(true),
+                x => return Err(bad(format!("{x} is not a boolean"))),
+            },
+            Prim::Int => Value::Int(self.int()?),
+            Prim::Long => Value::Long(self.long()?),
+            Prim::Float => Value::Float(f32::from_le_bytes(
+                self.take(4)?.try_into().map_err(|_| bad("float".into()))?,
+            )),
+            Prim::Double => Value::Double(f64::from_le_bytes(
+                self.take(8)?.try_into().map_err(|_| bad("double".into()))?,
+            )),
+            Prim::Bytes => {
+                let b = self.len_prefixed()?;
+                if keep {
+                    Value::Bytes(b.to_vec())
+                } else {
+                    Value::Null
+                }
+            }
+            Prim::String => {
+                let s = self.string()?;
+                if keep {
+                    Value::String(s.to_string())
+                } else {
+                    Value::Null
+                }
+            }
+            Prim::Uuid => {
+                let s = self.string()?;
+                let u = apache_avro::Uuid::parse_str(s)
+                    .map_err(|_| bad(format!("{s:?} is not a UUID")))?;
+                Value::Uuid(u)
+            }
+            Prim::Enum(symbols) => {
+                let i = self.long()?;
+                let sym = usize::try_from(i)
+                    .ok()
+                    .and_then(|i| symbols.get(i))
+                    .ok_or_else(|| bad(format!("enum index {i} out of range")))?;
+                if keep {
+                    Value::Enum(i as u32, sym.clone())
+                } else {
+                    Value::Null
+                }
+            }
+            Prim::Fixed(n) => {
+                let b = self.take(*n)?;
+                if keep {
+                    Value::Fixed(*n, b.to_vec())
+                } else {
+                    Value::Null
+                }
+            }
+            Prim::Date => Value::Date(self.int()?),
+            Prim::TimeMillis => Value::TimeMillis(self.int()?),
+            Prim::TimeMicros => Value::TimeMicros(self.long()?),
+            Prim::TsMillis => Value::TimestampMillis(self.long()?),
+            Prim::TsMicros => Value::TimestampMicros(self.long()?),
+            Prim::LocalTsMillis => Value::LocalTimestampMillis(self.long()?),
+            Prim::LocalTsMicros => Value::LocalTimestampMicros(self.long()?),
+        })
+    }
+}
+
 /// Says why data written with `writer` cannot be read as `reader`, if it cannot.
 pub fn check_readable(writer: &Schema, reader: &Schema) -> Result<(), String> {
     apache_avro::schema_compatibility::SchemaCompatibility::can_read(writer, reader)
@@ -184,7 +482,8 @@ impl RecordEncoder {
     }
 }
 
-fn zigzag(n: i64, out: &mut Vec<u8>) {
+/// Appends `n` as an Avro long (zigzag varint).
+pub fn zigzag(n: i64, out: &mut Vec<u8>) {
     let mut z = ((n << 1) ^ (n >> 63)) as u64;
     while z >= 0x80 {
         out.push((z as u8) | 0x80);
@@ -302,6 +601,49 @@ mod tests {
             dec.decode(&[0, 0, 0, 0, 2, 0xff]),
             Err(DecodeError::Decode(_))
         ));
+    }
+
+    #[test]
+    fn flat_decoder_matches_apache_avro() {
+        let s = Schema::parse_str(
+            r#"{"type":"record","name":"r","fields":[
+            {"name":"a","type":"long"},{"name":"b","type":["null","string"]},
+            {"name":"c","type":{"type":"enum","name":"E","symbols":["X","Y"]}},
+            {"name":"d","type":{"type":"long","logicalType":"timestamp-millis"}},
+            {"name":"e","type":"double"},{"name":"f","type":"boolean"},
+            {"name":"g","type":{"type":"fixed","name":"F","size":2}},{"name":"h","type":"int"}]}"#,
+        )
+        .unwrap();
+        let v = Value::Record(vec![
+            ("a".into(), Value::Long(-1234567890123)),
+            (
+                "b".into(),
+                Value::Union(1, Box::new(Value::String("hé".into()))),
+            ),
+            ("c".into(), Value::Enum(1, "Y".into())),
+            ("d".into(), Value::TimestampMillis(1_700_000_000_000)),
+            ("e".into(), Value::Double(2.5)),
+            ("f".into(), Value::Boolean(true)),
+            ("g".into(), Value::Fixed(2, vec![1, 2])),
+            ("h".into(), Value::Int(-7)),
+        ]);
+        let bytes = apache_avro::to_avro_datum(&s, v.clone()).unwrap();
+        let rec = FlatRecord::of(&s).unwrap();
+        let row = rec.decode(&bytes, &[true; 8]).unwrap();
+        assert_eq!(into_row(v).unwrap(), row);
+        // Skipped fields are still validated.
+        let skip = [true, false, false, true, true, true, false, true];
+        assert_eq!(rec.decode(&bytes, &skip).unwrap()[1], Value::Null);
+        for cut in 0..bytes.len() {
+            assert!(
+                rec.decode(&bytes[..cut], &skip).is_err(),
+                "truncated at {cut}"
+            );
+        }
+        let mut bad_enum = bytes.clone();
+        let enum_pos = 1 + 6 + 4; // a (6-byte varint), union index, "hé" (1 + 3 bytes)
+        bad_enum[enum_pos] = 9;
+        assert!(rec.decode(&bad_enum, &skip).is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use super::{session_key, window_key, window_prefix, StateError, Store, WindowId};
 use crate::operators::aggregate::WindowAcc;
-use crate::operators::{decode_key, window, Row, Scalar};
+use crate::operators::{window, Row, Scalar};
 use crate::pipeline::compile::{EmitPlan, Plan, WindowAssigner};
 use rocksdb::WriteBatch;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -33,9 +33,13 @@ struct Entry {
     dirty: bool,
 }
 
+/// A group key as stored in the cache: inline up to 24 bytes (most keys), so a lookup
+/// touches one cache line less.
+type CacheKey = smallvec::SmallVec<[u8; 24]>;
+
 #[derive(Default)]
 struct Slot {
-    cache: FxHashMap<Vec<u8>, Entry>,
+    cache: FxHashMap<CacheKey, Entry>,
     /// Some entries were written to RocksDB.
     persisted: bool,
     /// Entries were evicted from the cache: misses must look in RocksDB.
@@ -80,6 +84,8 @@ pub struct WindowState {
     dirty_sessions: FxHashSet<(u32, Vec<u8>)>,
     pending_sessions: BTreeSet<(u32, Vec<u8>)>,
     last_update_wm: i64,
+    assign_buf: Vec<(i64, i64)>,
+    last_slot_len: usize,
 }
 
 fn decode_acc(v: &[u8]) -> Result<WindowAcc, StateError> {
@@ -104,6 +110,8 @@ impl WindowState {
             dirty_sessions: FxHashSet::default(),
             pending_sessions: BTreeSet::new(),
             last_update_wm: i64::MIN,
+            assign_buf: Vec::with_capacity(4),
+            last_slot_len: 0,
         }
     }
 
@@ -176,7 +184,9 @@ impl WindowState {
             return Ok(self.add_session(plan, partition, key, row, ts, offset, watermark, gap));
         }
         let mut any = false;
-        for (start, end) in window::assign(self.assigner, ts) {
+        let mut windows = std::mem::take(&mut self.assign_buf);
+        window::assign(self.assigner, ts, &mut windows);
+        for &(start, end) in &windows {
             if watermark >= end.saturating_add(self.grace) {
                 continue; // this window has closed
             }
@@ -186,36 +196,44 @@ impl WindowState {
                 start,
                 end,
             };
-            if !self.slots.contains_key(&id) {
-                self.closing.insert((end + self.grace, id));
-                self.slots.insert(id, Slot::default());
-            }
-            let Some(slot) = self.slots.get_mut(&id) else {
-                continue;
+            let slot = match self.slots.entry(id) {
+                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    self.closing.insert((end + self.grace, id));
+                    // Size a new window's cache like the last one that closed: no rehashing.
+                    let cap = self.last_slot_len.min(self.capacity);
+                    v.insert(Slot {
+                        cache: FxHashMap::with_capacity_and_hasher(cap, Default::default()),
+                        ..Slot::default()
+                    })
+                }
             };
-            if !slot.cache.contains_key(key) {
-                let acc = match slot.spilled {
+            // One hash lookup for the common case (the key is cached).
+            if let Some(entry) = slot.cache.get_mut(key) {
+                entry.acc.add(plan, row, ts, offset);
+                if !entry.dirty {
+                    entry.dirty = true;
+                    self.dirty.push((id, key.to_vec()));
+                }
+            } else {
+                let mut acc = match slot.spilled {
                     true => match store.get(&window_key(&id, key))? {
                         Some(v) => decode_acc(&v)?,
                         None => WindowAcc::new(plan),
                     },
                     false => WindowAcc::new(plan),
                 };
+                acc.add(plan, row, ts, offset);
                 self.cached += 1;
-                slot.cache.insert(key.to_vec(), Entry { acc, dirty: false });
-            }
-            let Some(entry) = slot.cache.get_mut(key) else {
-                continue;
-            };
-            entry.acc.add(plan, row, ts, offset);
-            if !entry.dirty {
-                entry.dirty = true;
+                slot.cache
+                    .insert(CacheKey::from_slice(key), Entry { acc, dirty: true });
                 self.dirty.push((id, key.to_vec()));
             }
             if let EmitPlan::Update { .. } = self.emit {
                 self.pending.insert((id, key.to_vec()));
             }
         }
+        self.assign_buf = windows;
         Ok(if any { Added::Ok } else { Added::Late })
     }
 
@@ -296,8 +314,12 @@ impl WindowState {
                 continue;
             };
             self.cached -= slot.cache.len();
-            let mut entries: Vec<(Vec<u8>, WindowAcc)> =
-                slot.cache.into_iter().map(|(k, e)| (k, e.acc)).collect();
+            self.last_slot_len = slot.cache.len();
+            let mut entries: Vec<(Vec<u8>, WindowAcc)> = slot
+                .cache
+                .into_iter()
+                .map(|(k, e)| (k.into_vec(), e.acc))
+                .collect();
             if slot.spilled {
                 let prefix = window_prefix(&id);
                 let cached: FxHashSet<Vec<u8>> = entries.iter().map(|(k, _)| k.clone()).collect();
@@ -311,17 +333,13 @@ impl WindowState {
             if slot.persisted {
                 self.closed_persisted.push(id);
             }
-            let mut keyed: Vec<(Vec<Scalar>, Vec<u8>, WindowAcc)> = entries
-                .into_iter()
-                .map(|(k, a)| (decode_key(&k), k, a))
-                .collect();
-            keyed.sort_by(|a, b| {
-                a.0.partial_cmp(&b.0)
-                    .unwrap_or(std::cmp::Ordering::Equal)
-                    .then(a.1.cmp(&b.1))
-            });
-            for (_, key, acc) in keyed {
-                self.pending.remove(&(id, key.clone()));
+            // Keys are memcomparable: byte order is key order.
+            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let updates = !final_mode && !self.pending.is_empty();
+            for (key, acc) in entries {
+                if updates {
+                    self.pending.remove(&(id, key.clone()));
+                }
                 if final_mode || acc.changed {
                     out.push(Emission {
                         partition: id.partition,
@@ -387,28 +405,23 @@ impl WindowState {
         }
         self.last_update_wm = watermark;
         let mut out = Vec::new();
-        let mut items: Vec<(WindowId, Vec<Scalar>, Vec<u8>)> = std::mem::take(&mut self.pending)
-            .into_iter()
-            .map(|(id, k)| (id, decode_key(&k), k))
-            .collect();
-        items.sort_by(|a, b| {
-            (a.0.end, a.0)
-                .cmp(&(b.0.end, b.0))
-                .then(a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal))
-        });
-        for (id, _, key) in items {
+        let mut items: Vec<(WindowId, Vec<u8>)> =
+            std::mem::take(&mut self.pending).into_iter().collect();
+        items.sort_by(|a, b| (a.0.end, a.0, &a.1).cmp(&(b.0.end, b.0, &b.1)));
+        for (id, key) in items {
             let Some(slot) = self.slots.get_mut(&id) else {
                 continue;
             };
-            if !slot.cache.contains_key(&key) {
+            if !slot.cache.contains_key(key.as_slice()) {
                 let acc = match store.get(&window_key(&id, &key))? {
                     Some(v) => decode_acc(&v)?,
                     None => continue,
                 };
                 self.cached += 1;
-                slot.cache.insert(key.clone(), Entry { acc, dirty: false });
+                slot.cache
+                    .insert(CacheKey::from_slice(&key), Entry { acc, dirty: false });
             }
-            let Some(e) = slot.cache.get_mut(&key) else {
+            let Some(e) = slot.cache.get_mut(key.as_slice()) else {
                 continue;
             };
             if !e.acc.changed {
@@ -429,15 +442,9 @@ impl WindowState {
                 self.dirty.push((id, key));
             }
         }
-        let mut keys: Vec<(u32, Vec<Scalar>, Vec<u8>)> = std::mem::take(&mut self.pending_sessions)
-            .into_iter()
-            .map(|(p, k)| (p, decode_key(&k), k))
-            .collect();
-        keys.sort_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then(a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal))
-        });
-        for (p, _, key) in keys {
+        // BTreeSet order: partition, then key bytes (memcomparable: key order).
+        let keys = std::mem::take(&mut self.pending_sessions);
+        for (p, key) in keys {
             let k = (p, key);
             let Some(list) = self.sessions.get_mut(&k) else {
                 continue;
@@ -465,11 +472,13 @@ impl WindowState {
         for id in self.closed_persisted.drain(..) {
             Store::delete_prefix(batch, &window_prefix(&id));
         }
+        // In key order: RocksDB's memtable inserts sorted keys much faster.
+        self.dirty.sort_unstable();
         for (id, key) in self.dirty.drain(..) {
             let Some(slot) = self.slots.get_mut(&id) else {
                 continue;
             };
-            let Some(e) = slot.cache.get_mut(&key) else {
+            let Some(e) = slot.cache.get_mut(key.as_slice()) else {
                 continue;
             };
             let bytes =
