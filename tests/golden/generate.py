@@ -93,3 +93,27 @@ rows = sorted(agg.items(), key=lambda kv: (kv[0][1] + SIZE + GRACE, kv[0][0], kv
 write("many_keys/expected.jsonl", [json.dumps(
     {"user": k, "window_start": s, "window_end": s + SIZE, "events": c, "total": t, "max_n": m},
     separators=(",", ":")) for (p, s, k), (c, t, m) in rows])
+
+# --- complex_types: an Avro container file written by fastavro (pip install fastavro), an
+# Avro implementation independent of Weir's. Skipped when fastavro is missing.
+try:
+    import datetime, decimal, uuid
+    import fastavro
+except ImportError:
+    fastavro = None
+if fastavro:
+    schema = fastavro.parse_schema(json.load(open("complex_types/input.avsc")))
+    base = 1767225600000000  # 2026-01-01T00:00:00Z in microseconds
+    def order(i, name, tier, items, tags, amount, day, ts):
+        return {"id": str(uuid.UUID(int=i)), "customer": {"name": name, "tier": tier},
+                "items": [{"sku": s, "qty": q} for s, q in items], "tags": tags,
+                "amount": decimal.Decimal(amount), "day": day, "checksum": b"abcd", "ts": ts, "note": None}
+    orders = [
+        order(1, "alice", "GOLD", [("a", 1), ("b", 2)], {"region": "eu"}, "12.50", datetime.date(2026, 1, 1), base),
+        order(2, "bob", "SILVER", [("c", 5)], {"region": "us"}, "3.00", datetime.date(2026, 1, 2), base + 10_000_000),
+        order(3, "carol", "GOLD", [], {"region": "us"}, "0.99", datetime.date(2025, 12, 31), base + 20_000_000),
+        order(4, "dave", "GOLD", [("d", 1)], {}, "1.00", datetime.date(2026, 1, 1), base + 30_000_000),
+        order(5, "erin", "SILVER", [("e", 1), ("f", 1), ("g", 1)], {"region": "eu"}, "7.25", datetime.date(2026, 1, 3), base + 70_000_000),
+    ]
+    with open("complex_types/input.avro", "wb") as f:
+        fastavro.writer(f, schema, orders, sync_marker=b"weir-golden-sync")

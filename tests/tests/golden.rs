@@ -1,4 +1,4 @@
-//! Golden cases: `tests/golden/<case>/{pipeline.yaml, input.jsonl, expected.jsonl}` and,
+//! Golden cases: `tests/golden/<case>/{pipeline.yaml, input.jsonl or input.avro, expected.jsonl}` and,
 //! where dead letters are expected, `expected-dead.jsonl` (`{"line", "reason"}` per dead
 //! letter). Expected files are written by hand or by `golden/generate.py`, never copied
 //! from Weir's output. Each case also runs as a restart variant: checkpoint every 2
@@ -7,10 +7,20 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use weir::source::file::{FileSource, InputFormat};
 use weir_tests::{json_lines, repo, text, weir_bin};
 
 fn case_dir(name: &str) -> PathBuf {
     repo().join("tests/golden").join(name)
+}
+
+/// `input.avro` (an Avro container file) when the case has one, else `input.jsonl`.
+fn input_of(dir: &Path) -> &'static str {
+    if dir.join("input.avro").is_file() {
+        "input.avro"
+    } else {
+        "input.jsonl"
+    }
 }
 
 fn run(
@@ -20,7 +30,7 @@ fn run(
     every: &str,
 ) -> std::process::Output {
     let mut cmd = Command::new(weir_bin());
-    cmd.args(["run", "pipeline.yaml", "--input", "input.jsonl"])
+    cmd.args(["run", "pipeline.yaml", "--input", input_of(dir)])
         .arg("--output")
         .arg(work.join("out.jsonl"))
         .arg("--dead-letter")
@@ -80,10 +90,9 @@ fn golden(name: &str) {
     }
 
     // Restart variant.
-    let total = std::fs::read_to_string(dir.join("input.jsonl"))
+    let input = dir.join(input_of(&dir));
+    let total = FileSource::open(&input, InputFormat::Auto, "t")
         .unwrap()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
         .count();
     // Checkpoints fall on even record counts; the kill on an odd one, so the resumed run
     // must truncate the outputs and re-emit what followed the last checkpoint.
@@ -155,6 +164,7 @@ golden_cases!(
     emit_update,
     emit_update_interval,
     many_keys,
+    complex_types,
 );
 
 #[test]

@@ -288,7 +288,8 @@ impl<'p> Engine<'p> {
         }
     }
 
-    /// The derived event as an Avro record of the output schema.
+    /// The derived event as an Avro record of the output schema (nullable fields as
+    /// explicit `Value::Union`s, as apache-avro's encoder needs them).
     pub fn output_value(&self, e: &Emitted) -> Value {
         let fields = self
             .plan
@@ -311,6 +312,18 @@ impl<'p> Engine<'p> {
                         .cloned()
                         .unwrap_or(Scalar::Null)
                         .to_value(&f.ty),
+                };
+                let v = match &f.schema {
+                    Schema::Union(u) => {
+                        let null = v == Value::Null;
+                        let branch = u
+                            .variants()
+                            .iter()
+                            .position(|b| (*b == Schema::Null) == null)
+                            .unwrap_or(0);
+                        Value::Union(branch as u32, Box::new(v))
+                    }
+                    _ => v,
                 };
                 (f.name.clone(), v)
             })
