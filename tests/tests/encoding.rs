@@ -3,7 +3,7 @@
 //! logical types and all.
 
 use weir::pipeline::load_file;
-use weir::runtime::engine::Engine;
+use weir::runtime::engine::{Engine, ResultFormat};
 use weir::source::file::{FileSource, InputFormat};
 use weir::state::Store;
 use weir_tests::repo;
@@ -19,15 +19,16 @@ fn check(case: &str, input: &str) -> usize {
     let (mut emitted, mut dead) = (Vec::new(), Vec::new());
     for rec in source {
         engine
-            .process(&store, &rec.unwrap(), &mut emitted, &mut dead)
+            .process(&store, &rec.unwrap(), &mut |e| emitted.push(e), &mut dead)
             .unwrap();
     }
-    engine.finish(&store, &mut emitted).unwrap();
+    engine.finish(&store, &mut |e| emitted.push(e)).unwrap();
+    let format = ResultFormat::new(&plan);
     assert!(!emitted.is_empty());
     for e in &emitted {
         let mut ours = Vec::new();
-        engine.encode_avro(e, &mut ours);
-        let value = engine.output_value(e);
+        format.encode_avro(e, &mut ours);
+        let value = format.output_value(e);
         assert!(value.validate(&plan.output.schema), "{case}: {value:?}");
         let theirs = apache_avro::to_avro_datum(&plan.output.schema, value.clone()).unwrap();
         assert_eq!(ours, theirs, "{case}: {value:?}");

@@ -5,7 +5,7 @@
 
 use crate::monitor::peak_rss_bytes;
 use crate::pipeline::load_file;
-use crate::runtime::engine::Engine;
+use crate::runtime::engine::{Emitted, Engine, ResultFormat};
 use crate::source::{Payload, SourceRecord};
 use crate::state::{Store, META_KEY};
 use anyhow::Context;
@@ -111,10 +111,15 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     const CHUNK: usize = 65_536;
     let mut pool: Vec<SourceRecord> = Vec::with_capacity(CHUNK);
     let mut buf = Vec::with_capacity(128);
-    let mut emitted = Vec::new();
     let mut dead = Vec::new();
+    let format = ResultFormat::new(&plan);
     let mut out_bytes = 0u64;
     let mut enc_buf = Vec::with_capacity(256);
+    let mut encode = |e: Emitted| {
+        enc_buf.clear();
+        format.encode_avro(&e, &mut enc_buf);
+        out_bytes += enc_buf.len() as u64;
+    };
     let mut samples: Vec<u32> = Vec::with_capacity((a.events / 64 + 1) as usize);
     let mut checkpoint_times = Vec::new();
     let mut busy = Duration::ZERO;
@@ -145,12 +150,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         for (i, rec) in pool.iter().enumerate() {
             let sample = i % 64 == 0;
             let t0 = sample.then(Instant::now);
-            engine.process(&store, rec, &mut emitted, &mut dead)?;
-            for e in emitted.drain(..) {
-                enc_buf.clear();
-                engine.encode_avro(&e, &mut enc_buf);
-                out_bytes += enc_buf.len() as u64;
-            }
+            engine.process(&store, rec, &mut encode, &mut dead)?;
             if let Some(t0) = t0 {
                 samples.push(t0.elapsed().as_nanos().min(u32::MAX as u128) as u32);
             }
@@ -170,12 +170,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         produced += n as u64;
     }
     let started = Instant::now();
-    engine.finish(&store, &mut emitted)?;
-    for e in emitted.drain(..) {
-        enc_buf.clear();
-        engine.encode_avro(&e, &mut enc_buf);
-        out_bytes += enc_buf.len() as u64;
-    }
+    engine.finish(&store, &mut encode)?;
     busy += started.elapsed();
 
     samples.sort_unstable();

@@ -196,7 +196,7 @@ impl<'p> Engine<'p> {
         &mut self,
         store: &Store,
         rec: &SourceRecord,
-        emitted: &mut Vec<Emitted>,
+        out: &mut dyn FnMut(Emitted),
         dead: &mut Vec<DeadLetter>,
     ) -> Result<(), StateError> {
         self.counters.events_in += 1;
@@ -251,41 +251,60 @@ impl<'p> Engine<'p> {
         self.clock = self.clock.max(ts);
         self.watermarks.observe(rec.partition, ts, self.clock);
         let wm = self.watermarks.advance(self.clock);
-        self.emit(store, wm, emitted)
+        self.emit(store, wm, out)
     }
 
     fn emit(
         &mut self,
         store: &Store,
         wm: i64,
-        emitted: &mut Vec<Emitted>,
+        out: &mut dyn FnMut(Emitted),
     ) -> Result<(), StateError> {
-        let updates = self.windows.take_updates(wm, store)?;
-        let closed = self.windows.close_until(wm, store)?;
-        for e in updates.into_iter().chain(closed) {
-            self.counters.results_out += 1;
-            emitted.push(self.decode_emission(e));
-        }
+        let mut n = 0u64;
+        let mut each = |e: Emission| {
+            n += 1;
+            out(decode_emission(e));
+        };
+        self.windows.take_updates(wm, store, &mut each)?;
+        self.windows.close_until(wm, store, &mut each)?;
+        self.counters.results_out += n;
         Ok(())
     }
 
     /// The end of a bounded input: the watermark jumps to the end of time and every open
     /// window emits.
-    pub fn finish(&mut self, store: &Store, emitted: &mut Vec<Emitted>) -> Result<(), StateError> {
+    pub fn finish(
+        &mut self,
+        store: &Store,
+        out: &mut dyn FnMut(Emitted),
+    ) -> Result<(), StateError> {
         let wm = self.watermarks.finish();
-        self.emit(store, wm, emitted)
+        self.emit(store, wm, out)
     }
+}
 
-    fn decode_emission(&self, e: Emission) -> Emitted {
-        Emitted {
-            partition: e.partition,
-            // Keys in state were written by `key_of`; an undecodable one is a bug, shown as null.
-            key: decode_key(&e.key).unwrap_or_else(|| vec![Scalar::Null]),
-            start: e.start,
-            end: e.end,
-            results: e.results,
-            seq: e.seq,
-        }
+fn decode_emission(e: Emission) -> Emitted {
+    Emitted {
+        partition: e.partition,
+        // Keys in state were written by `key_of`; an undecodable one is a bug, shown as null.
+        key: decode_key(&e.key).unwrap_or_else(|| vec![Scalar::Null]),
+        start: e.start,
+        end: e.end,
+        results: e.results,
+        seq: e.seq,
+    }
+}
+
+/// Turns results into derived events of the output schema: Avro values, Avro binary, JSON.
+/// Separate from the engine so a sink can encode while the engine is busy emitting.
+#[derive(Clone, Copy)]
+pub struct ResultFormat<'p> {
+    plan: &'p Plan,
+}
+
+impl<'p> ResultFormat<'p> {
+    pub fn new(plan: &'p Plan) -> ResultFormat<'p> {
+        ResultFormat { plan }
     }
 
     /// The derived event as an Avro record of the output schema (nullable fields as

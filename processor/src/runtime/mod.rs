@@ -27,7 +27,7 @@ use crate::source::file::{FileSource, InputFormat};
 use crate::source::SourceError;
 use crate::state::windows::WindowMeta;
 use crate::state::{StateError, Store, META_KEY};
-use engine::{DeadLetter, Engine};
+use engine::{Emitted, Engine, ResultFormat};
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -233,22 +233,26 @@ pub fn run_file(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
     let mut processed_here = 0u64;
     let mut since_checkpoint = 0u64;
     let mut checkpoints = 0u64;
-    let mut emitted = Vec::new();
     let mut dead_letters = Vec::new();
     let file_name = source.path().to_string();
-    let mut json_buf = String::new();
+    let format = ResultFormat::new(plan);
+    let mut writer = ResultWriter {
+        format,
+        buf: String::new(),
+        failed: None,
+    };
 
     while let Some(rec) = source.next().transpose()? {
-        engine.process(&store, &rec, &mut emitted, &mut dead_letters)?;
-        write_out(
-            &engine,
-            &mut sinks,
-            &mut dead,
-            &mut emitted,
+        engine.process(
+            &store,
+            &rec,
+            &mut |e| writer.write(&e, &mut sinks),
             &mut dead_letters,
-            &file_name,
-            &mut json_buf,
         )?;
+        writer.check()?;
+        for d in dead_letters.drain(..) {
+            dead.write_line(&d.to_json(&file_name))?;
+        }
         position += 1;
         processed_here += 1;
         since_checkpoint += 1;
@@ -272,16 +276,8 @@ pub fn run_file(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
             checkpoints += 1;
         }
     }
-    engine.finish(&store, &mut emitted)?;
-    write_out(
-        &engine,
-        &mut sinks,
-        &mut dead,
-        &mut emitted,
-        &mut dead_letters,
-        &file_name,
-        &mut json_buf,
-    )?;
+    engine.finish(&store, &mut |e| writer.write(&e, &mut sinks))?;
+    writer.check()?;
     checkpoint(
         plan,
         &mut engine,
@@ -301,26 +297,35 @@ pub fn run_file(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
     })
 }
 
-fn write_out(
-    engine: &Engine,
-    sinks: &mut [AnySink],
-    dead: &mut FileSink,
-    emitted: &mut Vec<engine::Emitted>,
-    dead_letters: &mut Vec<DeadLetter>,
-    file: &str,
-    buf: &mut String,
-) -> Result<(), SinkError> {
-    for e in emitted.drain(..) {
-        buf.clear();
-        engine.output_json(&e, buf);
+/// Writes each result to every sink as it is emitted; the first failure is kept and
+/// reported after the engine returns (the engine's emit callback cannot fail).
+struct ResultWriter<'p> {
+    format: ResultFormat<'p>,
+    buf: String,
+    failed: Option<SinkError>,
+}
+
+impl ResultWriter<'_> {
+    fn write(&mut self, e: &Emitted, sinks: &mut [AnySink]) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.buf.clear();
+        self.format.output_json(e, &mut self.buf);
         for s in sinks.iter_mut() {
-            s.as_sink().write(&Output { json: buf })?;
+            if let Err(err) = s.as_sink().write(&Output { json: &self.buf }) {
+                self.failed = Some(err);
+                return;
+            }
         }
     }
-    for d in dead_letters.drain(..) {
-        dead.write_line(&d.to_json(file))?;
+
+    fn check(&mut self) -> Result<(), SinkError> {
+        match self.failed.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
-    Ok(())
 }
 
 fn checkpoint(

@@ -38,6 +38,9 @@ pub enum StateError {
 /// A key and its value, as stored.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
+/// A key and its value, as a RocksDB iterator yields them.
+pub type RawEntry = (Box<[u8]>, Box<[u8]>);
+
 pub const META_KEY: &[u8] = b"m|checkpoint";
 
 /// An aligned window of one source partition.
@@ -135,6 +138,17 @@ impl Store {
             out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
+    }
+
+    /// Streams every (key, value) whose key starts with `prefix`, in key order.
+    pub fn iter_prefix<'a>(
+        &'a self,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = Result<RawEntry, StateError>> + 'a {
+        self.db
+            .iterator(IteratorMode::From(prefix, Direction::Forward))
+            .map(|r| r.map_err(StateError::Read))
+            .take_while(move |r| r.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
     }
 
     pub fn write(&mut self, batch: WriteBatch) -> Result<(), StateError> {

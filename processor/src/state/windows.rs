@@ -296,14 +296,16 @@ impl WindowState {
         Added::Ok
     }
 
-    /// Closes every window whose `end + grace` the watermark has reached, returning what
-    /// must be emitted (every closed window in `final` mode; changed ones in `update`).
+    /// Closes every window whose `end + grace` the watermark has reached, handing each
+    /// result to `emit` (every closed window in `final` mode; changed ones in `update`).
+    /// A spilled window streams its RocksDB entries merged with its cached ones, in key
+    /// order, so closing a window of millions of keys needs no more memory than its cache.
     pub fn close_until(
         &mut self,
         watermark: i64,
         store: &Store,
-    ) -> Result<Vec<Emission>, StateError> {
-        let mut out = Vec::new();
+        emit: &mut dyn FnMut(Emission),
+    ) -> Result<(), StateError> {
         let final_mode = self.emit == EmitPlan::Final;
         while let Some((close, id)) = self.closing.first().copied() {
             if close > watermark {
@@ -315,33 +317,52 @@ impl WindowState {
             };
             self.cached -= slot.cache.len();
             self.last_slot_len = slot.cache.len();
-            let mut entries: Vec<(Vec<u8>, WindowAcc)> = slot
-                .cache
-                .into_iter()
-                .map(|(k, e)| (k.into_vec(), e.acc))
-                .collect();
-            if slot.spilled {
-                let prefix = window_prefix(&id);
-                let cached: FxHashSet<Vec<u8>> = entries.iter().map(|(k, _)| k.clone()).collect();
-                for (k, v) in store.scan(&prefix)? {
-                    let key = k[prefix.len()..].to_vec();
-                    if !cached.contains(&key) {
-                        entries.push((key, decode_acc(&v)?));
-                    }
-                }
-            }
             if slot.persisted {
                 self.closed_persisted.push(id);
             }
+            let mut cached: Vec<(CacheKey, WindowAcc)> =
+                slot.cache.into_iter().map(|(k, e)| (k, e.acc)).collect();
             // Keys are memcomparable: byte order is key order.
-            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            cached.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let prefix = window_prefix(&id);
+            let mut disk = slot.spilled.then(|| store.iter_prefix(&prefix).peekable());
+            let mut cached = cached.into_iter().peekable();
             let updates = !final_mode && !self.pending.is_empty();
-            for (key, acc) in entries {
+            loop {
+                // The next key in order: from the cache, from RocksDB, or both (the cache is newer).
+                let from_disk = match (cached.peek(), disk.as_mut().and_then(|d| d.peek())) {
+                    (None, None) => break,
+                    (Some(_), None) => false,
+                    (None, Some(_)) => true,
+                    (Some((ck, _)), Some(Ok((dk, _)))) => {
+                        match dk[prefix.len()..].cmp(ck.as_slice()) {
+                            std::cmp::Ordering::Less => true,
+                            std::cmp::Ordering::Equal => {
+                                if let Some(d) = disk.as_mut() {
+                                    d.next();
+                                }
+                                false
+                            }
+                            std::cmp::Ordering::Greater => false,
+                        }
+                    }
+                    (_, Some(Err(_))) => true,
+                };
+                let (key, acc) = if from_disk {
+                    let Some(Some(item)) = disk.as_mut().map(|d| d.next()) else {
+                        break;
+                    };
+                    let (k, v) = item?;
+                    (k[prefix.len()..].to_vec(), decode_acc(&v)?)
+                } else {
+                    let Some((k, a)) = cached.next() else { break };
+                    (k.into_vec(), a)
+                };
                 if updates {
                     self.pending.remove(&(id, key.clone()));
                 }
                 if final_mode || acc.changed {
-                    out.push(Emission {
+                    emit(Emission {
                         partition: id.partition,
                         start: id.start,
                         end: id.end,
@@ -371,7 +392,7 @@ impl WindowState {
             }
             self.dirty_sessions.insert(k);
             if final_mode || s.acc.changed {
-                out.push(Emission {
+                emit(Emission {
                     partition,
                     start: s.start,
                     end: s.end,
@@ -381,7 +402,7 @@ impl WindowState {
                 });
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// In `update` mode: the changed windows, once the watermark has moved `interval`
@@ -390,21 +411,21 @@ impl WindowState {
         &mut self,
         watermark: i64,
         store: &Store,
-    ) -> Result<Vec<Emission>, StateError> {
+        emit: &mut dyn FnMut(Emission),
+    ) -> Result<(), StateError> {
         let EmitPlan::Update { interval_ms } = self.emit else {
-            return Ok(Vec::new());
+            return Ok(());
         };
         if interval_ms > 0
             && self.last_update_wm != i64::MIN
             && watermark < self.last_update_wm.saturating_add(interval_ms)
         {
-            return Ok(Vec::new());
+            return Ok(());
         }
         if self.pending.is_empty() && self.pending_sessions.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         self.last_update_wm = watermark;
-        let mut out = Vec::new();
         let mut items: Vec<(WindowId, Vec<u8>)> =
             std::mem::take(&mut self.pending).into_iter().collect();
         items.sort_by(|a, b| (a.0.end, a.0, &a.1).cmp(&(b.0.end, b.0, &b.1)));
@@ -427,7 +448,7 @@ impl WindowState {
             if !e.acc.changed {
                 continue;
             }
-            out.push(Emission {
+            emit(Emission {
                 partition: id.partition,
                 start: id.start,
                 end: id.end,
@@ -450,7 +471,7 @@ impl WindowState {
                 continue;
             };
             for s in list.iter_mut().filter(|s| s.acc.changed) {
-                out.push(Emission {
+                emit(Emission {
                     partition: p,
                     start: s.start,
                     end: s.end,
@@ -463,7 +484,7 @@ impl WindowState {
             }
             self.dirty_sessions.insert(k);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Adds every dirty entry and every closed window's deletion to `batch`. After the
@@ -507,7 +528,8 @@ impl WindowState {
         if self.cached > self.capacity {
             for slot in self.slots.values_mut() {
                 if !slot.cache.is_empty() {
-                    slot.cache.clear();
+                    // A new map: `clear` would keep the memory.
+                    slot.cache = FxHashMap::default();
                     slot.spilled = true;
                 }
             }
