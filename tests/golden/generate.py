@@ -47,6 +47,16 @@ lines = [
 ]
 write("invalid_avro/input.jsonl", lines)
 
+# --- avro_raw: bare datums, event time from the record timestamp (the ts field is ignored)
+lines = [
+    rec(ev("a", 1, 0), timestamp=1000, partition=0),
+    rec(ev("a", 2, 0), timestamp=4000, partition=0),
+    rec(ev("b", 4, 0)[:-2], timestamp=5000, partition=0),   # truncated: decode
+    rec(ev("b", 8, 0), partition=0),                          # no timestamp: schema
+    rec(ev("b", 16, 0), timestamp=12000, partition=0),
+]
+write("avro_raw/input.jsonl", lines)
+
 # --- schema_evolution: v1 {user, n:int, ts, legacy:string} id 1; v2 {user, n:long, ts, channel:string="web"} id 2
 def v1(user, n, ts, legacy):
     return wire(1, avro_string(user) + zigzag(n) + zigzag(ts) + avro_string(legacy))

@@ -165,6 +165,7 @@ golden_cases!(
     emit_update_interval,
     many_keys,
     complex_types,
+    avro_raw,
 );
 
 #[test]
