@@ -83,6 +83,17 @@ fn bid(rng: &mut Rng, keys: u64, date_time: i64, out: &mut Vec<u8>) {
     string("xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", out); // padding to ~100 bytes
 }
 
+fn current_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
 pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let loaded = load_file(&a.pipeline, None);
     let Some(mut plan) = loaded.plan else {
@@ -167,7 +178,15 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
             }
         }
         busy += started.elapsed();
+        let before = produced;
         produced += n as u64;
+        if produced / 1_000_000 != before / 1_000_000 {
+            eprintln!(
+                "  ... {produced} events, {:.0} events/s so far, RSS {:.0} MiB",
+                produced as f64 / busy.as_secs_f64(),
+                current_rss_mib()
+            );
+        }
     }
     let started = Instant::now();
     engine.finish(&store, &mut encode)?;
