@@ -201,7 +201,15 @@ mod tests {
     /// The write cache holds millions of these: keep them small (see `weir bench`).
     #[test]
     fn accumulators_stay_small() {
-        assert!(std::mem::size_of::<AccState>() <= 40, "{}", std::mem::size_of::<AccState>());
-        assert!(std::mem::size_of::<WindowAcc>() <= 136, "{}", std::mem::size_of::<WindowAcc>());
+        assert!(
+            std::mem::size_of::<AccState>() <= 40,
+            "{}",
+            std::mem::size_of::<AccState>()
+        );
+        assert!(
+            std::mem::size_of::<WindowAcc>() <= 136,
+            "{}",
+            std::mem::size_of::<WindowAcc>()
+        );
     }
 }
