@@ -126,6 +126,21 @@ fn suggest(key: &str, known: &[&str]) -> String {
     }
 }
 
+/// From the rest of serde's "unknown field `x`, expected one of `a`, `b`" (or "unknown
+/// variant ..."): the name and the names it expected.
+fn name_and_expected(rest: &str) -> (&str, Vec<&str>) {
+    let name = rest.split('`').next().unwrap_or_default();
+    let known = rest
+        .split("expected one of ")
+        .nth(1)
+        .or_else(|| rest.split("expected ").nth(1))
+        .unwrap_or_default()
+        .split(", ")
+        .map(|s| s.trim_matches('`'))
+        .collect();
+    (name, known)
+}
+
 /// Deserializes one section, adding a problem (with the precise path) when it does not fit.
 fn section<T: DeserializeOwned>(p: &mut Problems, path: &str, v: &Yaml) -> Option<T> {
     match serde_path_to_error::deserialize::<_, T>(v.clone()) {
@@ -141,15 +156,7 @@ fn section<T: DeserializeOwned>(p: &mut Problems, path: &str, v: &Yaml) -> Optio
             };
             let msg = e.inner().to_string();
             let fix = if let Some(rest) = msg.strip_prefix("unknown field `") {
-                let name = rest.split('`').next().unwrap_or_default();
-                let known: Vec<&str> = rest
-                    .split("expected one of ")
-                    .nth(1)
-                    .or_else(|| rest.split("expected ").nth(1))
-                    .unwrap_or_default()
-                    .split(", ")
-                    .map(|s| s.trim_matches('`'))
-                    .collect();
+                let (name, known) = name_and_expected(rest);
                 let full_unknown = if full.ends_with(&format!(".{name}")) || full == name {
                     full.clone()
                 } else {
@@ -164,15 +171,7 @@ fn section<T: DeserializeOwned>(p: &mut Problems, path: &str, v: &Yaml) -> Optio
             } else if msg.starts_with("missing field") {
                 "add it (see the README's pipeline reference)".to_string()
             } else if let Some(rest) = msg.strip_prefix("unknown variant `") {
-                let name = rest.split('`').next().unwrap_or_default();
-                let known: Vec<&str> = rest
-                    .split("expected one of ")
-                    .nth(1)
-                    .or_else(|| rest.split("expected ").nth(1))
-                    .unwrap_or_default()
-                    .split(", ")
-                    .map(|s| s.trim_matches('`'))
-                    .collect();
+                let (name, known) = name_and_expected(rest);
                 suggest(name, &known)
             } else {
                 "see the README's pipeline reference for this key".to_string()

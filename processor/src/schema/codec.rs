@@ -4,9 +4,11 @@
 //! the reader schema once, when the pipeline is compiled; per record it only decodes, and
 //! resolves to the reader schema only where the writer schema differs.
 //!
-//! The encoder is hand-written for the flat records Weir derives: apache-avro's `encode`
-//! and `to_avro_datum` rebuild a name table for every call and validate the value first,
-//! which dominates the cost of small records (measured with `weir bench`).
+//! Flat records (primitive, logical, enum, fixed and union fields: the common shape of
+//! events) are decoded by [`FlatRecord`] straight into a row; everything else goes through
+//! apache-avro. Derived events are encoded by `runtime::engine::ResultFormat::encode_avro`
+//! with [`zigzag`]: apache-avro's `to_avro_datum` rebuilds a name table and validates the
+//! value on every call.
 
 use super::json::{json_to_avro, Names};
 use crate::pipeline::ValueFormat;
@@ -192,7 +194,7 @@ fn decode_datum(
 ) -> Result<Value, DecodeError> {
     let mut cursor = bytes;
     // `from_avro_datum` rebuilds the writer's name table on every call; a schema without
-    // references needs none, so pass an empty one (measured: the larger part of decode time).
+    // references needs none, so pass an empty one.
     let decoded = if flat {
         apache_avro::from_avro_datum_schemata(writer, Vec::new(), &mut cursor, None)
     } else {
@@ -245,8 +247,8 @@ enum FlatField {
 /// A record whose fields are primitives, logical types, enums, fixed or unions of those:
 /// the common shape of events. Such a record is decoded straight into a row, skipping
 /// (but still validating) the fields the pipeline does not read, with no per-field name
-/// strings; measured with `weir bench`, this is several times faster than decoding to an
-/// apache-avro `Value::Record`.
+/// strings (in `weir bench`'s profile, apache-avro's generic decode spent most of its time
+/// allocating field names and values the pipeline never reads).
 #[derive(Debug, Clone)]
 pub struct FlatRecord {
     fields: Vec<FlatField>,
@@ -462,26 +464,6 @@ pub fn check_readable(writer: &Schema, reader: &Schema) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// Encodes values of one schema to Avro binary without per-call schema walks.
-pub struct RecordEncoder {
-    schema: Schema,
-}
-
-impl RecordEncoder {
-    pub fn new(schema: Schema) -> RecordEncoder {
-        RecordEncoder { schema }
-    }
-
-    pub fn schema(&self) -> &Schema {
-        &self.schema
-    }
-
-    /// Appends the datum to `out`.
-    pub fn encode(&self, value: &Value, out: &mut Vec<u8>) -> Result<(), String> {
-        encode_value(value, &self.schema, out)
-    }
-}
-
 /// Appends `n` as an Avro long (zigzag varint).
 pub fn zigzag(n: i64, out: &mut Vec<u8>) {
     let mut z = ((n << 1) ^ (n >> 63)) as u64;
@@ -490,70 +472,6 @@ pub fn zigzag(n: i64, out: &mut Vec<u8>) {
         z >>= 7;
     }
     out.push(z as u8);
-}
-
-fn encode_value(value: &Value, schema: &Schema, out: &mut Vec<u8>) -> Result<(), String> {
-    match (value, schema) {
-        (Value::Null, Schema::Null) => {}
-        (Value::Boolean(b), Schema::Boolean) => out.push(u8::from(*b)),
-        (Value::Int(i), Schema::Int)
-        | (Value::Date(i), Schema::Date)
-        | (Value::TimeMillis(i), Schema::TimeMillis) => zigzag(i64::from(*i), out),
-        (Value::Long(i), Schema::Long)
-        | (Value::Long(i), Schema::TimestampMillis)
-        | (Value::TimestampMillis(i), Schema::TimestampMillis)
-        | (Value::TimestampMillis(i), Schema::Long)
-        | (Value::TimestampMicros(i), Schema::TimestampMicros)
-        | (Value::TimeMicros(i), Schema::TimeMicros) => zigzag(*i, out),
-        (Value::Float(f), Schema::Float) => out.extend_from_slice(&f.to_le_bytes()),
-        (Value::Double(f), Schema::Double) => out.extend_from_slice(&f.to_le_bytes()),
-        (Value::String(s), Schema::String) | (Value::Enum(_, s), Schema::String) => {
-            zigzag(s.len() as i64, out);
-            out.extend_from_slice(s.as_bytes());
-        }
-        (Value::Bytes(b), Schema::Bytes) => {
-            zigzag(b.len() as i64, out);
-            out.extend_from_slice(b);
-        }
-        (Value::Enum(i, _), Schema::Enum(_)) => zigzag(i64::from(*i), out),
-        (Value::Union(i, inner), Schema::Union(u)) => {
-            let s = u
-                .variants()
-                .get(*i as usize)
-                .ok_or_else(|| format!("union index {i} out of range"))?;
-            zigzag(i64::from(*i), out);
-            encode_value(inner, s, out)?;
-        }
-        (v, Schema::Union(u)) => {
-            // A plain value for a union: pick the branch it fits.
-            let idx = if matches!(v, Value::Null) {
-                u.variants().iter().position(|s| *s == Schema::Null)
-            } else {
-                u.variants().iter().position(|s| *s != Schema::Null)
-            }
-            .ok_or_else(|| "no union branch fits".to_string())?;
-            zigzag(idx as i64, out);
-            encode_value(v, &u.variants()[idx], out)?;
-        }
-        (Value::Record(fields), Schema::Record(r)) => {
-            if fields.len() != r.fields.len() {
-                return Err(format!(
-                    "record {} has {} fields, the value {}",
-                    r.name.fullname(None),
-                    r.fields.len(),
-                    fields.len()
-                ));
-            }
-            for ((_, v), f) in fields.iter().zip(&r.fields) {
-                encode_value(v, &f.schema, out)?;
-            }
-        }
-        (v, s) => {
-            let bytes = apache_avro::to_avro_datum(s, v.clone()).map_err(|e| e.to_string())?;
-            out.extend_from_slice(&bytes);
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -644,21 +562,5 @@ mod tests {
         let enum_pos = 1 + 6 + 4; // a (6-byte varint), union index, "hé" (1 + 3 bytes)
         bad_enum[enum_pos] = 9;
         assert!(rec.decode(&bad_enum, &skip).is_err());
-    }
-
-    #[test]
-    fn encoder_matches_apache_avro() {
-        let s = Schema::parse_str(V2).unwrap();
-        let v = Value::Record(vec![
-            ("user".into(), Value::String("ü".into())),
-            ("n".into(), Value::Long(-300)),
-            (
-                "ref".into(),
-                Value::Union(1, Box::new(Value::String("r".into()))),
-            ),
-        ]);
-        let mut out = Vec::new();
-        RecordEncoder::new(s.clone()).encode(&v, &mut out).unwrap();
-        assert_eq!(out, apache_avro::to_avro_datum(&s, v).unwrap());
     }
 }

@@ -4,7 +4,7 @@
 //! Owns: [`SchemaResolver`] (where schemas come from: the local `schemas/` directory now, a
 //! Confluent registry later), [`FieldType`] (a field's type as validation compares it),
 //! [`codec::Decoder`] (bytes -> validated Avro record, with writer-to-reader resolution set
-//! up once per writer schema) and [`codec::RecordEncoder`] (derived records -> Avro binary).
+//! up once per writer schema).
 
 pub mod codec;
 pub mod json;
