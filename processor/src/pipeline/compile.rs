@@ -223,6 +223,11 @@ fn compile_expr(
             return None;
         }
     };
+    // Macros (`exists`, `all`, `map`, `filter`, ...) bind their own loop variables.
+    let mut bound = std::collections::HashSet::new();
+    if let Ok(ast) = cel_parser::Parser::new().parse(text) {
+        comprehension_vars(&ast, &mut bound);
+    }
     let mut vars = Vec::new();
     let mut ok = true;
     let mut referenced = program
@@ -232,7 +237,7 @@ fn compile_expr(
         .map(str::to_string)
         .collect::<Vec<_>>();
     referenced.sort();
-    for v in referenced {
+    for v in referenced.into_iter().filter(|v| !bound.contains(v)) {
         match row.iter().position(|(n, _)| *n == v) {
             Some(i) => vars.push((v, i)),
             None => {
@@ -250,6 +255,50 @@ fn compile_expr(
         program,
         vars,
     })
+}
+
+/// The variables that comprehensions (CEL macros) bind inside an expression.
+fn comprehension_vars(e: &cel_parser::Expression, out: &mut std::collections::HashSet<String>) {
+    use cel_parser::ast::{EntryExpr, Expr as E};
+    match &e.expr {
+        E::Comprehension(c) => {
+            out.insert(c.iter_var.clone());
+            out.extend(c.iter_var2.clone());
+            out.insert(c.accu_var.clone());
+            for x in [
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ] {
+                comprehension_vars(x, out);
+            }
+        }
+        E::Call(c) => {
+            if let Some(t) = &c.target {
+                comprehension_vars(t, out);
+            }
+            c.args.iter().for_each(|a| comprehension_vars(a, out));
+        }
+        E::List(l) => l.elements.iter().for_each(|x| comprehension_vars(x, out)),
+        E::Select(s) => comprehension_vars(&s.operand, out),
+        E::Map(m) => m.entries.iter().for_each(|en| match &en.expr {
+            EntryExpr::StructField(f) => comprehension_vars(&f.value, out),
+            EntryExpr::MapEntry(me) => {
+                comprehension_vars(&me.key, out);
+                comprehension_vars(&me.value, out);
+            }
+        }),
+        E::Struct(s) => s.entries.iter().for_each(|en| match &en.expr {
+            EntryExpr::StructField(f) => comprehension_vars(&f.value, out),
+            EntryExpr::MapEntry(me) => {
+                comprehension_vars(&me.key, out);
+                comprehension_vars(&me.value, out);
+            }
+        }),
+        _ => {}
+    }
 }
 
 fn declared_type(
