@@ -7,5 +7,7 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --release --workspace --all-targets -- -D warnings
+echo "== cargo build (the weir binary the CLI and crash tests run)"
+cargo build --release --workspace --bins
 echo "== cargo test"
 cargo test --release --workspace

@@ -12,15 +12,16 @@ pub fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// The `weir` binary of this build. `cargo test --workspace` builds it next to the test
-/// executables' `deps/` directory.
+/// The `weir` binary of this build, next to the test executables' `deps/` directory.
+/// `cargo test` does not build it (the processor package has no integration tests), so
+/// `scripts/test.sh` runs `cargo build --release --workspace --bins` first.
 pub fn weir_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let bin = dir.join("weir");
     assert!(
         bin.is_file(),
-        "{} is missing: run the tests with `cargo test --workspace` so the binary is built",
+        "{} is missing: run `cargo build --release --workspace --bins` first (scripts/test.sh does)",
         bin.display()
     );
     bin
