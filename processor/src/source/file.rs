@@ -154,20 +154,25 @@ impl FileSource {
         off
     }
 
+    /// A record with no envelope: partition 0, the next offset, no key or timestamp.
+    fn bare(&mut self, value: Payload) -> SourceRecord {
+        let offset = self.offset(0, None);
+        SourceRecord {
+            topic: self.topic.clone(),
+            partition: 0,
+            offset,
+            timestamp: None,
+            key: None,
+            value,
+            line: self.line,
+        }
+    }
+
     fn record(&mut self, text: String, records: bool) -> SourceRecord {
         let line = self.line;
         let raw = |t: String| Payload::Bytes(t.into_bytes());
         if !records {
-            let off = self.offset(0, None);
-            return SourceRecord {
-                topic: self.topic.clone(),
-                partition: 0,
-                offset: off,
-                timestamp: None,
-                key: None,
-                value: Payload::Json(text.into_bytes()),
-                line,
-            };
+            return self.bare(Payload::Json(text.into_bytes()));
         }
         let parsed: Option<serde_json::Map<String, Json>> =
             match serde_json::from_str::<Json>(&text) {
@@ -175,16 +180,7 @@ impl FileSource {
                 _ => None,
             };
         let Some(m) = parsed else {
-            let off = self.offset(0, None);
-            return SourceRecord {
-                topic: self.topic.clone(),
-                partition: 0,
-                offset: off,
-                timestamp: None,
-                key: None,
-                value: raw(text),
-                line,
-            };
+            return self.bare(raw(text));
         };
         let b64 = |v: Option<&Json>| {
             v.and_then(Json::as_str)
