@@ -9,7 +9,7 @@
 //!                          │          file/line); no decoding here
 //!                          ▼
 //!                        schema     bytes -> validated Avro record (Confluent wire, raw Avro,
-//!                          │          JSON), writer->reader resolution set up once
+//!                          │          JSON), writer->reader resolution set up once; registry client
 //!                          ▼
 //!                        operators  filter/map (CEL), key_by, window assignment, watermarks,
 //!                          │          aggregate accumulators
@@ -17,13 +17,14 @@
 //!                        state      write cache of window accumulators in front of RocksDB;
 //!                          │          one WriteBatch per checkpoint (state + positions)
 //!                          ▼
-//!                        sink       derived events (file, stdout; Kafka, PostgreSQL next) and
-//!                          │          dead letters; the idempotency contract
+//!                        sink       derived events (file, stdout, Kafka, PostgreSQL upsert)
+//!                          │          and dead letters (file, Kafka topic); the idempotency contract
 //!                          ▼
 //!                        monitor    counters, summary, peak RSS
 //!
-//!   runtime  wires them per record and runs the checkpoint loop (its docs state the
-//!            at-least-once argument);  cli  is the door (`weir run|validate|bench`).
+//!   runtime  wires them per record and runs the checkpoint loop: `run_file` for event
+//!            logs, `kafka::run_kafka` for consumer groups (its docs state the at-least-once
+//!            argument);  cli  is the door (`weir run|validate|produce|bench`).
 //! ```
 //!
 //! Invalid events never stop a pipeline: they go to the dead letter with the reason

@@ -1,6 +1,9 @@
 //! Helpers shared by Weir's integration tests: where the repository and the `weir` binary
 //! are, and how to run the binary.
 
+pub mod kafka;
+pub mod scenario;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -21,6 +21,7 @@ fn run(cache_entries: usize, checkpoint_every: u64) -> (Vec<serde_json::Value>, 
         dead_letter: Some(work.path().join("dead.jsonl").display().to_string()),
         state_dir: Some(work.path().join("state")),
         checkpoint_every,
+        conn: Default::default(),
     };
     let summary = run_file(&plan, &opts).unwrap();
     assert_eq!(summary.counters.events_in, 6000);

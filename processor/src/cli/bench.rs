@@ -40,6 +40,21 @@ pub struct BenchArgs {
     /// The pipeline to run.
     #[arg(long, default_value = "pipelines/nexmark-bids.yaml")]
     pipeline: PathBuf,
+    /// Benchmark the Kafka path on this broker instead: pre-produce --events bids to a new
+    /// 4-partition topic, read it with a raw rdkafka consumer, then run the pipeline on it,
+    /// and print both rates and their ratio.
+    #[arg(long, value_name = "HOST:PORT")]
+    kafka: Option<String>,
+    /// Extra librdkafka properties for the Kafka benchmark's clients (repeatable).
+    #[arg(long, value_parser = parse_kv)]
+    kafka_config: Vec<(String, String)>,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected key=value, got `{s}`")),
+    }
 }
 
 /// A deterministic xorshift generator: the benchmark needs no statistical quality.
@@ -95,6 +110,9 @@ fn current_rss_mib() -> f64 {
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(brokers) = a.kafka.clone() {
+        return bench_kafka(&a, &brokers);
+    }
     let loaded = load_file(&a.pipeline, None);
     let Some(mut plan) = loaded.plan else {
         for p in &loaded.problems {
@@ -245,4 +263,141 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         store.size_bytes() as f64 / 1048576.0
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The Kafka path: the same pipeline fed by a consumer group, against a raw consumer.
+fn bench_kafka(a: &BenchArgs, brokers: &str) -> anyhow::Result<ExitCode> {
+    use crate::runtime::kafka::{run_kafka, KafkaOptions};
+    use crate::runtime::outputs::Connections;
+    use crate::sink::kafka::{ensure_topic, Sender};
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Message, OwnedHeaders};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    let loaded = load_file(&a.pipeline, None);
+    let Some(mut plan) = loaded.plan else {
+        anyhow::bail!("{} is not a valid pipeline", a.pipeline.display());
+    };
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let topic = format!("weir-bench-{stamp}");
+    plan.source.topics = vec![topic.clone()];
+    plan.source.group = format!("weir-bench-{stamp}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(ensure_topic(brokers, &topic, 4, 1))?;
+
+    // 1. Pre-produce, keyed by bidder (so key_by bidder matches the partitioning).
+    let keys = a.keys.max(1);
+    let per_window = a.events_per_window.unwrap_or(keys * 2).max(1);
+    let step_us = 10_000_000f64 / per_window as f64;
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let base: i64 = 1_767_225_600_000;
+    let mut sender = Sender::new(brokers, "bench")?;
+    let mut buf = Vec::with_capacity(128);
+    let t0 = Instant::now();
+    for seq in 0..a.events {
+        let t = base + ((seq as f64 * step_us) / 1000.0) as i64;
+        bid(&mut rng, keys, t, &mut buf);
+        // The bidder is the second field: re-derive it for the key.
+        let bidder = decode_bidder(&buf).unwrap_or(0).to_string();
+        sender.send(&topic, Some(bidder.as_bytes()), &buf, OwnedHeaders::new(), None)?;
+    }
+    sender.flush()?;
+    let produce_secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "  produced {} events to {topic} in {produce_secs:.1} s ({:.0}/s)",
+        a.events,
+        a.events as f64 / produce_secs
+    );
+
+    // 2. A raw consumer: subscribe, poll until every record is read, touch each payload.
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers)
+        .set("group.id", format!("weir-bench-raw-{stamp}"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest");
+    for (k, v) in &a.kafka_config {
+        cfg.set(k, v);
+    }
+    let raw: BaseConsumer = cfg.create()?;
+    raw.subscribe(&[&topic])?;
+    let mut n = 0u64;
+    let mut bytes = 0u64;
+    let mut first = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while n < a.events && Instant::now() < deadline {
+        if let Some(Ok(m)) = raw.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            bytes += m.payload().map(|p| p.len() as u64).unwrap_or(0);
+            n += 1;
+        }
+    }
+    let raw_secs = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
+    drop(raw);
+    anyhow::ensure!(n == a.events, "the raw consumer read {n} of {} records", a.events);
+
+    // 3. The pipeline, from its first record to its last.
+    let state = tempfile::Builder::new().prefix("weir-bench-").tempdir()?;
+    let out = state.path().join("results.jsonl");
+    let opts = KafkaOptions {
+        state_dir: state.path().join("state"),
+        conn: Connections {
+            brokers: Some(brokers.to_string()),
+            ..Default::default()
+        },
+        instance_id: None,
+        checkpoint_every: a.checkpoint_every,
+        checkpoint_interval: Duration::from_secs(1),
+        output: Some(out.display().to_string()),
+        dead_letter: Some(state.path().join("dead.jsonl").display().to_string()),
+        kafka_config: a.kafka_config.clone(),
+        stop_after: Some(a.events),
+    };
+    let s = run_kafka(plan, &opts, Arc::new(AtomicBool::new(false)))?;
+    let weir_secs = s.active.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN);
+    let raw_rate = a.events as f64 / raw_secs;
+    let weir_rate = s.counters.events_in as f64 / weir_secs;
+    println!(
+        "weir bench --kafka: {} events ({:.1} MB), {} bidders, 4 partitions, broker {brokers}",
+        a.events,
+        bytes as f64 / 1e6,
+        keys
+    );
+    println!("  raw consumer    {raw_rate:.0} events/s");
+    println!(
+        "  weir pipeline   {weir_rate:.0} events/s (decode, window, RocksDB checkpoints, commits; {} results, {} checkpoints)",
+        s.counters.results_out, s.checkpoints
+    );
+    println!("  ratio           {:.2}", weir_rate / raw_rate);
+    println!(
+        "  peak RSS        {:.1} MiB",
+        peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The bidder of a generated bid: the second zigzag varint after the 5-byte frame.
+fn decode_bidder(b: &[u8]) -> Option<i64> {
+    let mut i = 5;
+    let mut read = || {
+        let mut z = 0u64;
+        let mut shift = 0;
+        loop {
+            let byte = *b.get(i)?;
+            i += 1;
+            z |= ((byte & 0x7f) as u64) << shift;
+            if byte < 0x80 {
+                return Some(((z >> 1) as i64) ^ -((z & 1) as i64));
+            }
+            shift += 7;
+        }
+    };
+    read()?;
+    read()
 }

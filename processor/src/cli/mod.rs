@@ -1,6 +1,7 @@
 //! The command line: one file per verb. `anyhow` lives here only, at the edge.
 
 pub mod bench;
+pub mod produce;
 pub mod run;
 pub mod validate;
 
@@ -30,6 +31,7 @@ enum Command {
     Run(run::RunArgs),
     Validate(validate::ValidateArgs),
     Bench(bench::BenchArgs),
+    Produce(produce::ProduceArgs),
 }
 
 fn init_logs(f: LogFormat) {
@@ -51,6 +53,7 @@ pub fn main() -> ExitCode {
         Command::Run(a) => run::run(a),
         Command::Validate(a) => validate::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Produce(a) => produce::run(a),
     };
     match result {
         Ok(code) => code,

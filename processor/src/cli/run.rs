@@ -1,21 +1,48 @@
 use crate::pipeline::load_file;
 use crate::runtime::engine::fmt_ms;
+use crate::runtime::kafka::{run_kafka, KafkaOptions};
+use crate::runtime::outputs::Connections;
 use crate::runtime::{run_file, RunOptions};
 use crate::source::file::InputFormat;
 use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::process::ExitCode;
 
-/// Replay an event log through a pipeline, with no broker. Results go to the pipeline's
-/// sinks (or --output), dead letters to a JSON Lines file, and a one-line summary to stderr.
+/// Run a pipeline: against Kafka (the default), or over an event log file (--input) with no
+/// broker. Results go to the pipeline's sinks (or --output), dead letters to its dead_letter,
+/// and a one-line summary to stderr. Against Kafka it runs until SIGTERM or Ctrl-C.
 #[derive(Args)]
 pub struct RunArgs {
     /// The pipeline definition.
     pipeline: PathBuf,
-    /// The event log: JSON Lines (events or Kafka records) or an Avro container file.
+    /// Replay this event log instead of consuming Kafka: JSON Lines (events or Kafka
+    /// records) or an Avro container file.
     #[arg(long)]
-    input: PathBuf,
+    input: Option<PathBuf>,
+    /// Kafka bootstrap servers [env: WEIR_BROKERS; default 127.0.0.1:9092].
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Confluent Schema Registry URL: source writer schemas by id, output schema
+    /// registered under <topic>-value [env: WEIR_SCHEMA_REGISTRY].
+    #[arg(long)]
+    schema_registry: Option<String>,
+    /// PostgreSQL connection string for postgres sinks without a url [env: WEIR_POSTGRES_URL].
+    #[arg(long)]
+    postgres_url: Option<String>,
+    /// Kafka: static group membership (group.instance.id), so a restart gets its partitions
+    /// back at once.
+    #[arg(long, env = "WEIR_INSTANCE_ID")]
+    instance_id: Option<String>,
+    /// Kafka: also checkpoint this often (e.g. 1s, 500ms).
+    #[arg(long, default_value = "1s")]
+    checkpoint_interval: humantime::Duration,
+    /// Kafka: an extra librdkafka property for the consumer and producers (repeatable),
+    /// e.g. --kafka-config fetch.wait.max.ms=10
+    #[arg(long, value_parser = parse_kv)]
+    kafka_config: Vec<(String, String)>,
     #[arg(long, value_enum, default_value = "auto")]
     input_format: InputFormat,
     /// Write results here (JSON Lines) instead of the pipeline's sinks; `-` for stdout.
@@ -26,6 +53,7 @@ pub struct RunArgs {
     #[arg(long)]
     dead_letter: Option<String>,
     /// Keep state here; running again after a crash resumes from the last checkpoint.
+    /// Kafka default: .weir/<pipeline name>; file default: a temporary directory.
     #[arg(long)]
     state_dir: Option<PathBuf>,
     /// Checkpoint after this many records.
@@ -49,19 +77,28 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(1));
     };
+    let conn = Connections {
+        brokers: a.brokers.clone(),
+        postgres_url: a.postgres_url.clone(),
+        schema_registry: a.schema_registry.clone(),
+    };
+    let Some(input) = a.input.clone() else {
+        return run_against_kafka(a, plan, conn);
+    };
     let opts = RunOptions {
-        input: a.input.clone(),
+        input: input.clone(),
         input_format: a.input_format,
         output: a.output,
         dead_letter: a.dead_letter,
         state_dir: a.state_dir,
         checkpoint_every: a.checkpoint_every.max(1),
+        conn,
     };
     let s = run_file(&plan, &opts).with_context(|| {
         format!(
             "running {} over {}",
             a.pipeline.display(),
-            a.input.display()
+            input.display()
         )
     })?;
     let resumed = match s.resumed_from {
@@ -73,5 +110,51 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         plan.name, s.counters, s.dead_letter_path, resumed
     );
     tracing::info!(watermark = %fmt_ms(s.watermark), checkpoints = s.checkpoints, "run finished");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected key=value, got `{s}`")),
+    }
+}
+
+fn run_against_kafka(
+    a: RunArgs,
+    plan: crate::pipeline::compile::Plan,
+    conn: Connections,
+) -> anyhow::Result<ExitCode> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    let name = plan.name.clone();
+    let opts = KafkaOptions {
+        state_dir: a
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from(".weir").join(&plan.name)),
+        conn,
+        instance_id: a.instance_id,
+        checkpoint_every: a.checkpoint_every.max(1),
+        checkpoint_interval: a.checkpoint_interval.into(),
+        output: a.output,
+        dead_letter: a.dead_letter,
+        kafka_config: a.kafka_config,
+        stop_after: None,
+    };
+    eprintln!(
+        "weir: {name}: consuming {:?} from {} as group {}; state in {}; Ctrl-C to stop",
+        plan.source.topics,
+        opts.conn.brokers(),
+        plan.source.group,
+        opts.state_dir.display()
+    );
+    let s = run_kafka(plan, &opts, stop)
+        .with_context(|| format!("running {} against Kafka", a.pipeline.display()))?;
+    eprintln!(
+        "weir: {name}: stopped; {}; dead letters in {}",
+        s.counters, s.dead_letter_path
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -473,6 +473,13 @@ pub fn compile(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems) -
     }
     if let Some(d) = &def.dead_letter {
         check_sink(p, "dead_letter", d);
+        if d.kind == super::SinkKind::Postgres {
+            p.add(
+                "dead_letter.type",
+                "dead letters go to a file, a Kafka topic or stdout, not to PostgreSQL",
+                "use type: kafka with a topic, or type: file with a path",
+            );
+        }
     }
     if def.state.cache_entries == 0 {
         p.add(
@@ -522,22 +529,91 @@ pub fn compile(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems) -
 }
 
 fn check_sink(p: &mut Problems, path: &str, s: &SinkDef) {
-    match s.kind {
-        super::SinkKind::File if s.path.as_deref().unwrap_or("").is_empty() => {
+    use super::SinkKind::*;
+    let name = match s.kind {
+        Stdout => "stdout",
+        File => "file",
+        Kafka => "kafka",
+        Postgres => "postgres",
+    };
+    let allowed: &[&str] = match s.kind {
+        Stdout => &[],
+        File => &["path"],
+        Kafka => &["topic", "partitions", "replication_factor", "schema_id"],
+        Postgres => &["url", "table"],
+    };
+    let set = [
+        ("path", s.path.is_some()),
+        ("topic", s.topic.is_some()),
+        ("partitions", s.partitions.is_some()),
+        ("replication_factor", s.replication_factor.is_some()),
+        ("schema_id", s.schema_id.is_some()),
+        ("url", s.url.is_some()),
+        ("table", s.table.is_some()),
+    ];
+    for (key, is_set) in set {
+        if is_set && !allowed.contains(&key) {
+            let fix = if allowed.is_empty() {
+                format!("remove {key}")
+            } else {
+                format!("remove {key}; a {name} sink takes {}", allowed.join(", "))
+            };
             p.add(
-                &format!("{path}.path"),
-                "a file sink needs a path",
-                "add path: out/results.jsonl",
+                &format!("{path}.{key}"),
+                &format!("a {name} sink takes no {key}"),
+                &fix,
             );
         }
-        super::SinkKind::Stdout if s.path.is_some() => {
-            p.add(
-                &format!("{path}.path"),
-                "stdout takes no path",
-                "remove path, or use type: file",
-            );
+    }
+    let empty = |o: &Option<String>| o.as_deref().unwrap_or("").trim().is_empty();
+    match s.kind {
+        File if empty(&s.path) => p.add(
+            &format!("{path}.path"),
+            "a file sink needs a path",
+            "add path: out/results.jsonl",
+        ),
+        Kafka if empty(&s.topic) => p.add(
+            &format!("{path}.topic"),
+            "a kafka sink needs a topic",
+            "add topic: my-results",
+        ),
+        Postgres => {
+            if empty(&s.table) {
+                p.add(
+                    &format!("{path}.table"),
+                    "a postgres sink needs a table",
+                    "add table: my_results",
+                );
+            } else if let Some(t) = &s.table {
+                let ok = t.split('.').all(|part| {
+                    !part.is_empty()
+                        && part
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                        && !part.starts_with(|c: char| c.is_ascii_digit())
+                });
+                if !ok {
+                    p.add(
+                        &format!("{path}.table"),
+                        &format!("`{t}` is not a plain table name"),
+                        "use letters, digits and _ (optionally schema.table), e.g. page_views",
+                    );
+                }
+            }
         }
         _ => {}
+    }
+    for (key, v) in [
+        ("partitions", s.partitions),
+        ("replication_factor", s.replication_factor),
+    ] {
+        if matches!(v, Some(n) if n < 1) {
+            p.add(
+                &format!("{path}.{key}"),
+                &format!("{key} must be at least 1"),
+                &format!("set {key}: 1 or more"),
+            );
+        }
     }
 }
 

@@ -261,6 +261,25 @@ pub struct SinkDef {
     /// File sinks: where to write. Relative paths are relative to the working directory.
     #[serde(default)]
     pub path: Option<String>,
+    /// Kafka sinks: the topic (created when missing).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Kafka sinks: partitions of a topic Weir creates.
+    #[serde(default)]
+    pub partitions: Option<i32>,
+    /// Kafka sinks: replication factor of a topic Weir creates.
+    #[serde(default)]
+    pub replication_factor: Option<i32>,
+    /// Kafka sinks without a schema registry: the schema id written in the Confluent frame.
+    #[serde(default)]
+    pub schema_id: Option<u32>,
+    /// PostgreSQL sinks: a connection string (`host=... user=... dbname=...` or a URL);
+    /// default `$WEIR_POSTGRES_URL`, else `host=127.0.0.1 user=postgres dbname=postgres`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// PostgreSQL sinks: the table (created from the output schema when missing).
+    #[serde(default)]
+    pub table: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -268,6 +287,8 @@ pub struct SinkDef {
 pub enum SinkKind {
     Stdout,
     File,
+    Kafka,
+    Postgres,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -68,7 +68,7 @@ impl DeadLetter {
 
 pub struct Engine<'p> {
     plan: &'p Plan,
-    decoder: Decoder,
+    pub decoder: Decoder,
     /// The writer schema of an Avro container input, when it differs from the reader's.
     container: Option<Schema>,
     eval: Evaluator,
@@ -397,6 +397,24 @@ impl<'p> ResultFormat<'p> {
                 (_, Some(Scalar::Null) | None) => {}
             }
         }
+    }
+
+    /// The group key as a JSON object of the key fields (the Kafka record key and the
+    /// key half of a PostgreSQL row's identity).
+    pub fn key_json(&self, e: &Emitted, buf: &mut String) {
+        let mut obj = serde_json::Map::new();
+        for (i, k) in self.plan.output.key_fields.iter().enumerate() {
+            let v = e.key.get(i).cloned().unwrap_or(Scalar::Null).to_value(&k.ty);
+            obj.insert(k.name.clone(), avro_to_json(&v));
+        }
+        buf.push_str(&serde_json::Value::Object(obj).to_string());
+    }
+
+    /// `pipeline/key/window start/sequence`: what identifies one emission, so a consumer
+    /// can drop a re-emission after a crash.
+    pub fn event_id(&self, key_json: &str, e: &Emitted, buf: &mut String) {
+        use std::fmt::Write;
+        let _ = write!(buf, "{}/{}/{}/{}", self.plan.name, key_json, e.start, e.seq);
     }
 
     /// The derived event as one line of JSON, fields in output-schema order.

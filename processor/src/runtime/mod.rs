@@ -13,21 +13,24 @@
 //! sinks to the lengths it records, seeks the input to its position and reprocesses, which
 //! emits the same bytes again (processing is deterministic). A crash after step 2 resumes
 //! from the new one. Nothing is lost and nothing is doubled in a file sink. The Kafka path
-//! adds step 3 (commit offsets to the consumer group) in the Kafka issue.
+//! ([`kafka`]) waits for broker and database acknowledgements in step 1, stores offsets
+//! per partition in step 2, and adds step 3 (commit offsets to the consumer group).
 
 pub mod engine;
+pub mod kafka;
+pub mod outputs;
 
 use crate::monitor::Counters;
 use crate::operators::watermark::Watermarks;
 use crate::pipeline::compile::Plan;
-use crate::pipeline::SinkKind;
-use crate::sink::file::{FileSink, StdoutSink};
-use crate::sink::{Output, Sink, SinkError};
+use crate::schema::registry::{Registry, RegistryError};
+use crate::sink::SinkError;
 use crate::source::file::{FileSource, InputFormat};
 use crate::source::SourceError;
 use crate::state::windows::WindowMeta;
 use crate::state::{StateError, Store, META_KEY};
-use engine::{Emitted, Engine, ResultFormat};
+use engine::Engine;
+use outputs::{open_sinks, AnySink, Connections, DeadLetters, ResultWriter};
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -50,6 +53,10 @@ pub enum RunError {
     },
     #[error("the checkpoint in {0} does not decode; remove the state directory to start over")]
     BadCheckpoint(String),
+    #[error("kafka: {0}")]
+    Kafka(String),
+    #[error("{0}")]
+    Registry(String),
 }
 
 impl RunError {
@@ -60,7 +67,9 @@ impl RunError {
             RunError::Sink(SinkError::Truncated { .. }) | RunError::BadCheckpoint(_) => {
                 ErrorKind::User
             }
-            RunError::Sink(_) | RunError::TempDir(_) => ErrorKind::External,
+            RunError::Sink(_) | RunError::TempDir(_) | RunError::Kafka(_) | RunError::Registry(_) => {
+                ErrorKind::External
+            }
             RunError::State(StateError::Corrupt(_)) => ErrorKind::Internal,
             RunError::State(_) => ErrorKind::External,
         }
@@ -88,6 +97,7 @@ pub struct RunOptions {
     /// Keep state here to resume after a crash; a temporary directory otherwise.
     pub state_dir: Option<PathBuf>,
     pub checkpoint_every: u64,
+    pub conn: Connections,
 }
 
 /// What a run did.
@@ -99,13 +109,17 @@ pub struct Summary {
     pub resumed_from: Option<u64>,
     pub checkpoints: u64,
     pub state_writes: u64,
+    /// Kafka runs: from the first record processed to the last.
+    pub active: Option<std::time::Duration>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct Checkpoint {
     pipeline: String,
-    /// Records consumed from the input.
+    /// Records consumed from the input file.
     position: u64,
+    /// Kafka: the next offset to process per (topic, partition).
+    offsets: Vec<(String, i32, i64)>,
     watermarks: Watermarks,
     windows: WindowMeta,
     counters: Counters,
@@ -114,58 +128,7 @@ struct Checkpoint {
     clock: i64,
 }
 
-enum AnySink {
-    File(FileSink),
-    Stdout(StdoutSink),
-}
-
-impl AnySink {
-    fn as_sink(&mut self) -> &mut dyn Sink {
-        match self {
-            AnySink::File(f) => f,
-            AnySink::Stdout(s) => s,
-        }
-    }
-}
-
-fn open_sinks(
-    plan: &Plan,
-    opts: &RunOptions,
-    resume: Option<&Checkpoint>,
-) -> Result<Vec<AnySink>, SinkError> {
-    let targets: Vec<Option<String>> = match &opts.output {
-        Some(o) if o == "-" => vec![None],
-        Some(o) => vec![Some(o.clone())],
-        None if plan.sinks.is_empty() => vec![None],
-        None => plan
-            .sinks
-            .iter()
-            .map(|s| match s.kind {
-                SinkKind::Stdout => None,
-                SinkKind::File => s.path.clone(),
-            })
-            .collect(),
-    };
-    targets
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| match t {
-            None => Ok(AnySink::Stdout(StdoutSink::default())),
-            Some(path) => {
-                let at = resume.and_then(|c| c.sinks.get(i).copied().flatten());
-                FileSink::open(&path, at).map(AnySink::File)
-            }
-        })
-        .collect()
-}
-
-fn dead_letter_path(plan: &Plan, opts: &RunOptions) -> String {
-    if let Some(p) = &opts.dead_letter {
-        return p.clone();
-    }
-    if let Some(p) = plan.dead_letter.as_ref().and_then(|d| d.path.clone()) {
-        return p;
-    }
+fn default_dead_letter_path(opts: &RunOptions) -> String {
     match &opts.state_dir {
         Some(d) => d.join("dead-letter.jsonl").display().to_string(),
         None => "dead-letter.jsonl".to_string(),
@@ -176,6 +139,61 @@ fn dead_letter_path(plan: &Plan, opts: &RunOptions) -> String {
 /// processed N records, so crash tests hit a precise point between checkpoints.
 fn kill_after() -> Option<u64> {
     std::env::var("WEIR_TEST_SIGKILL_AFTER").ok()?.parse().ok()
+}
+
+/// Before a record is decoded: when its Confluent schema id is unknown and a registry is
+/// configured, fetch the writer schema. An id the registry does not have (404) or a schema
+/// that cannot be read as the reader schema leaves the record to the dead letter; a registry
+/// that cannot be reached is an outside failure (retried), not the record's fault.
+fn resolve_writer(
+    engine: &mut Engine,
+    registry: Option<&mut Registry>,
+    value: &[u8],
+) -> Result<(), RunError> {
+    let (Some(id), Some(reg)) = (engine.decoder.unknown_writer_id(value), registry) else {
+        return Ok(());
+    };
+    if reg.is_missing(id) {
+        return Ok(());
+    }
+    match reg.schema_by_id(id) {
+        Ok(schema) => {
+            if let Err(msg) = engine.decoder.add_writer(id, schema) {
+                tracing::warn!(id, %msg, "writer schema from the registry is not readable as the reader schema; its records go to the dead letter");
+            }
+            Ok(())
+        }
+        Err(RegistryError::Status { status, body, .. }) if (400..500).contains(&status) => {
+            tracing::warn!(id, status, %body, "the schema registry has no schema with this id; its records go to the dead letter");
+            Ok(())
+        }
+        Err(e) => Err(RunError::Registry(e.to_string())),
+    }
+}
+
+/// Opens the state directory and reads its last checkpoint, refusing another pipeline's.
+fn open_state(
+    plan: &Plan,
+    state_dir: &std::path::Path,
+) -> Result<(Store, Option<Checkpoint>), RunError> {
+    let store = Store::open(state_dir, &plan.state)?;
+    let resume: Option<Checkpoint> = match store.get(META_KEY)? {
+        None => None,
+        Some(bytes) => Some(
+            bincode::deserialize(&bytes)
+                .map_err(|_| RunError::BadCheckpoint(state_dir.display().to_string()))?,
+        ),
+    };
+    if let Some(c) = &resume {
+        if c.pipeline != plan.name {
+            return Err(RunError::OtherPipeline {
+                dir: state_dir.display().to_string(),
+                found: c.pipeline.clone(),
+                expected: plan.name.clone(),
+            });
+        }
+    }
+    Ok((store, resume))
 }
 
 /// Replays an event log through the pipeline.
@@ -193,29 +211,27 @@ pub fn run_file(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
             p
         }
     };
-    let mut store = Store::open(&state_dir, &plan.state)?;
-    let resume: Option<Checkpoint> = match store.get(META_KEY)? {
-        None => None,
-        Some(bytes) => Some(
-            bincode::deserialize(&bytes)
-                .map_err(|_| RunError::BadCheckpoint(state_dir.display().to_string()))?,
-        ),
-    };
-    if let Some(c) = &resume {
-        if c.pipeline != plan.name {
-            return Err(RunError::OtherPipeline {
-                dir: state_dir.display().to_string(),
-                found: c.pipeline.clone(),
-                expected: plan.name.clone(),
-            });
-        }
-    }
-    let mut sinks = open_sinks(plan, opts, resume.as_ref())?;
-    let dl_path = dead_letter_path(plan, opts);
-    let mut dead = FileSink::open(&dl_path, resume.as_ref().and_then(|c| c.dead_letter))?;
-
+    let (mut store, resume) = open_state(plan, &state_dir)?;
     let topic = plan.source.topics.first().cloned().unwrap_or_default();
     let mut source = FileSource::open(&opts.input, opts.input_format, &topic)?;
+    let file_name = source.path().to_string();
+    let mut registry = opts.conn.registry();
+    let lengths = resume.as_ref().map(|c| c.sinks.clone()).unwrap_or_default();
+    let mut sinks = open_sinks(
+        plan,
+        opts.output.as_deref(),
+        &opts.conn,
+        &mut registry,
+        &lengths,
+    )?;
+    let (mut dead, dl_path) = DeadLetters::open(
+        plan.dead_letter.as_ref(),
+        opts.dead_letter.as_deref(),
+        &default_dead_letter_path(opts),
+        &opts.conn,
+        resume.as_ref().and_then(|c| c.dead_letter),
+        &file_name,
+    )?;
     let mut engine = Engine::new(plan, source.container_schema().cloned());
     let mut position = 0u64;
     let resumed_from = resume.as_ref().map(|c| c.position);
@@ -234,15 +250,10 @@ pub fn run_file(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
     let mut since_checkpoint = 0u64;
     let mut checkpoints = 0u64;
     let mut dead_letters = Vec::new();
-    let file_name = source.path().to_string();
-    let format = ResultFormat::new(plan);
-    let mut writer = ResultWriter {
-        format,
-        buf: String::new(),
-        failed: None,
-    };
+    let mut writer = ResultWriter::new(plan, &mut sinks);
 
     while let Some(rec) = source.next().transpose()? {
+        resolve_writer(&mut engine, registry.as_mut(), rec.value.bytes())?;
         engine.process(
             &store,
             &rec,
@@ -251,7 +262,7 @@ pub fn run_file(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
         )?;
         writer.check()?;
         for d in dead_letters.drain(..) {
-            dead.write_line(&d.to_json(&file_name))?;
+            dead.write(&d)?;
         }
         position += 1;
         processed_here += 1;
@@ -270,6 +281,7 @@ pub fn run_file(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
                 &mut sinks,
                 &mut dead,
                 position,
+                Vec::new(),
             )?;
             engine.windows.after_checkpoint();
             since_checkpoint = 0;
@@ -285,6 +297,7 @@ pub fn run_file(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
         &mut sinks,
         &mut dead,
         position,
+        Vec::new(),
     )?;
     checkpoints += 1;
     Ok(Summary {
@@ -294,38 +307,8 @@ pub fn run_file(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
         resumed_from,
         checkpoints,
         state_writes: store.writes,
+        active: None,
     })
-}
-
-/// Writes each result to every sink as it is emitted; the first failure is kept and
-/// reported after the engine returns (the engine's emit callback cannot fail).
-struct ResultWriter<'p> {
-    format: ResultFormat<'p>,
-    buf: String,
-    failed: Option<SinkError>,
-}
-
-impl ResultWriter<'_> {
-    fn write(&mut self, e: &Emitted, sinks: &mut [AnySink]) {
-        if self.failed.is_some() {
-            return;
-        }
-        self.buf.clear();
-        self.format.output_json(e, &mut self.buf);
-        for s in sinks.iter_mut() {
-            if let Err(err) = s.as_sink().write(&Output { json: &self.buf }) {
-                self.failed = Some(err);
-                return;
-            }
-        }
-    }
-
-    fn check(&mut self) -> Result<(), SinkError> {
-        match self.failed.take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
 }
 
 fn checkpoint(
@@ -333,8 +316,9 @@ fn checkpoint(
     engine: &mut Engine,
     store: &mut Store,
     sinks: &mut [AnySink],
-    dead: &mut FileSink,
+    dead: &mut DeadLetters,
     position: u64,
+    offsets: Vec<(String, i32, i64)>,
 ) -> Result<(), RunError> {
     let mut lengths = Vec::with_capacity(sinks.len());
     for s in sinks.iter_mut() {
@@ -345,6 +329,7 @@ fn checkpoint(
     let cp = Checkpoint {
         pipeline: plan.name.clone(),
         position,
+        offsets,
         watermarks: engine.watermarks.clone(),
         windows: engine.windows.meta(),
         counters: engine.counters.clone(),

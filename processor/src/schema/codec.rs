@@ -37,6 +37,20 @@ struct Writer {
     rec: Option<FlatRecord>,
 }
 
+impl Writer {
+    fn of(schema: Schema, reader_canon: &str) -> Writer {
+        let same = schema.canonical_form() == reader_canon;
+        let flat = !has_refs(&schema);
+        let rec = if same { FlatRecord::of(&schema) } else { None };
+        Writer {
+            schema,
+            flat,
+            same,
+            rec,
+        }
+    }
+}
+
 /// Decodes record values of one source into records of its reader schema.
 pub struct Decoder {
     format: ValueFormat,
@@ -54,20 +68,7 @@ impl Decoder {
         let canon = reader.canonical_form();
         let writers = writers
             .into_iter()
-            .map(|(id, schema)| {
-                let same = schema.canonical_form() == canon;
-                let flat = !has_refs(&schema);
-                let rec = if same { FlatRecord::of(&schema) } else { None };
-                (
-                    id,
-                    Writer {
-                        schema,
-                        flat,
-                        same,
-                        rec,
-                    },
-                )
-            })
+            .map(|(id, schema)| (id, Writer::of(schema, &canon)))
             .collect();
         Decoder {
             format,
@@ -77,6 +78,25 @@ impl Decoder {
             reader,
             writers,
         }
+    }
+
+    /// The Confluent schema id of a framed value, if this decoder does not know it yet
+    /// (the runtime then asks the schema registry).
+    pub fn unknown_writer_id(&self, bytes: &[u8]) -> Option<u32> {
+        if self.format != ValueFormat::Avro || bytes.len() < 5 || bytes[0] != 0 {
+            return None;
+        }
+        let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+        (!self.writers.contains_key(&id)).then_some(id)
+    }
+
+    /// Adds a writer schema fetched from a registry, after checking it is readable as the
+    /// reader schema.
+    pub fn add_writer(&mut self, id: u32, schema: Schema) -> Result<(), String> {
+        check_readable(&schema, &self.reader)?;
+        let canon = self.reader.canonical_form();
+        self.writers.insert(id, Writer::of(schema, &canon));
+        Ok(())
     }
 
     pub fn reader_schema(&self) -> &Schema {

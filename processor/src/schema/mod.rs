@@ -8,6 +8,7 @@
 
 pub mod codec;
 pub mod json;
+pub mod registry;
 
 use apache_avro::Schema;
 use std::fmt;

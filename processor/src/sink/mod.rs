@@ -5,14 +5,16 @@
 //! are emitted again, with the same window, key and emission sequence. A sink must make
 //! that second delivery have no further effect. The file sink does it by truncating its
 //! file, on restart, to the length recorded in the checkpoint (so a replay rewrites the
-//! same bytes); stdout cannot and may repeat lines after a crash; the Kafka sink (deterministic
-//! keys and a `weir-event-id` header) and the PostgreSQL sink (upsert) come with the Kafka
-//! issue.
+//! same bytes); stdout cannot and may repeat lines after a crash; the Kafka sink writes
+//! deterministic keys and a `weir-event-id` header ([`kafka`]); the PostgreSQL sink upserts
+//! on (key, window start) ([`postgres`]).
 //!
 //! A sink's [`Sink::flush`] returns only when everything written so far is durable, and
 //! returns the position to record in the checkpoint.
 
 pub mod file;
+pub mod kafka;
+pub mod postgres;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -38,10 +40,21 @@ pub enum SinkError {
 pub struct Output<'a> {
     /// The event as one line of JSON (no newline).
     pub json: &'a str,
+    /// The event in Avro binary (output schema); empty unless a sink asked for it.
+    pub avro: &'a [u8],
+    /// The group key as a JSON object of the key fields, e.g. `{"user_id":"u1"}`.
+    pub key: &'a str,
+    pub window_start: i64,
+    /// `pipeline/key/window start/emission sequence`: the same for a re-emission.
+    pub event_id: &'a str,
 }
 
 pub trait Sink {
     fn name(&self) -> &str;
+    /// Whether [`Output::avro`] must be filled in.
+    fn wants_avro(&self) -> bool {
+        false
+    }
     fn write(&mut self, out: &Output<'_>) -> Result<(), SinkError>;
     /// Makes every write durable; returns the position to checkpoint, if the sink has one.
     fn flush(&mut self) -> Result<Option<u64>, SinkError>;

@@ -1,9 +1,10 @@
 //! Sources: where records come from. Offline, an event log file ([`file::FileSource`]);
-//! the Kafka consumer joins here in the Kafka issue. A source yields raw records with their
+//! online, a Kafka consumer group ([`kafka`]). A source yields raw records with their
 //! coordinates; decoding and validation happen in [`crate::schema`], never here, so that an
 //! invalid record reaches the dead letter with its original bytes.
 
 pub mod file;
+pub mod kafka;
 
 use apache_avro::types::Value;
 

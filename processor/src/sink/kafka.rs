@@ -1,0 +1,302 @@
+//! The Kafka sink: derived events as Avro in the Confluent wire format, and dead letters as
+//! the original record plus headers.
+//!
+//! Idempotency: the producer is idempotent (`enable.idempotence=true`, `acks=all`), so its
+//! own retries never duplicate a record. A crash re-emits the results since the last
+//! checkpoint; each carries the header `weir-event-id` = `pipeline/key/window start/sequence`
+//! and the record key is the group key, so a consumer deduplicates by id and a compacted
+//! topic keeps the latest value per key.
+//!
+//! [`KafkaSink::flush`] waits for every delivery report; a failed delivery fails the flush,
+//! so a checkpoint is never written past a record the broker did not acknowledge.
+
+use super::{Output, Sink, SinkError};
+use crate::runtime::engine::DeadLetter;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a flush waits for delivery reports before the checkpoint is abandoned (the
+/// runtime then restarts from the previous checkpoint).
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Counts failed deliveries; the first error is kept for the message.
+#[derive(Default)]
+pub struct DeliveryCounter {
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = r {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            if let Ok(mut first) = self.first_error.lock() {
+                first.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+/// Producer settings shared by result and dead-letter sinks.
+pub fn producer_config(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        // Retry for as long as a flush waits: an outage shorter than this loses nothing.
+        .set("message.timeout.ms", FLUSH_TIMEOUT.as_millis().to_string())
+        .set("reconnect.backoff.max.ms", "2000");
+    c
+}
+
+fn kafka_err(name: &str, e: impl std::fmt::Display) -> SinkError {
+    SinkError::Write {
+        name: name.to_string(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// Creates `topic` when it does not exist. Brokers without auto-creation work; a broker
+/// whose admin API refuses (librdkafka's mock cluster) is accepted when the topic exists.
+pub async fn ensure_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+) -> Result<(), SinkError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| kafka_err(topic, e))?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let res = admin.create_topics([&new], &opts).await;
+    match res {
+        Ok(results) => {
+            for r in results {
+                match r {
+                    Ok(_) => tracing::info!(topic, partitions, replication, "created topic"),
+                    Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((_, code)) => {
+                        if !topic_exists(&admin, topic) {
+                            return Err(kafka_err(
+                                topic,
+                                format!("cannot create topic {topic}: {code}"),
+                            ));
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        Err(e) if topic_exists(&admin, topic) => {
+            tracing::debug!(topic, error = %e, "create_topics refused; the topic exists");
+            Ok(())
+        }
+        Err(e) => Err(kafka_err(topic, format!("cannot create topic {topic}: {e}"))),
+    }
+}
+
+fn topic_exists(admin: &AdminClient<DefaultClientContext>, topic: &str) -> bool {
+    admin
+        .inner()
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .map(|m| {
+            m.topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        })
+        .unwrap_or(false)
+}
+
+/// A producer whose sends wait (bounded) when its queue is full and whose flush reports
+/// every failed delivery.
+pub struct Sender {
+    name: String,
+    producer: ThreadedProducer<DeliveryCounter>,
+}
+
+impl Sender {
+    pub fn new(brokers: &str, name: &str) -> Result<Sender, SinkError> {
+        let producer = producer_config(brokers)
+            .create_with_context(DeliveryCounter::default())
+            .map_err(|e| kafka_err(name, e))?;
+        Ok(Sender {
+            name: name.to_string(),
+            producer,
+        })
+    }
+
+    pub fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: OwnedHeaders,
+        timestamp: Option<i64>,
+    ) -> Result<(), SinkError> {
+        let mut rec = BaseRecord::to(topic).payload(value).headers(headers);
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        if let Some(t) = timestamp {
+            rec = rec.timestamp(t);
+        }
+        let deadline = Instant::now() + FLUSH_TIMEOUT;
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if Instant::now() < deadline =>
+                {
+                    // Backpressure: the broker is slow or away; wait for deliveries.
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(kafka_err(&self.name, e)),
+            }
+        }
+    }
+
+    /// Waits for every outstanding delivery report; fails if any delivery failed.
+    pub fn flush(&mut self) -> Result<(), SinkError> {
+        self.producer
+            .flush(FLUSH_TIMEOUT)
+            .map_err(|e| kafka_err(&self.name, format!("flush: {e}")))?;
+        let ctx = self.producer.context();
+        let failed = ctx.failed.swap(0, Ordering::SeqCst);
+        if failed > 0 {
+            let first = ctx
+                .first_error
+                .lock()
+                .ok()
+                .and_then(|mut f| f.take())
+                .unwrap_or_default();
+            return Err(kafka_err(
+                &self.name,
+                format!("{failed} deliveries failed; first: {first}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Derived events to a topic.
+pub struct KafkaSink {
+    topic: String,
+    sender: Sender,
+    /// The Confluent frame: magic byte and schema id.
+    frame: [u8; 5],
+    buf: Vec<u8>,
+}
+
+impl KafkaSink {
+    pub fn new(brokers: &str, topic: &str, schema_id: u32) -> Result<KafkaSink, SinkError> {
+        let mut frame = [0u8; 5];
+        frame[1..].copy_from_slice(&schema_id.to_be_bytes());
+        Ok(KafkaSink {
+            topic: topic.to_string(),
+            sender: Sender::new(brokers, &format!("kafka:{topic}"))?,
+            frame,
+            buf: Vec::with_capacity(256),
+        })
+    }
+}
+
+impl Sink for KafkaSink {
+    fn name(&self) -> &str {
+        &self.topic
+    }
+
+    fn wants_avro(&self) -> bool {
+        true
+    }
+
+    fn write(&mut self, out: &Output<'_>) -> Result<(), SinkError> {
+        self.buf.clear();
+        self.buf.extend_from_slice(&self.frame);
+        self.buf.extend_from_slice(out.avro);
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "weir-event-id",
+            value: Some(out.event_id),
+        });
+        self.sender
+            .send(&self.topic, Some(out.key.as_bytes()), &self.buf, headers, None)
+    }
+
+    fn flush(&mut self) -> Result<Option<u64>, SinkError> {
+        self.sender.flush()?;
+        Ok(None)
+    }
+}
+
+/// Dead letters to a topic: the original key and value, the envelope in headers.
+pub struct KafkaDeadLetter {
+    topic: String,
+    sender: Sender,
+}
+
+impl KafkaDeadLetter {
+    pub fn new(brokers: &str, topic: &str) -> Result<KafkaDeadLetter, SinkError> {
+        Ok(KafkaDeadLetter {
+            topic: topic.to_string(),
+            sender: Sender::new(brokers, &format!("dead-letter:{topic}"))?,
+        })
+    }
+
+    pub fn write(&mut self, d: &DeadLetter) -> Result<(), SinkError> {
+        let partition = d.partition.to_string();
+        let offset = d.offset.to_string();
+        let mut headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "weir-reason",
+                value: Some(d.reason.as_str()),
+            })
+            .insert(Header {
+                key: "weir-pipeline",
+                value: Some(d.pipeline.as_str()),
+            })
+            .insert(Header {
+                key: "weir-source-topic",
+                value: Some(d.topic.as_str()),
+            })
+            .insert(Header {
+                key: "weir-source-partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "weir-source-offset",
+                value: Some(offset.as_str()),
+            })
+            .insert(Header {
+                key: "weir-error",
+                value: Some(d.error.as_str()),
+            });
+        if let Some(ts) = d.timestamp {
+            let ts = ts.to_string();
+            headers = headers.insert(Header {
+                key: "weir-source-timestamp",
+                value: Some(ts.as_str()),
+            });
+        }
+        self.sender
+            .send(&self.topic, d.key.as_deref(), &d.value, headers, d.timestamp)
+    }
+
+    pub fn flush(&mut self) -> Result<(), SinkError> {
+        self.sender.flush()
+    }
+}

@@ -1,0 +1,498 @@
+//! The broker harness: one place that starts (or finds) a Kafka-protocol broker for a test.
+//!
+//! `WEIR_TEST_KAFKA` chooses the real broker for [`real_broker`]:
+//! - `tansu` (default): a `tansu` process with sqlite storage in a temporary directory, on
+//!   a free loopback port. The binary is `$WEIR_TANSU`, else `~/.cache/weir/tools/bin/tansu`,
+//!   else `tansu` on the PATH (`scripts/test.sh` installs it).
+//! - `mock`: librdkafka's mock cluster, in this process.
+//! - `docker`: `apache/kafka` (JVM image, KRaft) through testcontainers; needs a Docker engine.
+//! - `host:port`: an existing broker (topics are created through the admin API).
+//!
+//! Under `CI=true` a broker that cannot start fails the test; elsewhere the test prints why
+//! it is skipped and passes.
+//!
+//! [`mock_broker`] always gives the mock cluster: the fast suite's broker.
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::path::PathBuf;
+use testcontainers_modules::kafka::apache;
+use testcontainers_modules::testcontainers::runners::SyncRunner;
+use testcontainers_modules::testcontainers::Container;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Broker {
+    inner: Inner,
+    pub bootstrap: String,
+    pub kind: &'static str,
+}
+
+enum Inner {
+    Mock(MockCluster<'static, DefaultProducerContext>),
+    Tansu(Tansu),
+    Docker(Box<Container<apache::Kafka>>),
+    External,
+}
+
+pub struct Tansu {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Tansu {
+    fn spawn(&mut self) -> Result<(), String> {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tansu.log"))
+            .map_err(|e| e.to_string())?;
+        let child = Command::new(&self.bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "sqlite://tansu.db",
+            ])
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.bin.display()))?;
+        self.child = Some(child);
+        wait_ready(&format!("127.0.0.1:{}", self.port), Duration::from_secs(30))
+            .map_err(|e| format!("{e}; log: {}", self.log_tail()))
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+fn tansu_bin() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("WEIR_TANSU") {
+        return Some(PathBuf::from(p));
+    }
+    if let Ok(home) = std::env::var("HOME") {
+        let p = PathBuf::from(home).join(".cache/weir/tools/bin/tansu");
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("tansu"))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A free port on the loopback interface.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Waits (bounded) until a broker answers a metadata request.
+pub fn wait_ready(bootstrap: &str, within: Duration) -> Result<(), String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + within;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match consumer.fetch_metadata(None, Duration::from_secs(1)) {
+            Ok(m) if !m.brokers().is_empty() => return Ok(()),
+            Ok(_) => last = "no brokers in metadata".into(),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(format!("broker at {bootstrap} not ready within {within:?}: {last}"))
+}
+
+fn unavailable(why: String) -> Option<Broker> {
+    if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
+        panic!("CI=true and the test broker is unavailable: {why}");
+    }
+    eprintln!("SKIPPED (no broker): {why}; run ./scripts/test.sh, which installs tansu, or set WEIR_TEST_KAFKA=host:port");
+    None
+}
+
+/// The broker chosen by `WEIR_TEST_KAFKA` (default `tansu`).
+pub fn real_broker() -> Option<Broker> {
+    let choice = std::env::var("WEIR_TEST_KAFKA").unwrap_or_else(|_| "tansu".into());
+    match choice.as_str() {
+        "mock" => Some(mock_broker()),
+        "tansu" => {
+            let Some(bin) = tansu_bin() else {
+                return unavailable("tansu is not installed (cargo install tansu --locked --features libsql)".into());
+            };
+            let mut t = Tansu {
+                bin,
+                dir: tempfile::tempdir().expect("tempdir"),
+                port: free_port(),
+                child: None,
+            };
+            match t.spawn() {
+                Ok(()) => Some(Broker {
+                    bootstrap: format!("127.0.0.1:{}", t.port),
+                    inner: Inner::Tansu(t),
+                    kind: "tansu",
+                }),
+                Err(e) => unavailable(e),
+            }
+        }
+        "docker" => match apache::Kafka::default().with_jvm_image().start() {
+            Ok(c) => match c.get_host_port_ipv4(apache::KAFKA_PORT) {
+                Ok(port) => {
+                    let bootstrap = format!("127.0.0.1:{port}");
+                    match wait_ready(&bootstrap, Duration::from_secs(60)) {
+                        Ok(()) => Some(Broker {
+                            bootstrap,
+                            inner: Inner::Docker(Box::new(c)),
+                            kind: "docker",
+                        }),
+                        Err(e) => unavailable(e),
+                    }
+                }
+                Err(e) => unavailable(format!("apache/kafka container has no mapped port: {e}")),
+            },
+            Err(e) => unavailable(format!("cannot start apache/kafka with testcontainers: {e}")),
+        },
+        addr => match wait_ready(addr, Duration::from_secs(10)) {
+            Ok(()) => Some(Broker {
+                bootstrap: addr.to_string(),
+                inner: Inner::External,
+                kind: "external",
+            }),
+            Err(e) => unavailable(e),
+        },
+    }
+}
+
+/// librdkafka's mock cluster (one broker), in this process.
+pub fn mock_broker() -> Broker {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    Broker {
+        bootstrap: cluster.bootstrap_servers(),
+        inner: Inner::Mock(cluster),
+        kind: "mock",
+    }
+}
+
+impl Broker {
+    pub fn create_topic(&self, name: &str, partitions: i32) {
+        match &self.inner {
+            Inner::Mock(c) => c.create_topic(name, partitions, 1).expect("mock create_topic"),
+            _ => {
+                let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+                    .set("bootstrap.servers", &self.bootstrap)
+                    .create()
+                    .expect("admin client");
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                let t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+                let r = rt
+                    .block_on(admin.create_topics([&t], &AdminOptions::new()))
+                    .expect("create_topics");
+                for x in r {
+                    if let Err((t, code)) = x {
+                        panic!("cannot create topic {t}: {code}");
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn mock(&self) -> Option<&MockCluster<'static, DefaultProducerContext>> {
+        match &self.inner {
+            Inner::Mock(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Stops the broker, keeping its data: tansu is SIGKILLed, a container paused.
+    pub fn stop(&mut self) {
+        match &mut self.inner {
+            Inner::Tansu(t) => t.kill(),
+            Inner::Docker(c) => docker(&["pause", c.id()]),
+            _ => {}
+        }
+    }
+
+    /// Starts a stopped broker again on the same port and data.
+    pub fn start(&mut self) {
+        match &mut self.inner {
+            Inner::Tansu(t) => t.spawn().expect("restart tansu"),
+            Inner::Docker(c) => docker(&["unpause", c.id()]),
+            _ => {}
+        }
+    }
+
+    pub fn can_restart(&self) -> bool {
+        matches!(self.inner, Inner::Tansu(_) | Inner::Docker(_))
+    }
+
+    pub fn log_tail(&self) -> String {
+        match &self.inner {
+            Inner::Tansu(t) => t.log_tail(),
+            _ => String::new(),
+        }
+    }
+
+    /// Extra client settings this broker needs (passed to weir with --kafka-config too).
+    pub fn client_settings(&self) -> Vec<(&'static str, &'static str)> {
+        match self.inner {
+            // tansu: short fetch waits keep its fetch path responsive (BROKERS.md).
+            Inner::Tansu(_) => vec![("fetch.wait.max.ms", "10")],
+            _ => vec![],
+        }
+    }
+
+}
+
+/// An idempotent producer for test data.
+pub fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
+    {
+        ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .create()
+            .expect("producer")
+    }
+}
+
+fn docker(args: &[&str]) {
+    let ok = Command::new("docker")
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "docker {args:?} failed");
+}
+
+/// One record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// Sends records `(partition, key, value)` and waits for every acknowledgement.
+pub fn produce(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    records: &[(i32, Vec<u8>, Vec<u8>)],
+) {
+    for (part, k, v) in records {
+        let mut rec = BaseRecord::to(topic).partition(*part).key(k).payload(v);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((e, back)) => {
+                    assert!(Instant::now() < deadline, "produce to {topic}: {e}");
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(60)).expect("flush produced records");
+}
+
+/// Every record of `topic`, from the beginning to the high watermark at the time of call.
+pub fn read_all(bootstrap: &str, topic: &str, extra: &[(&str, &str)]) -> Vec<Record> {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", bootstrap)
+        .set("group.id", "weir-test-reader")
+        .set("enable.auto.commit", "false");
+    for (k, v) in extra {
+        cfg.set(*k, *v);
+    }
+    let consumer: BaseConsumer = cfg.create().expect("reader");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let parts: Vec<i32> = md
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = std::collections::HashMap::new();
+    for p in &parts {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, *p, Duration::from_secs(10))
+            .expect("watermarks");
+        ends.insert(*p, high);
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)
+            .expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let mut next: std::collections::HashMap<i32, i64> = parts.iter().map(|p| (*p, 0)).collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while next.iter().any(|(p, o)| *o < ends[p]) {
+        assert!(
+            Instant::now() < deadline,
+            "reading {topic}: stuck at {next:?}, ends {ends:?}"
+        );
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|x| (x.key.to_string(), x.value.unwrap_or(&[]).to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                next.insert(m.partition(), m.offset() + 1);
+                if m.offset() < ends[&m.partition()] {
+                    out.push(Record {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(|k| k.to_vec()),
+                        value: m.payload().unwrap_or(&[]).to_vec(),
+                        headers,
+                    });
+                }
+            }
+            Some(Err(e)) => eprintln!("reader: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+/// A `weir run` subprocess against a broker.
+pub struct WeirProcess {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl WeirProcess {
+    pub fn start(args: &[String], log: PathBuf, env: &[(&str, &str)]) -> WeirProcess {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut cmd = Command::new(crate::weir_bin());
+        cmd.args(args)
+            .current_dir(crate::repo())
+            .env("RUST_LOG", "weir=info,warn")
+            .stdout(out)
+            .stderr(err);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        WeirProcess {
+            child: cmd.spawn().expect("spawn weir"),
+            log,
+        }
+    }
+
+    pub fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits (bounded) for a clean exit; returns whether it exited 0.
+    pub fn stop(&mut self) -> bool {
+        // SAFETY: sending a signal to our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.sigkill();
+        false
+    }
+
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WeirProcess {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            self.sigkill();
+        }
+    }
+}
+
+/// A small deterministic generator (xorshift64*), so failures reproduce.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}

@@ -1,0 +1,377 @@
+//! One end-to-end scenario shared by the Kafka tests: a 4-partition topic of Avro click
+//! events (Confluent wire format) with out-of-order, late and invalid records; a pipeline
+//! counting and summing per user per 10 s tumbling window into a Kafka topic and a
+//! PostgreSQL table; and the expected aggregates computed here, independently of Weir.
+
+use crate::kafka::{produce, producer, read_all, Broker, Record, Rng};
+use apache_avro::types::Value;
+use apache_avro::Schema;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub const PARTITIONS: i32 = 4;
+const USERS: u64 = 40;
+const T0: i64 = 1_700_000_000_000;
+const WINDOW: i64 = 10_000;
+const SCHEMA_ID: u32 = 1;
+const OUT_SCHEMA_ID: u32 = 7;
+
+const CLICK: &str = r#"{"type":"record","name":"Click","namespace":"weir.test","fields":[
+  {"name":"user","type":"string"},
+  {"name":"amount","type":"long"},
+  {"name":"ts","type":{"type":"long","logicalType":"timestamp-millis"}}]}"#;
+
+const TOTALS: &str = r#"{"type":"record","name":"ClickTotals","namespace":"weir.test","fields":[
+  {"name":"user","type":"string"},
+  {"name":"window_start","type":{"type":"long","logicalType":"timestamp-millis"}},
+  {"name":"window_end","type":{"type":"long","logicalType":"timestamp-millis"}},
+  {"name":"events","type":"long"},
+  {"name":"total","type":"long"}]}"#;
+
+/// The test database: `$WEIR_TEST_POSTGRES`, default the local server (trust auth).
+pub fn pg_url() -> String {
+    std::env::var("WEIR_TEST_POSTGRES")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into())
+}
+
+/// (user, window start) -> (events, total)
+pub type Aggregates = BTreeMap<(String, i64), (i64, i64)>;
+
+/// What a record is, for the dead-letter check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    Valid,
+    Late,
+    Invalid,
+}
+
+pub struct Scenario {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    pub source: String,
+    pub out_topic: String,
+    pub dlq: String,
+    pub table: String,
+    pub pipeline: PathBuf,
+    /// Batches of (partition, key, value), in production order; the last holds the
+    /// sentinels that move every partition's watermark past all windows.
+    pub batches: Vec<Vec<(i32, Vec<u8>, Vec<u8>)>>,
+    pub expected: Aggregates,
+    /// Dead-letter-worthy values: value bytes -> (partition, reason).
+    pub dead: BTreeMap<Vec<u8>, (i32, &'static str)>,
+}
+
+fn user_partition(u: u64) -> i32 {
+    (u % PARTITIONS as u64) as i32
+}
+
+fn encode(schema: &Schema, user: &str, amount: i64, ts: i64) -> Vec<u8> {
+    let v = Value::Record(vec![
+        ("user".into(), Value::String(user.into())),
+        ("amount".into(), Value::Long(amount)),
+        ("ts".into(), Value::TimestampMillis(ts)),
+    ]);
+    let mut out = vec![0u8];
+    out.extend_from_slice(&SCHEMA_ID.to_be_bytes());
+    out.extend(apache_avro::to_avro_datum(schema, v).expect("encode click"));
+    out
+}
+
+impl Scenario {
+    /// `events` records (1 in 1000 invalid, 1 in 2000 of the second half late), in batches
+    /// of `batch`.
+    pub fn new(name: &str, events: u64, batch: usize, seed: u64) -> Scenario {
+        let suffix = format!("{}-{}", std::process::id(), seed);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = format!("clicks-{name}-{suffix}");
+        let out_topic = format!("totals-{name}-{suffix}");
+        let dlq = format!("dlq-{name}-{suffix}");
+        let table = format!("weir_{name}_{}", suffix.replace('-', "_"));
+        std::fs::write(dir.path().join("click.avsc"), CLICK).expect("schema");
+        std::fs::write(dir.path().join("click_totals.avsc"), TOTALS).expect("schema");
+        let pipeline = dir.path().join("pipeline.yaml");
+        std::fs::write(
+            &pipeline,
+            format!(
+                r#"apiVersion: weir/v1
+name: {name}
+source:
+  topics: [{source}]
+  group: weir-{name}-{suffix}
+  format: avro
+  schema: click.avsc
+  writer_schemas: {{{SCHEMA_ID}: click.avsc}}
+  event_time: {{field: ts}}
+  watermark: {{max_out_of_orderness: 3s}}
+steps:
+  - key_by: [user]
+  - window: {{type: tumbling, size: 10s, grace: 2s}}
+  - aggregate:
+      outputs:
+        events: {{fn: count}}
+        total: {{fn: sum, field: amount}}
+output:
+  schema: click_totals.avsc
+sinks:
+  - {{type: kafka, topic: {out_topic}, partitions: {PARTITIONS}, schema_id: {OUT_SCHEMA_ID}}}
+  - {{type: postgres, url: "{pg}", table: {table}}}
+dead_letter: {{type: kafka, topic: {dlq}}}
+"#,
+                pg = pg_url()
+            ),
+        )
+        .expect("pipeline");
+
+        let schema = Schema::parse_str(CLICK).expect("click schema");
+        let mut rng = Rng(seed | 1);
+        let mut expected = Aggregates::new();
+        let mut dead = BTreeMap::new();
+        let mut all = Vec::with_capacity(events as usize + 8);
+        for i in 0..events {
+            let u = rng.below(USERS);
+            let user = format!("u{u:02}");
+            let part = user_partition(u);
+            let base = T0 + i as i64;
+            let key = user.clone().into_bytes();
+            if i % 1000 == 999 {
+                // Invalid: a truncated body, a wrong magic byte, an unknown schema id.
+                let mut v = encode(&schema, &user, i as i64, base);
+                match (i / 1000) % 3 {
+                    0 => v.truncate(v.len() - 3),
+                    1 => v[0] = 1,
+                    _ => v[4] = 99,
+                }
+                let reason = match (i / 1000) % 3 {
+                    0 | 1 => "decode",
+                    _ => "schema",
+                };
+                dead.insert(v.clone(), (part, reason));
+                all.push((part, key, v));
+            } else if i >= events / 2 && i % 2000 == 1001 {
+                // Late: 150 s behind every partition's watermark.
+                let v = encode(&schema, &user, 1_000_000 + i as i64, base - 150_000);
+                dead.insert(v.clone(), (part, "late"));
+                all.push((part, key, v));
+            } else {
+                // Out of order by up to 2 s, less than max_out_of_orderness (3 s): never late.
+                let ts = base - rng.below(2000) as i64;
+                let amount = 1 + rng.below(100) as i64;
+                let e = expected
+                    .entry((user.clone(), ts - ts.rem_euclid(WINDOW)))
+                    .or_insert((0, 0));
+                e.0 += 1;
+                e.1 += amount;
+                all.push((part, key, encode(&schema, &user, amount, ts)));
+            }
+        }
+        let mut batches: Vec<Vec<_>> = all.chunks(batch).map(|c| c.to_vec()).collect();
+        let end = T0 + events as i64 + 60_000;
+        batches.push(
+            (0..PARTITIONS)
+                .map(|p| {
+                    let user = format!("zz-sentinel-{p}");
+                    (p, user.clone().into_bytes(), encode(&schema, &user, 0, end))
+                })
+                .collect(),
+        );
+        Scenario {
+            name: name.to_string(),
+            dir,
+            source,
+            out_topic,
+            dlq,
+            table,
+            pipeline,
+            batches,
+            expected,
+            dead,
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.dir.path().join("weir.log")
+    }
+
+    /// `weir run` arguments against `broker`.
+    pub fn args(&self, broker: &Broker) -> Vec<String> {
+        let mut a = vec![
+            "run".to_string(),
+            self.pipeline.display().to_string(),
+            "--brokers".into(),
+            broker.bootstrap.clone(),
+            "--state-dir".into(),
+            self.state_dir().display().to_string(),
+            "--instance-id".into(),
+            format!("{}-instance", self.name),
+            "--checkpoint-interval".into(),
+            "200ms".into(),
+            "--checkpoint-every".into(),
+            "5000".into(),
+        ];
+        for (k, v) in broker.client_settings() {
+            a.push("--kafka-config".into());
+            a.push(format!("{k}={v}"));
+        }
+        a
+    }
+
+    pub fn create_topics(&self, broker: &Broker) {
+        broker.create_topic(&self.source, PARTITIONS);
+        if broker.mock().is_some() {
+            // The mock cluster has no CreateTopics; Weir accepts a topic that exists.
+            broker.create_topic(&self.out_topic, PARTITIONS);
+            broker.create_topic(&self.dlq, 1);
+        }
+    }
+
+    /// Produces batches `range` with `pause` between them (steady traffic).
+    pub fn produce(&self, bootstrap: &str, range: std::ops::Range<usize>, pause: Duration) {
+        let p = producer(bootstrap);
+        for b in &self.batches[range] {
+            produce(&p, &self.source, b);
+            std::thread::sleep(pause);
+        }
+    }
+
+    pub fn total_events(&self) -> i64 {
+        self.expected.values().map(|v| v.0).sum()
+    }
+
+    /// The table's (user, window start) -> (events, total), sentinels excluded.
+    pub fn table_rows(&self) -> Result<Aggregates, String> {
+        let mut c = postgres::Client::connect(&pg_url(), postgres::NoTls)
+            .map_err(|e| e.to_string())?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT \"user\", (extract(epoch from window_start) * 1000)::bigint, events, total FROM {} WHERE \"user\" NOT LIKE 'zz-%'",
+                    self.table
+                ),
+                &[],
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(rows
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3))))
+            .collect())
+    }
+
+    /// Waits (bounded) until the table holds every expected event; returns the rows.
+    pub fn wait_for_table(&self, within: Duration, alive: &mut dyn FnMut() -> bool) -> Aggregates {
+        let want = self.total_events();
+        let deadline = Instant::now() + within;
+        let mut last = Aggregates::new();
+        while Instant::now() < deadline {
+            if let Ok(rows) = self.table_rows() {
+                let have: i64 = rows.values().map(|v| v.0).sum();
+                if have >= want && rows.len() >= self.expected.len() {
+                    return rows;
+                }
+                last = rows;
+            }
+            assert!(alive(), "weir exited early");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let have: i64 = last.values().map(|v| v.0).sum();
+        panic!(
+            "table {} has {have} of {want} events in {} of {} windows after {within:?}",
+            self.table,
+            last.len(),
+            self.expected.len()
+        );
+    }
+
+    /// The last value per (user, window) in the output topic, checking the frame and that
+    /// every `weir-event-id` always carries the same value.
+    pub fn topic_results(&self, broker: &Broker) -> (Aggregates, usize) {
+        let schema = Schema::parse_str(TOTALS).expect("totals schema");
+        let records = read_all(&broker.bootstrap, &self.out_topic, &broker.client_settings());
+        let mut by_id: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut last: BTreeMap<(String, i64), (i32, i64, (i64, i64))> = BTreeMap::new();
+        for r in &records {
+            assert_eq!(r.value[0], 0, "magic byte");
+            assert_eq!(
+                u32::from_be_bytes([r.value[1], r.value[2], r.value[3], r.value[4]]),
+                OUT_SCHEMA_ID
+            );
+            let id = r.header("weir-event-id").expect("weir-event-id header");
+            if let Some(prev) = by_id.insert(id.clone(), r.value.clone()) {
+                assert_eq!(prev, r.value, "event id {id} carried two different values");
+            }
+            let v = apache_avro::from_avro_datum(&schema, &mut &r.value[5..], None)
+                .expect("output decodes with the output schema");
+            let Value::Record(f) = v else { panic!("not a record") };
+            let get = |n: &str| f.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+            let (Some(Value::String(user)), Some(Value::TimestampMillis(start)), Some(Value::Long(events)), Some(Value::Long(total))) =
+                (get("user"), get("window_start"), get("events"), get("total"))
+            else {
+                panic!("unexpected output record {f:?}")
+            };
+            let key: serde_json::Value =
+                serde_json::from_slice(r.key.as_deref().unwrap_or(b"null")).expect("key is JSON");
+            assert_eq!(key, serde_json::json!({"user": user}), "record key = group key");
+            if user.starts_with("zz-") {
+                continue;
+            }
+            let slot = last.entry((user, start)).or_insert((r.partition, -1, (0, 0)));
+            assert_eq!(slot.0, r.partition, "one key, one partition");
+            if r.offset > slot.1 {
+                *slot = (r.partition, r.offset, (events, total));
+            }
+        }
+        let agg = last.into_iter().map(|(k, (_, _, v))| (k, v)).collect();
+        (agg, records.len())
+    }
+
+    /// Checks that every invalid and late record is in the dead-letter topic with its
+    /// original bytes, source coordinates and reason (duplicates allowed: at least once).
+    pub fn check_dead_letters(&self, broker: &Broker) -> usize {
+        let records: Vec<Record> = read_all(&broker.bootstrap, &self.dlq, &broker.client_settings());
+        let mut seen = BTreeSet::new();
+        for r in &records {
+            let Some((part, reason)) = self.dead.get(&r.value) else {
+                panic!("unexpected dead letter {:?} ({:?})", r.value, r.header("weir-error"));
+            };
+            assert_eq!(r.header("weir-reason").as_deref(), Some(*reason), "{:?}", r.header("weir-error"));
+            assert_eq!(r.header("weir-source-topic").as_deref(), Some(self.source.as_str()));
+            assert_eq!(r.header("weir-source-partition"), Some(part.to_string()));
+            assert!(r.header("weir-source-offset").is_some());
+            assert!(r.header("weir-error").is_some_and(|e| !e.is_empty()));
+            assert_eq!(r.header("weir-pipeline").as_deref(), Some(self.name.as_str()));
+            seen.insert(r.value.clone());
+        }
+        let missing: Vec<_> = self.dead.iter().filter(|(v, _)| !seen.contains(*v)).collect();
+        assert!(missing.is_empty(), "{} dead letters missing, e.g. {:?}", missing.len(), missing.first());
+        records.len()
+    }
+
+    pub fn drop_table(&self) {
+        if let Ok(mut c) = postgres::Client::connect(&pg_url(), postgres::NoTls) {
+            let _ = c.batch_execute(&format!("DROP TABLE IF EXISTS {}", self.table));
+        }
+    }
+}
+
+/// Compares two aggregate maps and says where they differ.
+pub fn assert_same(what: &str, got: &Aggregates, want: &Aggregates) {
+    if got == want {
+        return;
+    }
+    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).take(5).collect();
+    let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).take(5).collect();
+    let wrong: Vec<_> = want
+        .iter()
+        .filter_map(|(k, v)| got.get(k).filter(|g| *g != v).map(|g| (k, v, g)))
+        .take(5)
+        .collect();
+    panic!(
+        "{what}: {} windows, expected {}; missing {missing:?}; extra {extra:?}; wrong (want, got) {wrong:?}",
+        got.len(),
+        want.len()
+    );
+}
