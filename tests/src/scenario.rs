@@ -274,15 +274,22 @@ dead_letter: {{type: kafka, topic: {dlq}}}
                 }
                 last = rows;
             }
-            assert!(alive(), "weir exited early");
+            assert!(
+                alive(),
+                "weir exited early: {}",
+                std::fs::read_to_string(self.log()).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(250));
         }
         let have: i64 = last.values().map(|v| v.0).sum();
+        let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
         panic!(
-            "table {} has {have} of {want} events in {} of {} windows after {within:?}",
+            "table {} has {have} of {want} events in {} of {} windows after {within:?}; weir log:\n{}",
             self.table,
             last.len(),
-            self.expected.len()
+            self.expected.len(),
+            lines[lines.len().saturating_sub(30)..].join("\n")
         );
     }
 

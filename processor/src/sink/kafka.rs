@@ -82,8 +82,18 @@ pub async fn ensure_topic(
         .create()
         .map_err(|e| kafka_err(topic, e))?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let res = admin.create_topics([&new], &opts).await;
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
+    let res = match tokio::time::timeout(
+        Duration::from_secs(15),
+        admin.create_topics([&new], &opts),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(KafkaError::AdminOp(RDKafkaErrorCode::RequestTimedOut)),
+    };
     match res {
         Ok(results) => {
             for r in results {
