@@ -353,7 +353,15 @@ dead_letter: {{type: kafka, topic: {dlq}}}
             seen.insert(r.value.clone());
         }
         let missing: Vec<_> = self.dead.iter().filter(|(v, _)| !seen.contains(*v)).collect();
-        assert!(missing.is_empty(), "{} dead letters missing, e.g. {:?}", missing.len(), missing.first());
+        assert!(
+            missing.is_empty(),
+            "{} of {} dead letters missing ({} records read), e.g. {:?}; weir log:\n{}",
+            missing.len(),
+            self.dead.len(),
+            records.len(),
+            missing.first(),
+            std::fs::read_to_string(self.log()).unwrap_or_default()
+        );
         records.len()
     }
 

@@ -27,9 +27,12 @@ use std::time::{Duration, Instant};
 /// runtime then restarts from the previous checkpoint).
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Counts failed deliveries; the first error is kept for the message.
+/// Counts delivery reports, and failed ones; the first error is kept for the message.
+/// `flush` waits until every sent record has its report counted: the producer's own flush
+/// can return while the background thread is still inside a delivery callback.
 #[derive(Default)]
 pub struct DeliveryCounter {
+    reported: AtomicU64,
     failed: AtomicU64,
     first_error: Mutex<Option<String>>,
 }
@@ -40,11 +43,12 @@ impl ProducerContext for DeliveryCounter {
     type DeliveryOpaque = ();
     fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
         if let Err((e, _)) = r {
-            self.failed.fetch_add(1, Ordering::SeqCst);
             if let Ok(mut first) = self.first_error.lock() {
                 first.get_or_insert_with(|| e.to_string());
             }
+            self.failed.fetch_add(1, Ordering::SeqCst);
         }
+        self.reported.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -137,6 +141,8 @@ fn topic_exists(admin: &AdminClient<DefaultClientContext>, topic: &str) -> bool 
 pub struct Sender {
     name: String,
     producer: ThreadedProducer<DeliveryCounter>,
+    /// Records handed to the producer.
+    sent: u64,
 }
 
 impl Sender {
@@ -147,11 +153,12 @@ impl Sender {
         Ok(Sender {
             name: name.to_string(),
             producer,
+            sent: 0,
         })
     }
 
     pub fn send(
-        &self,
+        &mut self,
         topic: &str,
         key: Option<&[u8]>,
         value: &[u8],
@@ -168,7 +175,10 @@ impl Sender {
         let deadline = Instant::now() + FLUSH_TIMEOUT;
         loop {
             match self.producer.send(rec) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.sent += 1;
+                    return Ok(());
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
                     if Instant::now() < deadline =>
                 {
@@ -183,10 +193,17 @@ impl Sender {
 
     /// Waits for every outstanding delivery report; fails if any delivery failed.
     pub fn flush(&mut self) -> Result<(), SinkError> {
+        let deadline = Instant::now() + FLUSH_TIMEOUT;
         self.producer
             .flush(FLUSH_TIMEOUT)
             .map_err(|e| kafka_err(&self.name, format!("flush: {e}")))?;
         let ctx = self.producer.context();
+        while ctx.reported.load(Ordering::SeqCst) < self.sent {
+            if Instant::now() > deadline {
+                return Err(kafka_err(&self.name, "flush: delivery reports missing"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let failed = ctx.failed.swap(0, Ordering::SeqCst);
         if failed > 0 {
             let first = ctx
