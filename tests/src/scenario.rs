@@ -238,6 +238,13 @@ dead_letter: {{type: kafka, topic: {dlq}}}
         }
     }
 
+    /// Events in the table so far (0 when it does not exist yet).
+    pub fn table_events(&self) -> i64 {
+        self.table_rows()
+            .map(|r| r.values().map(|v| v.0).sum())
+            .unwrap_or(0)
+    }
+
     pub fn total_events(&self) -> i64 {
         self.expected.values().map(|v| v.0).sum()
     }
@@ -284,8 +291,14 @@ dead_letter: {{type: kafka, topic: {dlq}}}
         let have: i64 = last.values().map(|v| v.0).sum();
         let log = std::fs::read_to_string(self.log()).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
+        let missing: Vec<_> = self
+            .expected
+            .keys()
+            .filter(|k| !last.contains_key(*k))
+            .take(12)
+            .collect();
         panic!(
-            "table {} has {have} of {want} events in {} of {} windows after {within:?}; weir log:\n{}",
+            "table {} has {have} of {want} events in {} of {} windows after {within:?}; missing e.g. {missing:?}; weir log:\n{}",
             self.table,
             last.len(),
             self.expected.len(),

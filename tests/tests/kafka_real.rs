@@ -3,14 +3,14 @@
 //! the PostgreSQL table and the Kafka topic must still equal the aggregates computed
 //! independently, and every bad record must be in the dead-letter topic.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use weir_tests::kafka::{real_broker, Rng, WeirProcess};
 use weir_tests::scenario::{assert_same, Scenario};
 
 #[test]
 fn sigkill_at_random_moments_loses_nothing_and_doubles_nothing() {
     let Some(broker) = real_broker() else { return };
-    let s = Scenario::new("crash", 200_000, 2_000, 0x5eed_0001);
+    let s = Scenario::new("crash", 200_000, 1_000, 0x5eed_0001);
     s.create_topics(&broker);
     let args = s.args(&broker);
     let mut weir = WeirProcess::start(&args, s.log(), &[]);
@@ -19,15 +19,23 @@ fn sigkill_at_random_moments_loses_nothing_and_doubles_nothing() {
     let batches = s.batches.len();
     let bootstrap = broker.bootstrap.clone();
     std::thread::scope(|scope| {
-        let producer = scope.spawn(|| s.produce(&bootstrap, 0..batches, Duration::from_millis(150)));
+        let producer = scope.spawn(|| s.produce(&bootstrap, 0..batches, Duration::from_millis(500)));
         let mut rng = Rng(0xdead_beef);
         let mut kills = 0;
         while kills < 6 {
-            std::thread::sleep(Duration::from_millis(1_500 + rng.below(2_500)));
-            assert!(weir.exited().is_none(), "weir exited: {}", weir.log_text());
+            // Kill mid-stream: once this instance has delivered results (it has rejoined the
+            // group and is processing), at a random moment within the next 2 s.
+            let before = s.table_events();
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while s.table_events() <= before {
+                assert!(Instant::now() < deadline, "no progress after restart: {}", tail(&weir.log_text()));
+                assert!(weir.exited().is_none(), "weir exited: {}", tail(&weir.log_text()));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            std::thread::sleep(Duration::from_millis(rng.below(2_000)));
             weir.sigkill();
             kills += 1;
-            eprintln!("SIGKILL #{kills}");
+            eprintln!("SIGKILL #{kills} with {} events in the table", s.table_events());
             weir = WeirProcess::start(&args, s.log(), &[]);
         }
         producer.join().expect("producer thread");

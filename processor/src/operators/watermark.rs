@@ -2,8 +2,13 @@
 //! `max_out_of_orderness`; the pipeline's is the minimum over partitions that are not
 //! idle, and never goes back. A partition is idle when the clock has moved
 //! `idle_timeout` past its last record; with every partition idle, the largest
-//! partition watermark counts. Offline the clock is the largest event time read so far
-//! (so a replay is deterministic); against Kafka it is the wall clock.
+//! partition watermark counts. The clock is the largest event time read so far, offline and
+//! against Kafka alike (so a replay is deterministic).
+//!
+//! A Kafka partition that is assigned but has shown no record yet is [`Watermarks::register`]ed:
+//! it holds the watermark back (as in Flink and Kafka Streams) until it shows records or,
+//! with `idle_timeout`, until the clock has moved that far past its registration. Without
+//! this, the first partition fetched would close windows that the others still feed.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -27,6 +32,11 @@ impl Watermarks {
         }
     }
 
+    /// An assigned partition with no record yet: it holds the watermark at its start.
+    pub fn register(&mut self, partition: u32) {
+        self.parts.entry(partition).or_insert((i64::MIN, i64::MIN));
+    }
+
     pub fn observe(&mut self, partition: u32, ts: i64, clock: i64) {
         let e = self.parts.entry(partition).or_insert((i64::MIN, clock));
         e.0 = e.0.max(ts);
@@ -35,6 +45,12 @@ impl Watermarks {
 
     /// Recomputes and returns the pipeline watermark at `clock`.
     pub fn advance(&mut self, clock: i64) -> i64 {
+        // Registered partitions start their idle time at the first clock reading.
+        for (_, seen) in self.parts.values_mut() {
+            if *seen == i64::MIN {
+                *seen = clock;
+            }
+        }
         let active = self
             .parts
             .values()
@@ -86,5 +102,23 @@ mod tests {
         // and never goes back
         w.observe(1, 600, 1200);
         assert_eq!(w.advance(1200), 1190);
+    }
+
+    #[test]
+    fn a_registered_partition_holds_the_watermark_until_idle() {
+        let mut w = Watermarks::new(0, Some(100));
+        w.register(1);
+        w.observe(0, 1000, 1000);
+        assert_eq!(w.advance(1000), i64::MIN, "partition 1 has shown nothing yet");
+        w.observe(0, 1050, 1050);
+        assert_eq!(w.advance(1050), i64::MIN);
+        w.observe(0, 1100, 1100);
+        assert_eq!(w.advance(1100), 1100, "idle for 100 ms of clock");
+        let mut strict = Watermarks::new(0, None);
+        strict.register(1);
+        strict.observe(0, 5000, 5000);
+        assert_eq!(strict.advance(5000), i64::MIN, "without idle_timeout it waits");
+        strict.observe(1, 4000, 5000);
+        assert_eq!(strict.advance(5000), 4000);
     }
 }

@@ -227,9 +227,11 @@ impl ConsumerContext for Ctx {
         let cooperative = matches!(c.rebalance_protocol(), RebalanceProtocol::Cooperative);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let p = lock(&self.proc);
+                let mut p = lock(&self.proc);
                 let mut resumed = Vec::new();
                 for e in tpl.elements() {
+                    // An assigned partition holds the watermark until it shows records.
+                    p.engine.watermarks.register(e.partition() as u32);
                     if let Some(o) = p.positions.get(&(e.topic().to_string(), e.partition())) {
                         resumed.push((e.topic().to_string(), e.partition(), *o));
                     }
