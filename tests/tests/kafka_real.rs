@@ -47,9 +47,9 @@ fn sigkill_at_random_moments_loses_nothing_and_doubles_nothing() {
     let (topic, n) = s.topic_results(&broker);
     assert_same("kafka topic (last value per key and window)", &topic, &s.expected);
     let dead = s.check_dead_letters(&broker);
-    let restarts = weir.log_text().matches("consuming").count();
+    let starts = weir.log_text().matches("weir: crash: consuming").count();
     eprintln!(
-        "crash test on {}: {} windows, {} events, {n} output records, {dead} dead letters, {restarts} starts",
+        "crash test on {}: {} windows, {} events, {n} output records, {dead} dead letters, {starts} starts",
         broker.kind,
         s.expected.len(),
         s.total_events()
