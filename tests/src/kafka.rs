@@ -22,11 +22,11 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 use testcontainers_modules::kafka::apache;
 use testcontainers_modules::testcontainers::runners::SyncRunner;
 use testcontainers_modules::testcontainers::Container;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 pub struct Broker {
     inner: Inner,
@@ -138,7 +138,9 @@ pub fn wait_ready(bootstrap: &str, within: Duration) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    Err(format!("broker at {bootstrap} not ready within {within:?}: {last}"))
+    Err(format!(
+        "broker at {bootstrap} not ready within {within:?}: {last}"
+    ))
 }
 
 fn unavailable(why: String) -> Option<Broker> {
@@ -156,7 +158,10 @@ pub fn real_broker() -> Option<Broker> {
         "mock" => Some(mock_broker()),
         "tansu" => {
             let Some(bin) = tansu_bin() else {
-                return unavailable("tansu is not installed (cargo install tansu --locked --features libsql)".into());
+                return unavailable(
+                    "tansu is not installed (cargo install tansu --locked --features libsql)"
+                        .into(),
+                );
             };
             let mut t = Tansu {
                 bin,
@@ -188,7 +193,9 @@ pub fn real_broker() -> Option<Broker> {
                 }
                 Err(e) => unavailable(format!("apache/kafka container has no mapped port: {e}")),
             },
-            Err(e) => unavailable(format!("cannot start apache/kafka with testcontainers: {e}")),
+            Err(e) => unavailable(format!(
+                "cannot start apache/kafka with testcontainers: {e}"
+            )),
         },
         addr => match wait_ready(addr, Duration::from_secs(10)) {
             Ok(()) => Some(Broker {
@@ -214,7 +221,9 @@ pub fn mock_broker() -> Broker {
 impl Broker {
     pub fn create_topic(&self, name: &str, partitions: i32) {
         match &self.inner {
-            Inner::Mock(c) => c.create_topic(name, partitions, 1).expect("mock create_topic"),
+            Inner::Mock(c) => c
+                .create_topic(name, partitions, 1)
+                .expect("mock create_topic"),
             _ => {
                 let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
                     .set("bootstrap.servers", &self.bootstrap)
@@ -281,7 +290,6 @@ impl Broker {
             _ => vec![],
         }
     }
-
 }
 
 /// An idempotent producer for test data.
@@ -306,6 +314,9 @@ fn docker(args: &[&str]) {
     assert!(ok, "docker {args:?} failed");
 }
 
+/// A record to produce: (partition, key, value).
+pub type OutRecord = (i32, Vec<u8>, Vec<u8>);
+
 /// One record read back from a topic.
 #[derive(Debug, Clone)]
 pub struct Record {
@@ -326,11 +337,7 @@ impl Record {
 }
 
 /// Sends records `(partition, key, value)` and waits for every acknowledgement.
-pub fn produce(
-    p: &ThreadedProducer<DefaultProducerContext>,
-    topic: &str,
-    records: &[(i32, Vec<u8>, Vec<u8>)],
-) {
+pub fn produce(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, records: &[OutRecord]) {
     for (part, k, v) in records {
         let mut rec = BaseRecord::to(topic).partition(*part).key(k).payload(v);
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -345,7 +352,8 @@ pub fn produce(
             }
         }
     }
-    p.flush(Duration::from_secs(60)).expect("flush produced records");
+    p.flush(Duration::from_secs(60))
+        .expect("flush produced records");
 }
 
 /// Every record of `topic`, from the beginning to the high watermark at the time of call.
@@ -485,7 +493,7 @@ impl Drop for WeirProcess {
 pub struct Rng(pub u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -493,6 +501,6 @@ impl Rng {
     }
 
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.next_u64() % n
     }
 }

@@ -3,7 +3,7 @@
 //! counting and summing per user per 10 s tumbling window into a Kafka topic and a
 //! PostgreSQL table; and the expected aggregates computed here, independently of Weir.
 
-use crate::kafka::{produce, producer, read_all, Broker, Record, Rng};
+use crate::kafka::{produce, producer, read_all, Broker, OutRecord, Record, Rng};
 use apache_avro::types::Value;
 use apache_avro::Schema;
 use std::collections::{BTreeMap, BTreeSet};
@@ -56,7 +56,7 @@ pub struct Scenario {
     pub pipeline: PathBuf,
     /// Batches of (partition, key, value), in production order; the last holds the
     /// sentinels that move every partition's watermark past all windows.
-    pub batches: Vec<Vec<(i32, Vec<u8>, Vec<u8>)>>,
+    pub batches: Vec<Vec<OutRecord>>,
     pub expected: Aggregates,
     /// Dead-letter-worthy values: value bytes -> (partition, reason).
     pub dead: BTreeMap<Vec<u8>, (i32, &'static str)>,
@@ -251,8 +251,8 @@ dead_letter: {{type: kafka, topic: {dlq}}}
 
     /// The table's (user, window start) -> (events, total), sentinels excluded.
     pub fn table_rows(&self) -> Result<Aggregates, String> {
-        let mut c = postgres::Client::connect(&pg_url(), postgres::NoTls)
-            .map_err(|e| e.to_string())?;
+        let mut c =
+            postgres::Client::connect(&pg_url(), postgres::NoTls).map_err(|e| e.to_string())?;
         let rows = c
             .query(
                 &format!(
@@ -310,9 +310,15 @@ dead_letter: {{type: kafka, topic: {dlq}}}
     /// every `weir-event-id` always carries the same value.
     pub fn topic_results(&self, broker: &Broker) -> (Aggregates, usize) {
         let schema = Schema::parse_str(TOTALS).expect("totals schema");
-        let records = read_all(&broker.bootstrap, &self.out_topic, &broker.client_settings());
+        let records = read_all(
+            &broker.bootstrap,
+            &self.out_topic,
+            &broker.client_settings(),
+        );
         let mut by_id: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-        let mut last: BTreeMap<(String, i64), (i32, i64, (i64, i64))> = BTreeMap::new();
+        // (user, window) -> (partition, offset, (events, total)) of the latest record.
+        type Latest = (i32, i64, (i64, i64));
+        let mut last: BTreeMap<(String, i64), Latest> = BTreeMap::new();
         for r in &records {
             assert_eq!(r.value[0], 0, "magic byte");
             assert_eq!(
@@ -325,20 +331,37 @@ dead_letter: {{type: kafka, topic: {dlq}}}
             }
             let v = apache_avro::from_avro_datum(&schema, &mut &r.value[5..], None)
                 .expect("output decodes with the output schema");
-            let Value::Record(f) = v else { panic!("not a record") };
+            let Value::Record(f) = v else {
+                panic!("not a record")
+            };
             let get = |n: &str| f.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-            let (Some(Value::String(user)), Some(Value::TimestampMillis(start)), Some(Value::Long(events)), Some(Value::Long(total))) =
-                (get("user"), get("window_start"), get("events"), get("total"))
+            let (
+                Some(Value::String(user)),
+                Some(Value::TimestampMillis(start)),
+                Some(Value::Long(events)),
+                Some(Value::Long(total)),
+            ) = (
+                get("user"),
+                get("window_start"),
+                get("events"),
+                get("total"),
+            )
             else {
                 panic!("unexpected output record {f:?}")
             };
             let key: serde_json::Value =
                 serde_json::from_slice(r.key.as_deref().unwrap_or(b"null")).expect("key is JSON");
-            assert_eq!(key, serde_json::json!({"user": user}), "record key = group key");
+            assert_eq!(
+                key,
+                serde_json::json!({"user": user}),
+                "record key = group key"
+            );
             if user.starts_with("zz-") {
                 continue;
             }
-            let slot = last.entry((user, start)).or_insert((r.partition, -1, (0, 0)));
+            let slot = last
+                .entry((user, start))
+                .or_insert((r.partition, -1, (0, 0)));
             assert_eq!(slot.0, r.partition, "one key, one partition");
             if r.offset > slot.1 {
                 *slot = (r.partition, r.offset, (events, total));
@@ -351,21 +374,41 @@ dead_letter: {{type: kafka, topic: {dlq}}}
     /// Checks that every invalid and late record is in the dead-letter topic with its
     /// original bytes, source coordinates and reason (duplicates allowed: at least once).
     pub fn check_dead_letters(&self, broker: &Broker) -> usize {
-        let records: Vec<Record> = read_all(&broker.bootstrap, &self.dlq, &broker.client_settings());
+        let records: Vec<Record> =
+            read_all(&broker.bootstrap, &self.dlq, &broker.client_settings());
         let mut seen = BTreeSet::new();
         for r in &records {
             let Some((part, reason)) = self.dead.get(&r.value) else {
-                panic!("unexpected dead letter {:?} ({:?})", r.value, r.header("weir-error"));
+                panic!(
+                    "unexpected dead letter {:?} ({:?})",
+                    r.value,
+                    r.header("weir-error")
+                );
             };
-            assert_eq!(r.header("weir-reason").as_deref(), Some(*reason), "{:?}", r.header("weir-error"));
-            assert_eq!(r.header("weir-source-topic").as_deref(), Some(self.source.as_str()));
+            assert_eq!(
+                r.header("weir-reason").as_deref(),
+                Some(*reason),
+                "{:?}",
+                r.header("weir-error")
+            );
+            assert_eq!(
+                r.header("weir-source-topic").as_deref(),
+                Some(self.source.as_str())
+            );
             assert_eq!(r.header("weir-source-partition"), Some(part.to_string()));
             assert!(r.header("weir-source-offset").is_some());
             assert!(r.header("weir-error").is_some_and(|e| !e.is_empty()));
-            assert_eq!(r.header("weir-pipeline").as_deref(), Some(self.name.as_str()));
+            assert_eq!(
+                r.header("weir-pipeline").as_deref(),
+                Some(self.name.as_str())
+            );
             seen.insert(r.value.clone());
         }
-        let missing: Vec<_> = self.dead.iter().filter(|(v, _)| !seen.contains(*v)).collect();
+        let missing: Vec<_> = self
+            .dead
+            .iter()
+            .filter(|(v, _)| !seen.contains(*v))
+            .collect();
         assert!(
             missing.is_empty(),
             "{} of {} dead letters missing ({} records read), e.g. {:?}; weir log:\n{}",
@@ -390,8 +433,16 @@ pub fn assert_same(what: &str, got: &Aggregates, want: &Aggregates) {
     if got == want {
         return;
     }
-    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).take(5).collect();
-    let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).take(5).collect();
+    let missing: Vec<_> = want
+        .keys()
+        .filter(|k| !got.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = got
+        .keys()
+        .filter(|k| !want.contains_key(*k))
+        .take(5)
+        .collect();
     let wrong: Vec<_> = want
         .iter()
         .filter_map(|(k, v)| got.get(k).filter(|g| *g != v).map(|g| (k, v, g)))

@@ -14,7 +14,11 @@ fn kafka_in_kafka_and_postgres_out_on_the_mock_cluster() {
     s.produce(&broker.bootstrap, 0..s.batches.len(), Duration::ZERO);
     let mut weir = WeirProcess::start(&s.args(&broker), s.log(), &[]);
     let rows = s.wait_for_table(Duration::from_secs(120), &mut || weir.exited().is_none());
-    assert!(weir.stop(), "weir did not stop cleanly: {}", weir.log_text());
+    assert!(
+        weir.stop(),
+        "weir did not stop cleanly: {}",
+        weir.log_text()
+    );
     assert_same("postgres table", &rows, &s.expected);
     let (topic, _) = s.topic_results(&broker);
     assert_same("kafka topic", &topic, &s.expected);
@@ -40,7 +44,11 @@ fn produce_errors_are_retried_without_loss_or_duplicates() {
     );
     let mut weir = WeirProcess::start(&s.args(&broker), s.log(), &[]);
     let rows = s.wait_for_table(Duration::from_secs(120), &mut || weir.exited().is_none());
-    assert!(weir.stop(), "weir did not stop cleanly: {}", weir.log_text());
+    assert!(
+        weir.stop(),
+        "weir did not stop cleanly: {}",
+        weir.log_text()
+    );
     assert_same("postgres table", &rows, &s.expected);
     let (topic, _) = s.topic_results(&broker);
     assert_same("kafka topic", &topic, &s.expected);

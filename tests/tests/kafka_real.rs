@@ -19,7 +19,8 @@ fn sigkill_at_random_moments_loses_nothing_and_doubles_nothing() {
     let batches = s.batches.len();
     let bootstrap = broker.bootstrap.clone();
     std::thread::scope(|scope| {
-        let producer = scope.spawn(|| s.produce(&bootstrap, 0..batches, Duration::from_millis(500)));
+        let producer =
+            scope.spawn(|| s.produce(&bootstrap, 0..batches, Duration::from_millis(500)));
         let mut rng = Rng(0xdead_beef);
         let mut kills = 0;
         while kills < 6 {
@@ -28,24 +29,43 @@ fn sigkill_at_random_moments_loses_nothing_and_doubles_nothing() {
             let before = s.table_events();
             let deadline = Instant::now() + Duration::from_secs(90);
             while s.table_events() <= before {
-                assert!(Instant::now() < deadline, "no progress after restart: {}", tail(&weir.log_text()));
-                assert!(weir.exited().is_none(), "weir exited: {}", tail(&weir.log_text()));
+                assert!(
+                    Instant::now() < deadline,
+                    "no progress after restart: {}",
+                    tail(&weir.log_text())
+                );
+                assert!(
+                    weir.exited().is_none(),
+                    "weir exited: {}",
+                    tail(&weir.log_text())
+                );
                 std::thread::sleep(Duration::from_millis(100));
             }
             std::thread::sleep(Duration::from_millis(rng.below(2_000)));
             weir.sigkill();
             kills += 1;
-            eprintln!("SIGKILL #{kills} with {} events in the table", s.table_events());
+            eprintln!(
+                "SIGKILL #{kills} with {} events in the table",
+                s.table_events()
+            );
             weir = WeirProcess::start(&args, s.log(), &[]);
         }
         producer.join().expect("producer thread");
     });
 
     let rows = s.wait_for_table(Duration::from_secs(300), &mut || weir.exited().is_none());
-    assert!(weir.stop(), "weir did not stop cleanly: {}", tail(&weir.log_text()));
+    assert!(
+        weir.stop(),
+        "weir did not stop cleanly: {}",
+        tail(&weir.log_text())
+    );
     assert_same("postgres table", &rows, &s.expected);
     let (topic, n) = s.topic_results(&broker);
-    assert_same("kafka topic (last value per key and window)", &topic, &s.expected);
+    assert_same(
+        "kafka topic (last value per key and window)",
+        &topic,
+        &s.expected,
+    );
     let dead = s.check_dead_letters(&broker);
     let starts = weir.log_text().matches("weir: crash: consuming").count();
     eprintln!(
@@ -59,9 +79,14 @@ fn sigkill_at_random_moments_loses_nothing_and_doubles_nothing() {
 
 #[test]
 fn broker_outage_mid_run_loses_nothing() {
-    let Some(mut broker) = real_broker() else { return };
+    let Some(mut broker) = real_broker() else {
+        return;
+    };
     if !broker.can_restart() {
-        eprintln!("SKIPPED: the {} broker cannot be stopped and started by the harness", broker.kind);
+        eprintln!(
+            "SKIPPED: the {} broker cannot be stopped and started by the harness",
+            broker.kind
+        );
         return;
     }
     let s = Scenario::new("outage", 20_000, 1_000, 0x5eed_0002);
@@ -72,18 +97,34 @@ fn broker_outage_mid_run_loses_nothing() {
     // Wait until results flow, then take the broker away for a while.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while s.table_rows().map(|r| r.is_empty()).unwrap_or(true) {
-        assert!(std::time::Instant::now() < deadline, "no results before the outage: {}", tail(&weir.log_text()));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no results before the outage: {}",
+            tail(&weir.log_text())
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     broker.stop();
     eprintln!("broker stopped");
     std::thread::sleep(Duration::from_secs(8));
-    assert!(weir.exited().is_none(), "weir exited during the outage: {}", tail(&weir.log_text()));
+    assert!(
+        weir.exited().is_none(),
+        "weir exited during the outage: {}",
+        tail(&weir.log_text())
+    );
     broker.start();
     eprintln!("broker started");
-    s.produce(&broker.bootstrap, half..s.batches.len(), Duration::from_millis(100));
+    s.produce(
+        &broker.bootstrap,
+        half..s.batches.len(),
+        Duration::from_millis(100),
+    );
     let rows = s.wait_for_table(Duration::from_secs(240), &mut || weir.exited().is_none());
-    assert!(weir.stop(), "weir did not stop cleanly: {}", tail(&weir.log_text()));
+    assert!(
+        weir.stop(),
+        "weir did not stop cleanly: {}",
+        tail(&weir.log_text())
+    );
     assert_same("postgres table", &rows, &s.expected);
     let (topic, _) = s.topic_results(&broker);
     assert_same("kafka topic", &topic, &s.expected);

@@ -55,7 +55,10 @@ fn serve(answers: Vec<(&'static str, String, u16, String)>) -> Recorded {
                 .iter()
                 .find(|(m, p, _, _)| *m == method && *p == path)
                 .map(|(_, _, s, b)| (*s, b.clone()))
-                .unwrap_or((404, r#"{"error_code":404,"message":"HTTP 404 Not Found"}"#.into()));
+                .unwrap_or((
+                    404,
+                    r#"{"error_code":404,"message":"HTTP 404 Not Found"}"#.into(),
+                ));
             let reply = format!(
                 "HTTP/1.1 {status} X\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
                 text.len()
@@ -73,7 +76,12 @@ fn schema_answer(s: &str) -> String {
 #[test]
 fn fetches_schemas_by_id_once() {
     let rec = serve(vec![
-        ("GET", "/schemas/ids/21".into(), 200, schema_answer(CLICK_V1)),
+        (
+            "GET",
+            "/schemas/ids/21".into(),
+            200,
+            schema_answer(CLICK_V1),
+        ),
         (
             "GET",
             "/schemas/ids/404".into(),
@@ -85,9 +93,15 @@ fn fetches_schemas_by_id_once() {
     let s = r.schema_by_id(21).expect("schema 21");
     assert_eq!(s, Schema::parse_str(CLICK_V1).unwrap());
     r.schema_by_id(21).expect("cached");
-    assert_eq!(rec.log.lock().unwrap().len(), 1, "the second lookup is served from the cache");
+    assert_eq!(
+        rec.log.lock().unwrap().len(),
+        1,
+        "the second lookup is served from the cache"
+    );
     match r.schema_by_id(404) {
-        Err(RegistryError::Status { status: 404, body, .. }) => assert!(body.contains("40403")),
+        Err(RegistryError::Status {
+            status: 404, body, ..
+        }) => assert!(body.contains("40403")),
         other => panic!("expected a 404, got {other:?}"),
     }
 }
@@ -126,12 +140,18 @@ fn registers_after_a_compatibility_check() {
     assert!(r.is_compatible("totals-value", &schema).unwrap());
     assert_eq!(r.register("totals-value", &schema).unwrap(), 42);
     assert_eq!(r.register("totals-value", &schema).unwrap(), 42, "cached");
-    assert!(r.is_compatible("new-value", &schema).unwrap(), "a new subject accepts anything");
+    assert!(
+        r.is_compatible("new-value", &schema).unwrap(),
+        "a new subject accepts anything"
+    );
     assert!(!r.is_compatible("strict-value", &schema).unwrap());
     let err = r.register("bad-value", &schema).unwrap_err().to_string();
     assert!(err.contains("409") && err.contains("incompatible"), "{err}");
     let log = rec.log.lock().unwrap();
-    let registers: Vec<_> = log.iter().filter(|(m, p, _)| m == "POST" && p == "/subjects/totals-value/versions").collect();
+    let registers: Vec<_> = log
+        .iter()
+        .filter(|(m, p, _)| m == "POST" && p == "/subjects/totals-value/versions")
+        .collect();
     assert_eq!(registers.len(), 1);
     // The body is the Confluent request shape: {"schema": "<canonical JSON>"}.
     let body: serde_json::Value = serde_json::from_str(&registers[0].2).unwrap();
@@ -141,7 +161,12 @@ fn registers_after_a_compatibility_check() {
 #[test]
 fn a_run_resolves_unknown_writer_ids_through_the_registry() {
     // A pipeline with no writer_schemas: every id comes from the registry.
-    let rec = serve(vec![("GET", "/schemas/ids/21".into(), 200, schema_answer(CLICK_V1))]);
+    let rec = serve(vec![(
+        "GET",
+        "/schemas/ids/21".into(),
+        200,
+        schema_answer(CLICK_V1),
+    )]);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("click.avsc"), CLICK_V1).unwrap();
     std::fs::write(
@@ -157,14 +182,20 @@ fn a_run_resolves_unknown_writer_ids_through_the_registry() {
     let schema = Schema::parse_str(CLICK_V1).unwrap();
     let mut lines = String::new();
     use base64::Engine;
-    for (i, (id, user, amount)) in [(21u32, "a", 5i64), (21, "a", 7), (99, "b", 1)].iter().enumerate() {
+    for (i, (id, user, amount)) in [(21u32, "a", 5i64), (21, "a", 7), (99, "b", 1)]
+        .iter()
+        .enumerate()
+    {
         let mut v = vec![0u8];
         v.extend_from_slice(&id.to_be_bytes());
         v.extend(
             apache_avro::to_avro_datum(
                 &schema,
                 apache_avro::types::Value::Record(vec![
-                    ("user".into(), apache_avro::types::Value::String(user.to_string())),
+                    (
+                        "user".into(),
+                        apache_avro::types::Value::String(user.to_string()),
+                    ),
                     ("amount".into(), apache_avro::types::Value::Long(*amount)),
                 ]),
             )
@@ -193,7 +224,10 @@ fn a_run_resolves_unknown_writer_ids_through_the_registry() {
     ]);
     assert!(o.status.success(), "{}", weir_tests::text(&o.stderr));
     let results = weir_tests::json_lines(&out);
-    assert_eq!(results, vec![serde_json::json!({"user": "a", "window_start": 0, "total": 12})]);
+    assert_eq!(
+        results,
+        vec![serde_json::json!({"user": "a", "window_start": 0, "total": 12})]
+    );
     let dead = weir_tests::json_lines(&dead);
     assert_eq!(dead.len(), 1, "id 99 is unknown to the registry too");
     assert_eq!(dead[0]["reason"], "schema");

@@ -306,7 +306,13 @@ fn bench_kafka(a: &BenchArgs, brokers: &str) -> anyhow::Result<ExitCode> {
         bid(&mut rng, keys, t, &mut buf);
         // The bidder is the second field: re-derive it for the key.
         let bidder = decode_bidder(&buf).unwrap_or(0).to_string();
-        sender.send(&topic, Some(bidder.as_bytes()), &buf, OwnedHeaders::new(), None)?;
+        sender.send(
+            &topic,
+            Some(bidder.as_bytes()),
+            &buf,
+            OwnedHeaders::new(),
+            None,
+        )?;
     }
     sender.flush()?;
     let produce_secs = t0.elapsed().as_secs_f64();
@@ -340,7 +346,11 @@ fn bench_kafka(a: &BenchArgs, brokers: &str) -> anyhow::Result<ExitCode> {
     }
     let raw_secs = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
     drop(raw);
-    anyhow::ensure!(n == a.events, "the raw consumer read {n} of {} records", a.events);
+    anyhow::ensure!(
+        n == a.events,
+        "the raw consumer read {n} of {} records",
+        a.events
+    );
 
     // 3. The pipeline, from its first record to its last.
     let state = tempfile::Builder::new().prefix("weir-bench-").tempdir()?;

@@ -7,9 +7,9 @@ use crate::source::file::InputFormat;
 use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::process::ExitCode;
 
 /// Run a pipeline: against Kafka (the default), or over an event log file (--input) with no
 /// broker. Results go to the pipeline's sinks (or --output), dead letters to its dead_letter,
@@ -94,13 +94,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         checkpoint_every: a.checkpoint_every.max(1),
         conn,
     };
-    let s = run_file(&plan, &opts).with_context(|| {
-        format!(
-            "running {} over {}",
-            a.pipeline.display(),
-            input.display()
-        )
-    })?;
+    let s = run_file(&plan, &opts)
+        .with_context(|| format!("running {} over {}", a.pipeline.display(), input.display()))?;
     let resumed = match s.resumed_from {
         Some(p) => format!(" (resumed after record {p})"),
         None => String::new(),

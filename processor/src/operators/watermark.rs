@@ -109,7 +109,11 @@ mod tests {
         let mut w = Watermarks::new(0, Some(100));
         w.register(1);
         w.observe(0, 1000, 1000);
-        assert_eq!(w.advance(1000), i64::MIN, "partition 1 has shown nothing yet");
+        assert_eq!(
+            w.advance(1000),
+            i64::MIN,
+            "partition 1 has shown nothing yet"
+        );
         w.observe(0, 1050, 1050);
         assert_eq!(w.advance(1050), i64::MIN);
         w.observe(0, 1100, 1100);
@@ -117,7 +121,11 @@ mod tests {
         let mut strict = Watermarks::new(0, None);
         strict.register(1);
         strict.observe(0, 5000, 5000);
-        assert_eq!(strict.advance(5000), i64::MIN, "without idle_timeout it waits");
+        assert_eq!(
+            strict.advance(5000),
+            i64::MIN,
+            "without idle_timeout it waits"
+        );
         strict.observe(1, 4000, 5000);
         assert_eq!(strict.advance(5000), 4000);
     }

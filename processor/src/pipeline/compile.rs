@@ -560,8 +560,8 @@ fn check_sink(p: &mut Problems, path: &str, s: &SinkDef) {
             };
             p.add(
                 &format!("{path}.{key}"),
-                &format!("a {name} sink takes no {key}"),
-                &fix,
+                format!("a {name} sink takes no {key}"),
+                fix,
             );
         }
     }
@@ -587,15 +587,13 @@ fn check_sink(p: &mut Problems, path: &str, s: &SinkDef) {
             } else if let Some(t) = &s.table {
                 let ok = t.split('.').all(|part| {
                     !part.is_empty()
-                        && part
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                        && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                         && !part.starts_with(|c: char| c.is_ascii_digit())
                 });
                 if !ok {
                     p.add(
                         &format!("{path}.table"),
-                        &format!("`{t}` is not a plain table name"),
+                        format!("`{t}` is not a plain table name"),
                         "use letters, digits and _ (optionally schema.table), e.g. page_views",
                     );
                 }
@@ -610,8 +608,8 @@ fn check_sink(p: &mut Problems, path: &str, s: &SinkDef) {
         if matches!(v, Some(n) if n < 1) {
             p.add(
                 &format!("{path}.{key}"),
-                &format!("{key} must be at least 1"),
-                &format!("set {key}: 1 or more"),
+                format!("{key} must be at least 1"),
+                format!("set {key}: 1 or more"),
             );
         }
     }

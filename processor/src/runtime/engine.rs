@@ -404,7 +404,12 @@ impl<'p> ResultFormat<'p> {
     pub fn key_json(&self, e: &Emitted, buf: &mut String) {
         let mut obj = serde_json::Map::new();
         for (i, k) in self.plan.output.key_fields.iter().enumerate() {
-            let v = e.key.get(i).cloned().unwrap_or(Scalar::Null).to_value(&k.ty);
+            let v = e
+                .key
+                .get(i)
+                .cloned()
+                .unwrap_or(Scalar::Null)
+                .to_value(&k.ty);
             obj.insert(k.name.clone(), avro_to_json(&v));
         }
         buf.push_str(&serde_json::Value::Object(obj).to_string());

@@ -32,16 +32,14 @@
 //! the producer's queue blocks `send` when the broker is slow. Errors from the broker
 //! (down, unreachable) restart the session from the last checkpoint with backoff.
 
-use super::engine::{Engine, DeadLetter};
+use super::engine::{DeadLetter, Engine};
 use super::outputs::{open_sinks, AnySink, Connections, DeadLetters, ResultWriter};
 use super::{kill_after, open_state, resolve_writer, Checkpoint, RunError, Summary};
 use crate::pipeline::compile::Plan;
 use crate::schema::registry::Registry;
 use crate::source::kafka::{consumer_config, record_of};
 use crate::state::{StateError, Store, META_KEY};
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -177,7 +175,10 @@ impl Processor {
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
         self.checkpoints += 1;
-        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint");
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "checkpoint"
+        );
         Ok(())
     }
 
@@ -218,12 +219,7 @@ fn lock(p: &Mutex<Processor>) -> MutexGuard<'_, Processor> {
 impl ClientContext for Ctx {}
 
 impl ConsumerContext for Ctx {
-    fn rebalance(
-        &self,
-        c: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
+    fn rebalance(&self, c: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         let cooperative = matches!(c.rebalance_protocol(), RebalanceProtocol::Cooperative);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
@@ -329,7 +325,11 @@ fn run_session(
     let (store, resume) = open_state(plan, &opts.state_dir)?;
     let mut registry = opts.conn.registry();
     let mut sinks = open_sinks(plan, opts.output.as_deref(), &opts.conn, &mut registry, &[])?;
-    let default_dl = opts.state_dir.join("dead-letter.jsonl").display().to_string();
+    let default_dl = opts
+        .state_dir
+        .join("dead-letter.jsonl")
+        .display()
+        .to_string();
     let (dead, dl_path) = DeadLetters::open(
         plan.dead_letter.as_ref(),
         opts.dead_letter.as_deref(),
@@ -375,7 +375,7 @@ fn run_session(
         &opts.kafka_config,
     )
     .create_with_context(Ctx { proc: proc.clone() })
-        .map_err(|e| RunError::Kafka(format!("cannot create the consumer: {e}")))?;
+    .map_err(|e| RunError::Kafka(format!("cannot create the consumer: {e}")))?;
     let topics: Vec<&str> = plan.source.topics.iter().map(|s| s.as_str()).collect();
     consumer
         .subscribe(&topics)
@@ -393,7 +393,9 @@ fn run_session(
             Some(Ok(m)) => p.handle(&m)?,
             Some(Err(e)) => {
                 if let Some((code, reason)) = consumer.client().fatal_error() {
-                    return Err(RunError::Kafka(format!("fatal consumer error {code:?}: {reason}")));
+                    return Err(RunError::Kafka(format!(
+                        "fatal consumer error {code:?}: {reason}"
+                    )));
                 }
                 // Transient (broker down, topic not yet there): librdkafka retries; say so
                 // at most every 10 s per distinct error.

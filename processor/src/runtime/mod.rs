@@ -67,9 +67,10 @@ impl RunError {
             RunError::Sink(SinkError::Truncated { .. }) | RunError::BadCheckpoint(_) => {
                 ErrorKind::User
             }
-            RunError::Sink(_) | RunError::TempDir(_) | RunError::Kafka(_) | RunError::Registry(_) => {
-                ErrorKind::External
-            }
+            RunError::Sink(_)
+            | RunError::TempDir(_)
+            | RunError::Kafka(_)
+            | RunError::Registry(_) => ErrorKind::External,
             RunError::State(StateError::Corrupt(_)) => ErrorKind::Internal,
             RunError::State(_) => ErrorKind::External,
         }

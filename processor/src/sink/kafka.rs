@@ -89,15 +89,13 @@ pub async fn ensure_topic(
     let opts = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(10)))
         .request_timeout(Some(Duration::from_secs(10)));
-    let res = match tokio::time::timeout(
-        Duration::from_secs(15),
-        admin.create_topics([&new], &opts),
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(_) => Err(KafkaError::AdminOp(RDKafkaErrorCode::RequestTimedOut)),
-    };
+    let res =
+        match tokio::time::timeout(Duration::from_secs(15), admin.create_topics([&new], &opts))
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(KafkaError::AdminOp(RDKafkaErrorCode::RequestTimedOut)),
+        };
     match res {
         Ok(results) => {
             for r in results {
@@ -120,7 +118,10 @@ pub async fn ensure_topic(
             tracing::debug!(topic, error = %e, "create_topics refused; the topic exists");
             Ok(())
         }
-        Err(e) => Err(kafka_err(topic, format!("cannot create topic {topic}: {e}"))),
+        Err(e) => Err(kafka_err(
+            topic,
+            format!("cannot create topic {topic}: {e}"),
+        )),
     }
 }
 
@@ -260,8 +261,13 @@ impl Sink for KafkaSink {
             key: "weir-event-id",
             value: Some(out.event_id),
         });
-        self.sender
-            .send(&self.topic, Some(out.key.as_bytes()), &self.buf, headers, None)
+        self.sender.send(
+            &self.topic,
+            Some(out.key.as_bytes()),
+            &self.buf,
+            headers,
+            None,
+        )
     }
 
     fn flush(&mut self) -> Result<Option<u64>, SinkError> {
@@ -319,8 +325,13 @@ impl KafkaDeadLetter {
                 value: Some(ts.as_str()),
             });
         }
-        self.sender
-            .send(&self.topic, d.key.as_deref(), &d.value, headers, d.timestamp)
+        self.sender.send(
+            &self.topic,
+            d.key.as_deref(),
+            &d.value,
+            headers,
+            d.timestamp,
+        )
     }
 
     pub fn flush(&mut self) -> Result<(), SinkError> {

@@ -296,8 +296,10 @@ impl Sink for PostgresSink {
     }
 
     fn write(&mut self, out: &Output<'_>) -> Result<(), SinkError> {
-        self.pending
-            .insert((out.key.to_string(), out.window_start), out.json.to_string());
+        self.pending.insert(
+            (out.key.to_string(), out.window_start),
+            out.json.to_string(),
+        );
         Ok(())
     }
 
