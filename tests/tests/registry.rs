@@ -171,7 +171,7 @@ fn a_run_resolves_unknown_writer_ids_through_the_registry() {
     std::fs::write(dir.path().join("click.avsc"), CLICK_V1).unwrap();
     std::fs::write(
         dir.path().join("out.avsc"),
-        r#"{"type":"record","name":"Out","fields":[{"name":"user","type":"string"},{"name":"window_start","type":{"type":"long","logicalType":"timestamp-millis"}},{"name":"total","type":"long"}]}"#,
+        r#"{"type":"record","name":"Out","fields":[{"name":"user","type":"string"},{"name":"window_start","type":{"type":"long","logicalType":"timestamp-millis"}},{"name":"window_end","type":{"type":"long","logicalType":"timestamp-millis"}},{"name":"total","type":"long"}]}"#,
     )
     .unwrap();
     std::fs::write(
@@ -226,7 +226,7 @@ fn a_run_resolves_unknown_writer_ids_through_the_registry() {
     let results = weir_tests::json_lines(&out);
     assert_eq!(
         results,
-        vec![serde_json::json!({"user": "a", "window_start": 0, "total": 12})]
+        vec![serde_json::json!({"user": "a", "window_start": 0, "window_end": 10000, "total": 12})]
     );
     let dead = weir_tests::json_lines(&dead);
     assert_eq!(dead.len(), 1, "id 99 is unknown to the registry too");
