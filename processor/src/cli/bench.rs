@@ -46,15 +46,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "HOST:PORT")]
     kafka: Option<String>,
     /// Extra librdkafka properties for the Kafka benchmark's clients (repeatable).
-    #[arg(long, value_parser = parse_kv)]
+    #[arg(long, value_parser = super::parse_kv)]
     kafka_config: Vec<(String, String)>,
-}
-
-fn parse_kv(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!("expected key=value, got `{s}`")),
-    }
 }
 
 /// A deterministic xorshift generator: the benchmark needs no statistical quality.

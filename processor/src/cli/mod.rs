@@ -34,6 +34,14 @@ enum Command {
     Produce(produce::ProduceArgs),
 }
 
+/// `key=value`, for `--kafka-config`.
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected key=value, got `{s}`")),
+    }
+}
+
 fn init_logs(f: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

@@ -41,7 +41,7 @@ pub struct RunArgs {
     checkpoint_interval: humantime::Duration,
     /// Kafka: an extra librdkafka property for the consumer and producers (repeatable),
     /// e.g. --kafka-config fetch.wait.max.ms=10
-    #[arg(long, value_parser = parse_kv)]
+    #[arg(long, value_parser = super::parse_kv)]
     kafka_config: Vec<(String, String)>,
     #[arg(long, value_enum, default_value = "auto")]
     input_format: InputFormat,
@@ -106,13 +106,6 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     );
     tracing::info!(watermark = %fmt_ms(s.watermark), checkpoints = s.checkpoints, "run finished");
     Ok(ExitCode::SUCCESS)
-}
-
-fn parse_kv(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!("expected key=value, got `{s}`")),
-    }
 }
 
 fn run_against_kafka(
