@@ -90,6 +90,10 @@ struct Processor {
     last_record: Option<Instant>,
     /// An error raised inside a rebalance callback, reported by the poll loop.
     failed: Option<RunError>,
+    /// Set by any failure: the session is over, and no checkpoint may be written any more
+    /// (the consumer's close runs the revoke callback, which would otherwise checkpoint
+    /// past records whose results were not delivered).
+    poisoned: bool,
 }
 
 impl Processor {
@@ -142,11 +146,25 @@ impl Processor {
 
     /// Steps 1-3 of the protocol. `consumer` is given when offsets should be committed.
     fn checkpoint(&mut self, consumer: Option<&BaseConsumer<Ctx>>) -> Result<(), RunError> {
-        let started = Instant::now();
-        for s in self.sinks.iter_mut() {
-            s.as_sink().flush()?;
+        if self.poisoned {
+            return Err(RunError::Kafka(
+                "the session failed; not checkpointing".into(),
+            ));
         }
-        self.dead.flush()?;
+        let r = self.checkpoint_inner(consumer);
+        self.poisoned |= r.is_err();
+        r
+    }
+
+    fn checkpoint_inner(&mut self, consumer: Option<&BaseConsumer<Ctx>>) -> Result<(), RunError> {
+        let started = Instant::now();
+        // File sinks report their length: a restart truncates them to it, so a replay
+        // rewrites the same bytes instead of appending them twice.
+        let mut lengths = Vec::with_capacity(self.sinks.len());
+        for s in self.sinks.iter_mut() {
+            lengths.push(s.as_sink().flush()?);
+        }
+        let dead_letter = self.dead.flush()?;
         let offsets: Vec<(String, i32, i64)> = self
             .positions
             .iter()
@@ -159,8 +177,8 @@ impl Processor {
             watermarks: self.engine.watermarks.clone(),
             windows: self.engine.windows.meta(),
             counters: self.engine.counters.clone(),
-            sinks: Vec::new(),
-            dead_letter: None,
+            sinks: lengths,
+            dead_letter,
             clock: self.engine.clock,
         };
         let meta = bincode::serialize(&cp).map_err(|e| StateError::Corrupt(e.to_string()))?;
@@ -324,7 +342,14 @@ fn run_session(
 ) -> Result<Summary, RunError> {
     let (store, resume) = open_state(plan, &opts.state_dir)?;
     let mut registry = opts.conn.registry();
-    let mut sinks = open_sinks(plan, opts.output.as_deref(), &opts.conn, &mut registry, &[])?;
+    let lengths = resume.as_ref().map(|c| c.sinks.clone()).unwrap_or_default();
+    let mut sinks = open_sinks(
+        plan,
+        opts.output.as_deref(),
+        &opts.conn,
+        &mut registry,
+        &lengths,
+    )?;
     let default_dl = opts
         .state_dir
         .join("dead-letter.jsonl")
@@ -335,7 +360,7 @@ fn run_session(
         opts.dead_letter.as_deref(),
         &default_dl,
         &opts.conn,
-        None,
+        resume.as_ref().and_then(|c| c.dead_letter),
         "",
     )?;
     let mut engine = Engine::new(plan, None);
@@ -367,6 +392,7 @@ fn run_session(
         first_record: None,
         last_record: None,
         failed: None,
+        poisoned: false,
     }));
     let consumer: BaseConsumer<Ctx> = consumer_config(
         &opts.conn.brokers(),
@@ -386,13 +412,20 @@ fn run_session(
         let polled = consumer.poll(Duration::from_millis(100));
         let mut p = lock(&proc);
         if let Some(e) = p.failed.take() {
+            p.poisoned = true;
             return Err(e);
         }
         match polled {
             None => {}
-            Some(Ok(m)) => p.handle(&m)?,
+            Some(Ok(m)) => {
+                if let Err(e) = p.handle(&m) {
+                    p.poisoned = true;
+                    return Err(e);
+                }
+            }
             Some(Err(e)) => {
                 if let Some((code, reason)) = consumer.client().fatal_error() {
+                    p.poisoned = true;
                     return Err(RunError::Kafka(format!(
                         "fatal consumer error {code:?}: {reason}"
                     )));

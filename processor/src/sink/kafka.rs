@@ -205,13 +205,15 @@ impl Sender {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        let failed = ctx.failed.swap(0, Ordering::SeqCst);
+        // Sticky: once a delivery failed, every later flush fails too, so no checkpoint can
+        // be written past the lost record (the session restarts with a new producer).
+        let failed = ctx.failed.load(Ordering::SeqCst);
         if failed > 0 {
             let first = ctx
                 .first_error
                 .lock()
                 .ok()
-                .and_then(|mut f| f.take())
+                .and_then(|f| f.clone())
                 .unwrap_or_default();
             return Err(kafka_err(
                 &self.name,
