@@ -199,6 +199,11 @@ dead_letter: {{type: kafka, topic: {dlq}}}
 
     /// `weir run` arguments against `broker`.
     pub fn args(&self, broker: &Broker) -> Vec<String> {
+        self.args_with(broker, &[])
+    }
+
+    /// `weir run` arguments with extra librdkafka settings.
+    pub fn args_with(&self, broker: &Broker, extra: &[(&str, &str)]) -> Vec<String> {
         let mut a = vec![
             "run".to_string(),
             self.pipeline.display().to_string(),
@@ -213,7 +218,11 @@ dead_letter: {{type: kafka, topic: {dlq}}}
             "--checkpoint-every".into(),
             "5000".into(),
         ];
-        for (k, v) in broker.client_settings() {
+        for (k, v) in broker
+            .client_settings()
+            .into_iter()
+            .chain(extra.iter().copied())
+        {
             a.push("--kafka-config".into());
             a.push(format!("{k}={v}"));
         }

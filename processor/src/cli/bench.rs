@@ -291,7 +291,7 @@ fn bench_kafka(a: &BenchArgs, brokers: &str) -> anyhow::Result<ExitCode> {
     let step_us = 10_000_000f64 / per_window as f64;
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let base: i64 = 1_767_225_600_000;
-    let mut sender = Sender::new(brokers, "bench")?;
+    let mut sender = Sender::new(brokers, "bench", &a.kafka_config)?;
     let mut buf = Vec::with_capacity(128);
     let t0 = Instant::now();
     for seq in 0..a.events {
@@ -352,6 +352,7 @@ fn bench_kafka(a: &BenchArgs, brokers: &str) -> anyhow::Result<ExitCode> {
         state_dir: state.path().join("state"),
         conn: Connections {
             brokers: Some(brokers.to_string()),
+            kafka_config: a.kafka_config.clone(),
             ..Default::default()
         },
         instance_id: None,

@@ -45,7 +45,7 @@ pub fn run(a: ProduceArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     rt.block_on(ensure_topic(&brokers, &a.topic, a.partitions, 1))?;
     let mut source = FileSource::open(&a.file, a.input_format, &a.topic)?;
-    let mut sender = Sender::new(&brokers, &format!("produce:{}", a.topic))?;
+    let mut sender = Sender::new(&brokers, &format!("produce:{}", a.topic), &[])?;
     let mut n = 0u64;
     let mut value = Vec::new();
     while let Some(rec) = source.next().transpose()? {

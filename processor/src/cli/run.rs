@@ -81,6 +81,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         brokers: a.brokers.clone(),
         postgres_url: a.postgres_url.clone(),
         schema_registry: a.schema_registry.clone(),
+        kafka_config: a.kafka_config.clone(),
     };
     let Some(input) = a.input.clone() else {
         return run_against_kafka(a, plan, conn);

@@ -19,6 +19,8 @@ pub struct Connections {
     pub postgres_url: Option<String>,
     /// Confluent Schema Registry URL (`$WEIR_SCHEMA_REGISTRY`); none = local schemas only.
     pub schema_registry: Option<String>,
+    /// Extra librdkafka properties for every producer (`--kafka-config`).
+    pub kafka_config: Vec<(String, String)>,
 }
 
 impl Connections {
@@ -120,7 +122,7 @@ pub fn open_sinks(
                     d.partitions.unwrap_or(1),
                     d.replication_factor.unwrap_or(1),
                 )?;
-                AnySink::Kafka(KafkaSink::new(&brokers, &topic, id)?)
+                AnySink::Kafka(KafkaSink::new(&brokers, &topic, id, &conn.kafka_config)?)
             }
             SinkKind::Postgres => AnySink::Postgres(Box::new(PostgresSink::open(
                 plan,
@@ -212,7 +214,7 @@ impl DeadLetters {
                     d.replication_factor.unwrap_or(1),
                 )?;
                 Ok((
-                    DeadLetters::Kafka(KafkaDeadLetter::new(&brokers, &topic)?),
+                    DeadLetters::Kafka(KafkaDeadLetter::new(&brokers, &topic, &conn.kafka_config)?),
                     format!("kafka topic {topic}"),
                 ))
             }

@@ -53,7 +53,8 @@ impl ProducerContext for DeliveryCounter {
 }
 
 /// Producer settings shared by result and dead-letter sinks.
-pub fn producer_config(brokers: &str) -> ClientConfig {
+/// `extra` (from `--kafka-config`) overrides any of them.
+pub fn producer_config(brokers: &str, extra: &[(String, String)]) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
@@ -63,6 +64,9 @@ pub fn producer_config(brokers: &str) -> ClientConfig {
         // Retry for as long as a flush waits: an outage shorter than this loses nothing.
         .set("message.timeout.ms", FLUSH_TIMEOUT.as_millis().to_string())
         .set("reconnect.backoff.max.ms", "2000");
+    for (k, v) in extra {
+        c.set(k, v);
+    }
     c
 }
 
@@ -147,8 +151,8 @@ pub struct Sender {
 }
 
 impl Sender {
-    pub fn new(brokers: &str, name: &str) -> Result<Sender, SinkError> {
-        let producer = producer_config(brokers)
+    pub fn new(brokers: &str, name: &str, extra: &[(String, String)]) -> Result<Sender, SinkError> {
+        let producer = producer_config(brokers, extra)
             .create_with_context(DeliveryCounter::default())
             .map_err(|e| kafka_err(name, e))?;
         Ok(Sender {
@@ -234,12 +238,17 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
-    pub fn new(brokers: &str, topic: &str, schema_id: u32) -> Result<KafkaSink, SinkError> {
+    pub fn new(
+        brokers: &str,
+        topic: &str,
+        schema_id: u32,
+        extra: &[(String, String)],
+    ) -> Result<KafkaSink, SinkError> {
         let mut frame = [0u8; 5];
         frame[1..].copy_from_slice(&schema_id.to_be_bytes());
         Ok(KafkaSink {
             topic: topic.to_string(),
-            sender: Sender::new(brokers, &format!("kafka:{topic}"))?,
+            sender: Sender::new(brokers, &format!("kafka:{topic}"), extra)?,
             frame,
             buf: Vec::with_capacity(256),
         })
@@ -285,10 +294,14 @@ pub struct KafkaDeadLetter {
 }
 
 impl KafkaDeadLetter {
-    pub fn new(brokers: &str, topic: &str) -> Result<KafkaDeadLetter, SinkError> {
+    pub fn new(
+        brokers: &str,
+        topic: &str,
+        extra: &[(String, String)],
+    ) -> Result<KafkaDeadLetter, SinkError> {
         Ok(KafkaDeadLetter {
             topic: topic.to_string(),
-            sender: Sender::new(brokers, &format!("dead-letter:{topic}"))?,
+            sender: Sender::new(brokers, &format!("dead-letter:{topic}"), extra)?,
         })
     }
 
