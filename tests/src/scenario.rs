@@ -443,6 +443,19 @@ dead_letter: {{type: kafka, topic: {dlq}}}
         records.len()
     }
 
+    /// The three end checks: table, topic (last value per key and window) and dead
+    /// letters. Returns (output records, dead letters) read.
+    pub fn check_all(&self, broker: &Broker, table: &Aggregates) -> (usize, usize) {
+        assert_same("postgres table", table, &self.expected);
+        let (topic, n) = self.topic_results(broker);
+        assert_same(
+            "kafka topic (last value per key and window)",
+            &topic,
+            &self.expected,
+        );
+        (n, self.check_dead_letters(broker))
+    }
+
     pub fn drop_table(&self) {
         if let Ok(mut c) = postgres::Client::connect(&pg_url(), postgres::NoTls) {
             let _ = c.batch_execute(&format!("DROP TABLE IF EXISTS {}", self.table));

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 use weir_tests::kafka::{real_broker, Rng, WeirProcess};
-use weir_tests::scenario::{assert_same, Scenario};
+use weir_tests::scenario::Scenario;
 
 #[test]
 fn sigkill_at_random_moments_loses_nothing_and_doubles_nothing() {
@@ -59,14 +59,7 @@ fn sigkill_at_random_moments_loses_nothing_and_doubles_nothing() {
         "weir did not stop cleanly: {}",
         tail(&weir.log_text())
     );
-    assert_same("postgres table", &rows, &s.expected);
-    let (topic, n) = s.topic_results(&broker);
-    assert_same(
-        "kafka topic (last value per key and window)",
-        &topic,
-        &s.expected,
-    );
-    let dead = s.check_dead_letters(&broker);
+    let (n, dead) = s.check_all(&broker, &rows);
     let starts = weir.log_text().matches("weir: crash: consuming").count();
     eprintln!(
         "crash test on {}: {} windows, {} events, {n} output records, {dead} dead letters, {starts} starts",
@@ -125,10 +118,7 @@ fn broker_outage_mid_run_loses_nothing() {
         "weir did not stop cleanly: {}",
         tail(&weir.log_text())
     );
-    assert_same("postgres table", &rows, &s.expected);
-    let (topic, _) = s.topic_results(&broker);
-    assert_same("kafka topic", &topic, &s.expected);
-    s.check_dead_letters(&broker);
+    s.check_all(&broker, &rows);
     let log = weir.log_text();
     assert!(
         log.contains("retrying") || log.contains("restarting"),

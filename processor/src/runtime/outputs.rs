@@ -73,12 +73,20 @@ fn open_err(name: &str, e: impl std::fmt::Display) -> SinkError {
     }
 }
 
-fn create_topic(brokers: &str, topic: &str, partitions: i32, rf: i32) -> Result<(), SinkError> {
+/// Creates the topic of a Kafka sink or dead letter when missing; returns its name.
+fn create_topic(brokers: &str, d: &SinkDef) -> Result<String, SinkError> {
+    let topic = d.topic.clone().unwrap_or_default();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| open_err(topic, e))?;
-    rt.block_on(ensure_topic(brokers, topic, partitions, rf))
+        .map_err(|e| open_err(&topic, e))?;
+    rt.block_on(ensure_topic(
+        brokers,
+        &topic,
+        d.partitions.unwrap_or(1),
+        d.replication_factor.unwrap_or(1),
+    ))?;
+    Ok(topic)
 }
 
 /// Opens the sinks. `lengths[i]`: where file sink `i` was at the checkpoint being resumed.
@@ -113,15 +121,10 @@ pub fn open_sinks(
             SinkKind::Stdout => AnySink::Stdout(StdoutSink::default()),
             SinkKind::File => AnySink::File(FileSink::open(d.path.as_deref().unwrap_or(""), at)?),
             SinkKind::Kafka => {
-                let topic = d.topic.clone().unwrap_or_default();
                 let brokers = conn.brokers();
+                let topic = d.topic.clone().unwrap_or_default();
                 let id = output_schema_id(plan, &topic, d, registry)?;
-                create_topic(
-                    &brokers,
-                    &topic,
-                    d.partitions.unwrap_or(1),
-                    d.replication_factor.unwrap_or(1),
-                )?;
+                create_topic(&brokers, d)?;
                 AnySink::Kafka(KafkaSink::new(&brokers, &topic, id, &conn.kafka_config)?)
             }
             SinkKind::Postgres => AnySink::Postgres(Box::new(PostgresSink::open(
@@ -205,14 +208,8 @@ impl DeadLetters {
         }
         match def {
             Some(d) if d.kind == SinkKind::Kafka => {
-                let topic = d.topic.clone().unwrap_or_default();
                 let brokers = conn.brokers();
-                create_topic(
-                    &brokers,
-                    &topic,
-                    d.partitions.unwrap_or(1),
-                    d.replication_factor.unwrap_or(1),
-                )?;
+                let topic = create_topic(&brokers, d)?;
                 Ok((
                     DeadLetters::Kafka(KafkaDeadLetter::new(&brokers, &topic, &conn.kafka_config)?),
                     format!("kafka topic {topic}"),
