@@ -17,6 +17,15 @@ if [ "$WEIR_TEST_KAFKA" = tansu ] && [ -z "${WEIR_TANSU:-}" ] && ! command -v ta
 fi
 export PATH="$TOOLS/bin:$PATH"
 
+# The web page test renders `weir serve`'s page in headless Chromium (Debian's package).
+if [ -z "${WEIR_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+  echo "== installing chromium (for the web page test)"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium fonts-dejavu-core >/dev/null; } \
+    || { echo "weir: cannot install chromium; the web page test needs it" >&2; [ "${CI:-}" = true ] && exit 1; }
+fi
+
 pg_ready() {
   python3 - <<'EOF'
 import socket, sys

@@ -36,6 +36,7 @@ pub mod operators;
 pub mod pipeline;
 pub mod runtime;
 pub mod schema;
+pub mod server;
 pub mod sink;
 pub mod source;
 pub mod state;

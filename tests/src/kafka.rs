@@ -338,8 +338,21 @@ impl Record {
 
 /// Sends records `(partition, key, value)` and waits for every acknowledgement.
 pub fn produce(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, records: &[OutRecord]) {
+    produce_at(p, topic, records, &|_| None)
+}
+
+/// Like [`produce`], with each record's timestamp from `ts` (the producer's clock if none).
+pub fn produce_at(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    records: &[OutRecord],
+    ts: &dyn Fn(&[u8]) -> Option<i64>,
+) {
     for (part, k, v) in records {
         let mut rec = BaseRecord::to(topic).partition(*part).key(k).payload(v);
+        if let Some(t) = ts(v) {
+            rec = rec.timestamp(t);
+        }
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             match p.send(rec) {

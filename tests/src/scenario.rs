@@ -3,7 +3,7 @@
 //! counting and summing per user per 10 s tumbling window into a Kafka topic and a
 //! PostgreSQL table; and the expected aggregates computed here, independently of Weir.
 
-use crate::kafka::{produce, producer, read_all, Broker, OutRecord, Record, Rng};
+use crate::kafka::{produce_at, producer, read_all, Broker, OutRecord, Record, Rng};
 use apache_avro::types::Value;
 use apache_avro::Schema;
 use std::collections::{BTreeMap, BTreeSet};
@@ -66,6 +66,31 @@ fn user_partition(u: u64) -> i32 {
     (u % PARTITIONS as u64) as i32
 }
 
+/// The event time of a click in the wire format; `None` for an invalid one.
+pub fn event_time(v: &[u8]) -> Option<i64> {
+    static SCHEMA: std::sync::OnceLock<Schema> = std::sync::OnceLock::new();
+    let schema = SCHEMA.get_or_init(|| Schema::parse_str(CLICK).expect("click schema"));
+    let body = v.get(5..)?;
+    if v.first() != Some(&0) {
+        return None;
+    }
+    match apache_avro::from_avro_datum(schema, &mut &body[..], None).ok()? {
+        Value::Record(fields) => fields.into_iter().find_map(|(k, v)| match (k.as_str(), v) {
+            ("ts", Value::TimestampMillis(t)) => Some(t),
+            _ => None,
+        }),
+        _ => None,
+    }
+}
+
+/// A click event in the Confluent wire format with any schema id.
+pub fn click(user: &str, amount: i64, ts: i64, schema_id: u32) -> Vec<u8> {
+    let schema = Schema::parse_str(CLICK).expect("click schema");
+    let mut v = encode(&schema, user, amount, ts);
+    v[1..5].copy_from_slice(&schema_id.to_be_bytes());
+    v
+}
+
 fn encode(schema: &Schema, user: &str, amount: i64, ts: i64) -> Vec<u8> {
     let v = Value::Record(vec![
         ("user".into(), Value::String(user.into())),
@@ -82,6 +107,11 @@ impl Scenario {
     /// `events` records (1 in 1000 invalid, 1 in 2000 of the second half late), in batches
     /// of `batch`.
     pub fn new(name: &str, events: u64, batch: usize, seed: u64) -> Scenario {
+        Scenario::with_step(name, events, batch, seed, 1)
+    }
+
+    /// Like [`Scenario::new`], with event `i` at `T0 + i * step_ms` (more windows per user).
+    pub fn with_step(name: &str, events: u64, batch: usize, seed: u64, step_ms: i64) -> Scenario {
         let suffix = format!("{}-{}", std::process::id(), seed);
         let dir = tempfile::tempdir().expect("tempdir");
         let source = format!("clicks-{name}-{suffix}");
@@ -132,7 +162,7 @@ dead_letter: {{type: kafka, topic: {dlq}}}
             let u = rng.below(USERS);
             let user = format!("u{u:02}");
             let part = user_partition(u);
-            let base = T0 + i as i64;
+            let base = T0 + i as i64 * step_ms;
             let key = user.clone().into_bytes();
             if i % 1000 == 999 {
                 // Invalid: a truncated body, a wrong magic byte, an unknown schema id.
@@ -166,7 +196,7 @@ dead_letter: {{type: kafka, topic: {dlq}}}
             }
         }
         let mut batches: Vec<Vec<_>> = all.chunks(batch).map(|c| c.to_vec()).collect();
-        let end = T0 + events as i64 + 60_000;
+        let end = T0 + events as i64 * step_ms + 60_000;
         batches.push(
             (0..PARTITIONS)
                 .map(|p| {
@@ -242,7 +272,9 @@ dead_letter: {{type: kafka, topic: {dlq}}}
     pub fn produce(&self, bootstrap: &str, range: std::ops::Range<usize>, pause: Duration) {
         let p = producer(bootstrap);
         for b in &self.batches[range] {
-            produce(&p, &self.source, b);
+            // Record timestamps are the events' times, as a producer stamping CreateTime
+            // at the event would (replay by time looks records up by timestamp).
+            produce_at(&p, &self.source, b, &event_time);
             std::thread::sleep(pause);
         }
     }
@@ -260,21 +292,7 @@ dead_letter: {{type: kafka, topic: {dlq}}}
 
     /// The table's (user, window start) -> (events, total), sentinels excluded.
     pub fn table_rows(&self) -> Result<Aggregates, String> {
-        let mut c =
-            postgres::Client::connect(&pg_url(), postgres::NoTls).map_err(|e| e.to_string())?;
-        let rows = c
-            .query(
-                &format!(
-                    "SELECT \"user\", (extract(epoch from window_start) * 1000)::bigint, events, total FROM {} WHERE \"user\" NOT LIKE 'zz-%'",
-                    self.table
-                ),
-                &[],
-            )
-            .map_err(|e| e.to_string())?;
-        Ok(rows
-            .iter()
-            .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3))))
-            .collect())
+        rows_in(&self.table)
     }
 
     /// Waits (bounded) until the table holds every expected event; returns the rows.
@@ -461,6 +479,23 @@ dead_letter: {{type: kafka, topic: {dlq}}}
             let _ = c.batch_execute(&format!("DROP TABLE IF EXISTS {}", self.table));
         }
     }
+}
+
+/// A results table's (user, window start) -> (events, total), sentinels excluded.
+pub fn rows_in(table: &str) -> Result<Aggregates, String> {
+    let mut c = postgres::Client::connect(&pg_url(), postgres::NoTls).map_err(|e| e.to_string())?;
+    let rows = c
+        .query(
+            &format!(
+                "SELECT \"user\", (extract(epoch from window_start) * 1000)::bigint, events, total FROM {table} WHERE \"user\" NOT LIKE 'zz-%'"
+            ),
+            &[],
+        )
+        .map_err(|e| e.to_string())?;
+    Ok(rows
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3))))
+        .collect())
 }
 
 /// Compares two aggregate maps and says where they differ.

@@ -362,6 +362,7 @@ fn bench_kafka(a: &BenchArgs, brokers: &str) -> anyhow::Result<ExitCode> {
         dead_letter: Some(state.path().join("dead.jsonl").display().to_string()),
         kafka_config: a.kafka_config.clone(),
         stop_after: Some(a.events),
+        live: None,
     };
     let s = run_kafka(plan, &opts, Arc::new(AtomicBool::new(false)))?;
     let weir_secs = s.active.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN);

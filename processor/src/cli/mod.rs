@@ -1,8 +1,11 @@
 //! The command line: one file per verb. `anyhow` lives here only, at the edge.
 
 pub mod bench;
+pub mod client;
+pub mod offsets;
 pub mod produce;
 pub mod run;
+pub mod serve;
 pub mod validate;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -32,6 +35,19 @@ enum Command {
     Validate(validate::ValidateArgs),
     Bench(bench::BenchArgs),
     Produce(produce::ProduceArgs),
+    Serve(serve::ServeArgs),
+    Deploy(client::DeployArgs),
+    Pipelines(client::PipelinesArgs),
+    Status(client::StatusArgs),
+    /// Pause a pipeline on `weir serve` (last checkpoint, leave the group; state kept).
+    Pause(client::ControlArgs),
+    /// Resume a paused pipeline on `weir serve`.
+    Resume(client::ControlArgs),
+    /// Stop and undeploy a pipeline on `weir serve`; its state is kept unless --purge.
+    Stop(client::ControlArgs),
+    Replay(client::ReplayArgs),
+    ReplayDlq(client::ReplayDlqArgs),
+    Offsets(offsets::OffsetsArgs),
 }
 
 /// `key=value`, for `--kafka-config`.
@@ -63,6 +79,16 @@ pub fn main() -> ExitCode {
         Command::Validate(a) => validate::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Produce(a) => produce::run(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Deploy(a) => client::deploy(a),
+        Command::Pipelines(a) => client::pipelines(a),
+        Command::Status(a) => client::status(a),
+        Command::Pause(a) => client::control("pause", a),
+        Command::Resume(a) => client::control("resume", a),
+        Command::Stop(a) => client::control("stop", a),
+        Command::Replay(a) => client::replay(a),
+        Command::ReplayDlq(a) => client::replay_dlq(a),
+        Command::Offsets(a) => offsets::run(a),
     };
     match result {
         Ok(code) => code,

@@ -44,6 +44,19 @@ pub fn run(a: ProduceArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     rt.block_on(ensure_topic(&brokers, &a.topic, a.partitions, 1))?;
+    // A first pass counts the records, so the progress bar knows its length.
+    let mut total = 0u64;
+    let mut counting = FileSource::open(&a.file, a.input_format, &a.topic)?;
+    while counting.next().transpose()?.is_some() {
+        total += 1;
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {bar:40} {pos}/{len} records  {per_sec}  eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     let mut source = FileSource::open(&a.file, a.input_format, &a.topic)?;
     let mut sender = Sender::new(&brokers, &format!("produce:{}", a.topic), &[])?;
     let mut n = 0u64;
@@ -80,10 +93,16 @@ pub fn run(a: ProduceArgs) -> anyhow::Result<ExitCode> {
             rec.timestamp,
         )?;
         n += 1;
+        if n % 256 == 0 {
+            bar.set_position(n);
+        }
     }
+    bar.set_position(n);
+    bar.set_message("waiting for acknowledgements");
     sender
         .flush()
         .with_context(|| format!("waiting for the broker to acknowledge {n} records"))?;
+    bar.finish_and_clear();
     eprintln!("weir: produced {n} records to {} at {brokers}", a.topic);
     Ok(ExitCode::SUCCESS)
 }

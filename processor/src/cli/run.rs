@@ -131,6 +131,7 @@ fn run_against_kafka(
         dead_letter: a.dead_letter,
         kafka_config: a.kafka_config,
         stop_after: None,
+        live: None,
     };
     eprintln!(
         "weir: {name}: consuming {:?} from {} as group {}; state in {}; Ctrl-C to stop",

@@ -2,6 +2,10 @@
 //! checkpoint), so the summary of a resumed run covers the whole input. Typed telemetry
 //! events: each counter change goes through one method here, so names live in one place.
 
+pub mod offsets;
+pub mod prometheus;
+pub mod telemetry;
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 

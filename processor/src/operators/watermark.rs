@@ -80,6 +80,15 @@ impl Watermarks {
         self.current
     }
 
+    /// A replay rewinds the watermark to `to`, so the windows it rebuilds are open again.
+    pub fn rewind(&mut self, to: i64) {
+        self.current = self.current.min(to);
+        let cap = to.saturating_add(self.ooo);
+        for (ts, _) in self.parts.values_mut() {
+            *ts = (*ts).min(cap);
+        }
+    }
+
     /// Per partition: (largest event time, watermark).
     pub fn partitions(&self) -> impl Iterator<Item = (u32, i64)> + '_ {
         self.parts.iter().map(|(p, (ts, _))| (*p, *ts))

@@ -291,6 +291,18 @@ pub enum SinkKind {
     Postgres,
 }
 
+impl SinkDef {
+    /// `stdout`, `file`, `kafka` or `postgres`.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            SinkKind::Stdout => "stdout",
+            SinkKind::File => "file",
+            SinkKind::Kafka => "kafka",
+            SinkKind::Postgres => "postgres",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateDef {

@@ -16,7 +16,7 @@ use std::fmt;
 use std::path::Path;
 
 /// One thing wrong with a definition.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Problem {
     pub file: String,
     pub line: Option<usize>,

@@ -78,6 +78,8 @@ pub struct Engine<'p> {
     /// The offline clock: the largest event time read so far.
     pub clock: i64,
     key_buf: Vec<u8>,
+    /// A replay in progress (records below its positions were counted before the rewind).
+    pub replay: Option<super::replay::ReplayGuard>,
 }
 
 impl<'p> Engine<'p> {
@@ -98,6 +100,7 @@ impl<'p> Engine<'p> {
             counters: Counters::default(),
             clock: i64::MIN,
             key_buf: Vec::with_capacity(64),
+            replay: None,
         }
     }
 
@@ -200,6 +203,43 @@ impl<'p> Engine<'p> {
         dead: &mut Vec<DeadLetter>,
     ) -> Result<(), StateError> {
         self.counters.events_in += 1;
+        // A record the replay reprocesses was dead-lettered (if it had to be) the first
+        // time: it does not go there again.
+        let replayed = self.replay.as_mut().map(|g| g.replayed(rec));
+        self.windows.replay = self.replay.as_ref().zip(replayed).map(|(g, r)| g.filter(r));
+        let mut dead_here = Vec::new();
+        let dead_out = if replayed == Some(true) {
+            &mut dead_here
+        } else {
+            dead
+        };
+        self.process_inner(store, rec, out, dead_out)?;
+        for d in dead_here {
+            // Not dead-lettered again, so not counted again.
+            match d.reason {
+                DeadLetterReason::Decode => self.counters.dead_decode -= 1,
+                DeadLetterReason::Schema => self.counters.dead_schema -= 1,
+                DeadLetterReason::Expression => self.counters.dead_expression -= 1,
+                DeadLetterReason::Late => self.counters.dead_late -= 1,
+            }
+        }
+        if let Some(g) = &self.replay {
+            if g.done(self.watermarks.current()) {
+                tracing::info!(pipeline = %self.plan.name, "replay caught up");
+                self.replay = None;
+                self.windows.replay = None;
+            }
+        }
+        Ok(())
+    }
+
+    fn process_inner(
+        &mut self,
+        store: &Store,
+        rec: &SourceRecord,
+        out: &mut dyn FnMut(Emitted),
+        dead: &mut Vec<DeadLetter>,
+    ) -> Result<(), StateError> {
         let row = match self.decode(rec) {
             Ok(v) => v,
             Err((reason, msg)) => {

@@ -34,13 +34,19 @@
 
 use super::engine::{DeadLetter, Engine};
 use super::outputs::{open_sinks, AnySink, Connections, DeadLetters, ResultWriter};
+use super::replay::{load_guard, REPLAY_KEY};
 use super::{kill_after, open_state, resolve_writer, Checkpoint, RunError, Summary};
+use crate::monitor::telemetry::{Live, RunState, Telemetry};
 use crate::pipeline::compile::Plan;
 use crate::schema::registry::Registry;
+use crate::pipeline::SinkKind;
 use crate::source::kafka::{consumer_config, record_of};
+use crate::source::{Payload, SourceRecord};
+use rdkafka::message::Headers;
 use crate::state::{StateError, Store, META_KEY};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
@@ -66,6 +72,8 @@ pub struct KafkaOptions {
     pub kafka_config: Vec<(String, String)>,
     /// Stop (gracefully) after this many records (the benchmark).
     pub stop_after: Option<u64>,
+    /// Where the running pipeline reports its telemetry (`weir serve` reads it).
+    pub live: Option<Arc<Live>>,
 }
 
 /// Everything one consumer session owns; shared with the rebalance callback, which must
@@ -86,6 +94,7 @@ struct Processor {
     checkpoints: u64,
     processed_here: u64,
     kill: Option<u64>,
+    live: Arc<Live>,
     first_record: Option<Instant>,
     last_record: Option<Instant>,
     /// An error raised inside a rebalance callback, reported by the poll loop.
@@ -106,23 +115,8 @@ impl Processor {
                 return Ok(()); // already in the state (committed offset was behind)
             }
         }
-        resolve_writer(
-            &mut self.engine,
-            self.registry.as_mut(),
-            m.payload().unwrap_or(&[]),
-        )?;
         let rec = record_of(m);
-        let (writer, sinks) = (&mut self.writer, &mut self.sinks);
-        self.engine.process(
-            &self.store,
-            &rec,
-            &mut |e| writer.write(&e, sinks),
-            &mut self.dead_letters,
-        )?;
-        self.writer.check()?;
-        for d in self.dead_letters.drain(..) {
-            self.dead.write(&d)?;
-        }
+        self.process_record(&rec)?;
         self.positions.insert((rec.topic, partition), offset + 1);
         let now = Instant::now();
         self.first_record.get_or_insert(now);
@@ -134,6 +128,23 @@ impl Processor {
             unsafe {
                 libc::kill(libc::getpid(), libc::SIGKILL);
             }
+        }
+        Ok(())
+    }
+
+    /// One record through the engine; its results to the sinks, its dead letters out.
+    fn process_record(&mut self, rec: &SourceRecord) -> Result<(), RunError> {
+        resolve_writer(&mut self.engine, self.registry.as_mut(), rec.value.bytes())?;
+        let (writer, sinks) = (&mut self.writer, &mut self.sinks);
+        self.engine.process(
+            &self.store,
+            rec,
+            &mut |e| writer.write(&e, sinks),
+            &mut self.dead_letters,
+        )?;
+        self.writer.check()?;
+        for d in self.dead_letters.drain(..) {
+            self.dead.write(&d)?;
         }
         Ok(())
     }
@@ -162,9 +173,20 @@ impl Processor {
         // rewrites the same bytes instead of appending them twice.
         let mut lengths = Vec::with_capacity(self.sinks.len());
         for s in self.sinks.iter_mut() {
+            let t = Instant::now();
             lengths.push(s.as_sink().flush()?);
+            let label = s.label();
+            self.live.record(Telemetry::SinkFlushed {
+                sink: &label,
+                took: t.elapsed(),
+            });
         }
+        let t = Instant::now();
         let dead_letter = self.dead.flush()?;
+        self.live.record(Telemetry::SinkFlushed {
+            sink: "dead_letter",
+            took: t.elapsed(),
+        });
         let offsets: Vec<(String, i32, i64)> = self
             .positions
             .iter()
@@ -185,6 +207,13 @@ impl Processor {
         let mut batch = WriteBatch::default();
         self.engine.windows.checkpoint_into(&mut batch)?;
         batch.put(META_KEY, meta);
+        match &self.engine.replay {
+            Some(g) => batch.put(
+                REPLAY_KEY,
+                bincode::serialize(g).map_err(|e| StateError::Corrupt(e.to_string()))?,
+            ),
+            None => batch.delete(REPLAY_KEY),
+        }
         self.store.write(batch)?;
         self.engine.windows.after_checkpoint();
         if let Some(c) = consumer {
@@ -193,11 +222,28 @@ impl Processor {
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
         self.checkpoints += 1;
-        tracing::debug!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "checkpoint"
-        );
+        self.live.record(Telemetry::CheckpointWritten {
+            took: started.elapsed(),
+            state_bytes: self.store.size_bytes(),
+        });
         Ok(())
+    }
+
+    /// The periodic snapshot for the live status.
+    fn publish(&self) {
+        let positions: Vec<(String, i32, i64)> = self
+            .positions
+            .iter()
+            .map(|((t, p), o)| (t.clone(), *p, *o))
+            .collect();
+        let event_times: Vec<(u32, i64)> = self.engine.watermarks.partitions().collect();
+        self.live.record(Telemetry::Progress {
+            counters: &self.engine.counters,
+            watermark: self.engine.watermarks.current(),
+            positions: &positions,
+            event_times: &event_times,
+            max_out_of_orderness_ms: self.plan.source.max_out_of_orderness_ms,
+        });
     }
 
     /// Step 3: commit the state's offsets of the partitions this member owns. A failed
@@ -225,8 +271,25 @@ impl Processor {
     }
 }
 
+/// This consumer's group member id (what `kafka-consumer-groups --describe` shows).
+fn member_id<C: ConsumerContext>(c: &BaseConsumer<C>) -> Option<String> {
+    // SAFETY: rd_kafka_memberid returns a string we own (or NULL), freed with
+    // rd_kafka_mem_free on the same handle.
+    unsafe {
+        let rk = c.client().native_ptr();
+        let p = rdkafka::bindings::rd_kafka_memberid(rk);
+        if p.is_null() {
+            return None;
+        }
+        let s = std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned();
+        rdkafka::bindings::rd_kafka_mem_free(rk, p as *mut std::ffi::c_void);
+        (!s.is_empty()).then_some(s)
+    }
+}
+
 struct Ctx {
     proc: Arc<Mutex<Processor>>,
+    live: Arc<Live>,
 }
 
 fn lock(p: &Mutex<Processor>) -> MutexGuard<'_, Processor> {
@@ -234,7 +297,22 @@ fn lock(p: &Mutex<Processor>) -> MutexGuard<'_, Processor> {
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the log end per partition.
+    fn stats(&self, stats: Statistics) {
+        for (name, t) in &stats.topics {
+            for (p, s) in &t.partitions {
+                if *p >= 0 && s.hi_offset >= 0 {
+                    self.live.record(Telemetry::LogEnd {
+                        topic: name,
+                        partition: *p,
+                        offset: s.hi_offset,
+                    });
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for Ctx {
     fn rebalance(&self, c: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
@@ -259,7 +337,16 @@ impl ConsumerContext for Ctx {
                     .iter()
                     .map(|e| format!("{}-{}", e.topic(), e.partition()))
                     .collect();
+                let owned: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
                 tracing::info!(partitions = ?parts, from_state = resumed.len(), "partitions assigned");
+                self.live.record(Telemetry::Assigned {
+                    member_id: member_id(c),
+                    partitions: &owned,
+                });
                 let r = if cooperative {
                     c.incremental_assign(tpl)
                 } else {
@@ -276,6 +363,12 @@ impl ConsumerContext for Ctx {
                     .map(|e| format!("{}-{}", e.topic(), e.partition()))
                     .collect();
                 tracing::info!(partitions = ?parts, "partitions revoked: checkpointing them");
+                let owned: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                self.live.record(Telemetry::Revoked { partitions: &owned });
                 let mut p = lock(&self.proc);
                 // A lost assignment cannot commit; the checkpoint still saves state.
                 let commit = (!c.assignment_lost()).then_some(c);
@@ -309,17 +402,25 @@ pub fn run_kafka(
 ) -> Result<Summary, RunError> {
     // The plan lives as long as the process; the rebalance callback needs it 'static.
     let plan: &'static Plan = Box::leak(Box::new(plan));
+    let live = opts
+        .live
+        .clone()
+        .unwrap_or_else(|| Arc::new(Live::new(&plan.name)));
     let mut backoff = Duration::from_millis(500);
+    // `retrying` (with the error) stays until a session is running again.
+    live.record(Telemetry::StateChanged(RunState::Starting));
     loop {
         let mut progressed = false;
-        match run_session(plan, opts, &stop, &mut progressed) {
+        match run_session(plan, opts, &live, &stop, &mut progressed) {
             Ok(s) => return Ok(s),
             Err(e) if e.is_retryable() => {
                 if progressed {
                     backoff = Duration::from_millis(500);
                 }
-                tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64,
-                    "pipeline session failed; restarting from the last checkpoint");
+                live.record(Telemetry::SessionFailed {
+                    error: &e.to_string(),
+                    retry_in: backoff,
+                });
                 let until = Instant::now() + backoff;
                 while Instant::now() < until {
                     if stop.load(Ordering::SeqCst) {
@@ -334,12 +435,13 @@ pub fn run_kafka(
     }
 }
 
-fn run_session(
+/// Opens the state, the sinks and the dead letter, and restores the engine from the last
+/// checkpoint.
+fn open_processor(
     plan: &'static Plan,
     opts: &KafkaOptions,
-    stop: &AtomicBool,
-    progressed: &mut bool,
-) -> Result<Summary, RunError> {
+    live: &Arc<Live>,
+) -> Result<(Processor, String, Option<u64>), RunError> {
     let (store, resume) = open_state(plan, &opts.state_dir)?;
     let mut registry = opts.conn.registry();
     let lengths = resume.as_ref().map(|c| c.sinks.clone()).unwrap_or_default();
@@ -369,12 +471,13 @@ fn run_session(
     if let Some(c) = resume {
         engine.restore(c.watermarks, c.counters, c.clock);
         engine.windows.restore(c.windows, &store)?;
+        engine.replay = load_guard(&store)?;
         for (t, p, o) in c.offsets {
             positions.insert((t, p), o);
         }
     }
     let writer = ResultWriter::new(plan, &mut sinks);
-    let proc = Arc::new(Mutex::new(Processor {
+    let p = Processor {
         plan,
         engine,
         store,
@@ -389,25 +492,44 @@ fn run_session(
         checkpoints: 0,
         processed_here: 0,
         kill: kill_after(),
+        live: live.clone(),
         first_record: None,
         last_record: None,
         failed: None,
         poisoned: false,
-    }));
+    };
+    Ok((p, dl_path, resumed_from))
+}
+
+fn run_session(
+    plan: &'static Plan,
+    opts: &KafkaOptions,
+    live: &Arc<Live>,
+    stop: &AtomicBool,
+    progressed: &mut bool,
+) -> Result<Summary, RunError> {
+    let (processor, dl_path, resumed_from) = open_processor(plan, opts, live)?;
+    let proc = Arc::new(Mutex::new(processor));
     let consumer: BaseConsumer<Ctx> = consumer_config(
         &opts.conn.brokers(),
         &plan.source.group,
         opts.instance_id.as_deref(),
         &opts.kafka_config,
     )
-    .create_with_context(Ctx { proc: proc.clone() })
+    .create_with_context(Ctx {
+        proc: proc.clone(),
+        live: live.clone(),
+    })
     .map_err(|e| RunError::Kafka(format!("cannot create the consumer: {e}")))?;
     let topics: Vec<&str> = plan.source.topics.iter().map(|s| s.as_str()).collect();
     consumer
         .subscribe(&topics)
         .map_err(|e| RunError::Kafka(format!("cannot subscribe to {topics:?}: {e}")))?;
     tracing::info!(pipeline = %plan.name, group = %plan.source.group, ?topics, "consuming");
+    live.record(Telemetry::StateChanged(RunState::Running));
+    lock(&proc).publish();
     let mut last_warning: Option<(String, Instant)> = None;
+    let mut last_publish = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let polled = consumer.poll(Duration::from_millis(100));
         let mut p = lock(&proc);
@@ -447,11 +569,16 @@ fn run_session(
             p.checkpoint(Some(&consumer))?;
             *progressed = true;
         }
+        if last_publish.elapsed() >= Duration::from_millis(250) {
+            p.publish();
+            last_publish = Instant::now();
+        }
     }
     // Graceful stop: a last checkpoint and commit, then leave the group.
     let summary = {
         let mut p = lock(&proc);
         p.checkpoint(Some(&consumer))?;
+        p.publish();
         Summary {
             counters: p.engine.counters.clone(),
             watermark: p.engine.watermarks.current(),
@@ -464,4 +591,166 @@ fn run_session(
     };
     consumer.unsubscribe();
     Ok(summary)
+}
+
+/// What `weir replay-dlq` did.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RedriveReport {
+    pub pipeline: String,
+    pub dead_letter_topic: String,
+    /// Dead-letter records read (up to the topic's end when the re-feed started).
+    pub read: u64,
+    /// This pipeline's records processed again.
+    pub refed: u64,
+    /// Records of other pipelines sharing the topic (left alone).
+    pub other_pipelines: u64,
+    /// Re-fed records that failed again (now back in the dead letter with their new reason).
+    pub failed_again: u64,
+    pub results_out: u64,
+}
+
+fn header<'a>(m: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a str> {
+    let h = m.headers()?;
+    h.iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// Re-feeds the pipeline's dead letters (the pipeline must not be running): reads its
+/// dead-letter topic from the offsets committed by the last re-feed (group
+/// `<group>-dlq-replay`) up to the end it has now, processes each record of this pipeline
+/// with its original coordinates, checkpoints (sinks acknowledged, state written; the source
+/// offsets do not move), then commits the dead-letter offsets. Records that fail again go
+/// back to the dead letter with their new reason. A crash before the commit re-feeds the
+/// same records again: their results are idempotent, their second failures are duplicates.
+pub fn redrive(plan: Plan, opts: &KafkaOptions) -> Result<RedriveReport, RunError> {
+    let topic = match &plan.dead_letter {
+        Some(d) if d.kind == SinkKind::Kafka => d.topic.clone().unwrap_or_default(),
+        _ => {
+            return Err(RunError::Usage(format!(
+                "pipeline `{}` has no dead-letter topic to re-feed: replay-dlq needs `dead_letter: {{type: kafka, topic: ...}}`",
+                plan.name
+            )))
+        }
+    };
+    let plan: &'static Plan = Box::leak(Box::new(plan));
+    let live = opts
+        .live
+        .clone()
+        .unwrap_or_else(|| Arc::new(Live::new(&plan.name)));
+    let (mut p, _, _) = open_processor(plan, opts, &live)?;
+    let group = format!("{}-dlq-replay", plan.source.group);
+    let mut cfg = rdkafka::config::ClientConfig::new();
+    cfg.set("bootstrap.servers", opts.conn.brokers())
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", "earliest");
+    for (k, v) in &opts.kafka_config {
+        cfg.set(k, v);
+    }
+    let c: BaseConsumer = cfg
+        .create()
+        .map_err(|e| RunError::Kafka(format!("cannot create a consumer: {e}")))?;
+    let timeout = Duration::from_secs(10);
+    let md = c
+        .fetch_metadata(Some(&topic), timeout)
+        .map_err(|e| RunError::Kafka(format!("metadata of `{topic}`: {e}")))?;
+    let mut all = TopicPartitionList::new();
+    for mt in md.topics() {
+        for part in mt.partitions() {
+            all.add_partition(&topic, part.id());
+        }
+    }
+    let committed = c
+        .committed_offsets(all, timeout)
+        .map_err(|e| RunError::Kafka(format!("committed offsets of `{group}`: {e}")))?;
+    let mut assign = TopicPartitionList::new();
+    // partition -> (next offset to read, end when the re-feed started)
+    let mut todo: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+    for e in committed.elements() {
+        let (lo, hi) = c
+            .fetch_watermarks(&topic, e.partition(), timeout)
+            .map_err(|er| RunError::Kafka(format!("offsets of {topic}-{}: {er}", e.partition())))?;
+        let from = match e.offset() {
+            Offset::Offset(o) => o.max(lo),
+            _ => lo,
+        };
+        if from < hi {
+            todo.insert(e.partition(), (from, hi));
+            let _ = assign.add_partition_offset(&topic, e.partition(), Offset::Offset(from));
+        }
+    }
+    let mut report = RedriveReport {
+        pipeline: plan.name.clone(),
+        dead_letter_topic: topic.clone(),
+        read: 0,
+        refed: 0,
+        other_pipelines: 0,
+        failed_again: 0,
+        results_out: 0,
+    };
+    let results_before = p.engine.counters.results_out;
+    if !todo.is_empty() {
+        c.assign(&assign)
+            .map_err(|e| RunError::Kafka(format!("assign `{topic}`: {e}")))?;
+        let total: i64 = todo.values().map(|(a, b)| b - a).sum();
+        // Bounded: a minute plus a millisecond per record.
+        let deadline = Instant::now() + Duration::from_secs(60) + Duration::from_millis(total as u64);
+        let mut pos: BTreeMap<i32, i64> = todo.iter().map(|(k, v)| (*k, v.0)).collect();
+        while pos.iter().any(|(k, o)| *o < todo[k].1) {
+            if Instant::now() > deadline {
+                return Err(RunError::Kafka(format!(
+                    "timed out reading `{topic}` ({} of {total} records read)",
+                    report.read
+                )));
+            }
+            let m = match c.poll(Duration::from_millis(200)) {
+                None => continue,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "dead-letter read error; retrying");
+                    continue;
+                }
+                Some(Ok(m)) => m,
+            };
+            let end = todo.get(&m.partition()).map(|t| t.1).unwrap_or(0);
+            pos.insert(m.partition(), m.offset() + 1);
+            if m.offset() >= end {
+                continue; // written after the re-feed started (maybe by it)
+            }
+            report.read += 1;
+            if header(&m, "weir-pipeline") != Some(plan.name.as_str()) {
+                report.other_pipelines += 1;
+                continue;
+            }
+            let num = |h: &str| header(&m, h).and_then(|v| v.parse::<i64>().ok());
+            let rec = SourceRecord {
+                topic: header(&m, "weir-source-topic")
+                    .unwrap_or_default()
+                    .to_string(),
+                partition: num("weir-source-partition").unwrap_or(0) as u32,
+                offset: num("weir-source-offset").unwrap_or(-1),
+                timestamp: num("weir-source-timestamp").or(m.timestamp().to_millis()),
+                key: m.key().map(|k| k.to_vec()),
+                value: Payload::Bytes(m.payload().unwrap_or(&[]).to_vec()),
+                line: 0,
+            };
+            let dead_before = p.engine.counters.dead_total();
+            p.process_record(&rec)?;
+            report.failed_again += p.engine.counters.dead_total() - dead_before;
+            report.refed += 1;
+        }
+        p.checkpoint(None)?;
+        let mut done = TopicPartitionList::new();
+        for (part, o) in &pos {
+            let _ = done.add_partition_offset(&topic, *part, Offset::Offset(*o));
+        }
+        c.commit(&done, CommitMode::Sync)
+            .map_err(|e| RunError::Kafka(format!("cannot commit the re-feed's offsets: {e}")))?;
+    }
+    report.results_out = p.engine.counters.results_out - results_before;
+    p.publish();
+    tracing::info!(pipeline = %plan.name, refed = report.refed, failed_again = report.failed_again, "dead letters re-fed");
+    Ok(report)
 }

@@ -19,6 +19,7 @@
 pub mod engine;
 pub mod kafka;
 pub mod outputs;
+pub mod replay;
 
 use crate::monitor::Counters;
 use crate::operators::watermark::Watermarks;
@@ -57,13 +58,17 @@ pub enum RunError {
     Kafka(String),
     #[error("{0}")]
     Registry(String),
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl RunError {
     /// Who must act: a user mistake, an outside failure, or a bug in Weir.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            RunError::Source(_) | RunError::OtherPipeline { .. } => ErrorKind::User,
+            RunError::Source(_) | RunError::OtherPipeline { .. } | RunError::Usage(_) => {
+                ErrorKind::User
+            }
             RunError::Sink(SinkError::Truncated { .. }) | RunError::BadCheckpoint(_) => {
                 ErrorKind::User
             }
@@ -114,7 +119,7 @@ pub struct Summary {
     pub active: Option<std::time::Duration>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Checkpoint {
     pipeline: String,
     /// Records consumed from the input file.
@@ -172,12 +177,44 @@ fn resolve_writer(
     }
 }
 
+/// A stopped pipeline's checkpoint, as `weir serve` shows it.
+pub struct CheckpointView {
+    pub offsets: Vec<(String, i32, i64)>,
+    pub counters: Counters,
+    pub watermark: i64,
+}
+
+/// Reads the last checkpoint of a pipeline that is not running.
+pub fn peek_checkpoint(
+    plan: &Plan,
+    state_dir: &std::path::Path,
+) -> Result<Option<CheckpointView>, RunError> {
+    let (_store, cp) = open_state(plan, state_dir)?;
+    Ok(cp.map(|c| CheckpointView {
+        offsets: c.offsets,
+        counters: c.counters,
+        watermark: c.watermarks.current(),
+    }))
+}
+
 /// Opens the state directory and reads its last checkpoint, refusing another pipeline's.
 fn open_state(
     plan: &Plan,
     state_dir: &std::path::Path,
 ) -> Result<(Store, Option<Checkpoint>), RunError> {
-    let store = Store::open(state_dir, &plan.state)?;
+    open_state_with(plan, state_dir, false)
+}
+
+fn open_state_with(
+    plan: &Plan,
+    state_dir: &std::path::Path,
+    read_only: bool,
+) -> Result<(Store, Option<Checkpoint>), RunError> {
+    let store = if read_only {
+        Store::open_read_only(state_dir, &plan.state)?
+    } else {
+        Store::open(state_dir, &plan.state)?
+    };
     let resume: Option<Checkpoint> = match store.get(META_KEY)? {
         None => None,
         Some(bytes) => Some(

@@ -64,6 +64,17 @@ impl AnySink {
             AnySink::Postgres(p) => p.as_mut(),
         }
     }
+
+    /// The sink's name in telemetry: `kafka:<topic>`, `postgres:<table>`, `file:<path>`.
+    pub fn label(&mut self) -> String {
+        let kind = match self {
+            AnySink::File(_) => "file",
+            AnySink::Stdout(_) => "stdout",
+            AnySink::Kafka(_) => "kafka",
+            AnySink::Postgres(_) => "postgres",
+        };
+        format!("{kind}:{}", self.as_sink().name())
+    }
 }
 
 fn open_err(name: &str, e: impl std::fmt::Display) -> SinkError {

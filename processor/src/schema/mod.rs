@@ -52,6 +52,13 @@ impl SchemaResolver {
         SchemaResolver { dirs }
     }
 
+    /// Schemas from one directory only (a deployed pipeline's own copies).
+    pub fn in_dir(dir: &Path) -> SchemaResolver {
+        SchemaResolver {
+            dirs: vec![dir.to_path_buf()],
+        }
+    }
+
     pub fn find(&self, name: &str) -> Result<PathBuf, SchemaError> {
         let direct = Path::new(name);
         if direct.is_absolute() && direct.is_file() {

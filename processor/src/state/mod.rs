@@ -101,6 +101,16 @@ pub struct Store {
 
 impl Store {
     pub fn open(dir: &Path, cfg: &StateDef) -> Result<Store, StateError> {
+        Store::open_with(dir, cfg, false)
+    }
+
+    /// Opens without taking the directory's lock, to read a running pipeline's state (as of
+    /// its last write); writes fail.
+    pub fn open_read_only(dir: &Path, cfg: &StateDef) -> Result<Store, StateError> {
+        Store::open_with(dir, cfg, true)
+    }
+
+    fn open_with(dir: &Path, cfg: &StateDef, read_only: bool) -> Result<Store, StateError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         let mut table = BlockBasedOptions::default();
@@ -116,7 +126,12 @@ impl Store {
         opts.set_max_write_buffer_number(2);
         opts.set_compression_type(DBCompressionType::Lz4);
         opts.set_max_open_files(256);
-        let db = DB::open(&opts, dir).map_err(|source| StateError::Open {
+        let db = if read_only {
+            DB::open_for_read_only(&opts, dir, false)
+        } else {
+            DB::open(&opts, dir)
+        };
+        let db = db.map_err(|source| StateError::Open {
             path: dir.display().to_string(),
             source,
         })?;

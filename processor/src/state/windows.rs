@@ -62,6 +62,64 @@ pub struct WindowMeta {
     last_update_wm: i64,
 }
 
+/// While a replay is reprocessing records the state already counted
+/// ([`crate::runtime::replay`]): such a record only counts in windows starting in
+/// `[floor, ceil)` (those the replay discarded), and windows starting before `floor` are
+/// closed as they were before the rewind (`old_watermark`).
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayFilter {
+    pub floor: i64,
+    pub ceil: i64,
+    pub old_watermark: i64,
+    /// The current record was processed before the rewind.
+    pub replayed: bool,
+}
+
+impl WindowMeta {
+    /// Forgets the open windows starting in `[floor, ceil)`; returns them, so that their
+    /// entries can be deleted from RocksDB.
+    pub fn discard(&mut self, floor: i64, ceil: i64) -> Vec<WindowId> {
+        let hit = |id: &WindowId| id.start >= floor && id.start < ceil;
+        let gone: Vec<WindowId> = self
+            .open
+            .iter()
+            .filter(|(id, _)| hit(id))
+            .map(|(id, _)| *id)
+            .collect();
+        self.open.retain(|(id, _)| !hit(id));
+        self.pending.retain(|(id, _)| !hit(id));
+        gone
+    }
+}
+
+/// Removes the sessions starting in `[floor, ceil)` from the store (into `batch`); returns
+/// how many.
+pub fn discard_sessions(
+    store: &Store,
+    batch: &mut WriteBatch,
+    floor: i64,
+    ceil: i64,
+) -> Result<usize, StateError> {
+    let mut n = 0;
+    for (k, v) in store.scan(b"s")? {
+        let list: Vec<Session> =
+            bincode::deserialize(&v).map_err(|e| StateError::Corrupt(e.to_string()))?;
+        let before = list.len();
+        let kept: Vec<Session> = list
+            .into_iter()
+            .filter(|s| !(s.start >= floor && s.start < ceil))
+            .collect();
+        n += before - kept.len();
+        if kept.is_empty() {
+            batch.delete(&k);
+        } else if kept.len() != before {
+            let bytes = bincode::serialize(&kept).map_err(|e| StateError::Corrupt(e.to_string()))?;
+            batch.put(&k, bytes);
+        }
+    }
+    Ok(n)
+}
+
 pub enum Added {
     Ok,
     /// Every window of the event had closed.
@@ -86,6 +144,8 @@ pub struct WindowState {
     last_update_wm: i64,
     assign_buf: Vec<(i64, i64)>,
     last_slot_len: usize,
+    /// Set by the engine for each record while a replay is in progress.
+    pub replay: Option<ReplayFilter>,
 }
 
 fn decode_acc(v: &[u8]) -> Result<WindowAcc, StateError> {
@@ -112,6 +172,7 @@ impl WindowState {
             last_update_wm: i64::MIN,
             assign_buf: Vec::with_capacity(4),
             last_slot_len: 0,
+            replay: None,
         }
     }
 
@@ -180,13 +241,32 @@ impl WindowState {
         offset: i64,
         watermark: i64,
     ) -> Result<Added, StateError> {
+        let replay = self.replay;
         if let WindowAssigner::Session { gap } = self.assigner {
+            let mut watermark = watermark;
+            if let Some(r) = replay {
+                if r.replayed && !(ts >= r.floor && ts < r.ceil) {
+                    return Ok(Added::Late);
+                }
+                if ts < r.floor {
+                    watermark = watermark.max(r.old_watermark);
+                }
+            }
             return Ok(self.add_session(plan, partition, key, row, ts, offset, watermark, gap));
         }
         let mut any = false;
         let mut windows = std::mem::take(&mut self.assign_buf);
         window::assign(self.assigner, ts, &mut windows);
         for &(start, end) in &windows {
+            let mut watermark = watermark;
+            if let Some(r) = replay {
+                if r.replayed && !(start >= r.floor && start < r.ceil) {
+                    continue; // counted before the rewind, in a window the replay kept
+                }
+                if start < r.floor {
+                    watermark = watermark.max(r.old_watermark);
+                }
+            }
             if watermark >= end.saturating_add(self.grace) {
                 continue; // this window has closed
             }

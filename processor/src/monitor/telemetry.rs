@@ -1,0 +1,326 @@
+//! Typed telemetry: every observation a running pipeline reports goes through
+//! [`Live::record`] as a [`Telemetry`] value. One place turns it into a log line (`tracing`)
+//! and into the live status that `weir serve` shows (`/api/pipelines/{name}`, `/metrics`,
+//! the web page). Counters that must survive restarts (records in/out, dead letters) live
+//! in the checkpointed [`super::Counters`] and are copied here by [`Telemetry::Progress`].
+
+use super::Counters;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What a pipeline is doing, as `weir status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Deployed, the consumer is joining the group.
+    #[default]
+    Starting,
+    Running,
+    /// A session failed (broker, sink, registry); retrying from the last checkpoint.
+    Retrying,
+    /// Paused by the user: the consumer left the group, the state is kept.
+    Paused,
+    /// Stopped for good after an error that retrying cannot fix (a bad state directory).
+    Failed,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Starting => "starting",
+            RunState::Running => "running",
+            RunState::Retrying => "retrying",
+            RunState::Paused => "paused",
+            RunState::Failed => "failed",
+        }
+    }
+}
+
+/// One partition of a source topic.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartitionStatus {
+    pub topic: String,
+    pub partition: i32,
+    /// The next offset the group has committed.
+    pub committed: Option<i64>,
+    /// The next offset the pipeline's state includes (its checkpoint, or its live position
+    /// while running; ahead of `committed` until the next checkpoint).
+    pub state_offset: Option<i64>,
+    /// The log-end offset (high watermark).
+    pub log_end: Option<i64>,
+    /// `log_end` minus the pipeline's position (or the committed offset).
+    pub lag: Option<i64>,
+    /// This partition's watermark (largest event time − max_out_of_orderness), ms.
+    pub watermark: Option<i64>,
+    /// The largest event time seen on this partition, ms.
+    pub last_event_time: Option<i64>,
+    /// The consumer-group member that owns it.
+    pub member: Option<String>,
+}
+
+/// A pipeline's live numbers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LiveStatus {
+    pub state: RunState,
+    pub member_id: Option<String>,
+    pub partitions: Vec<PartitionStatus>,
+    /// The pipeline watermark (ms since the epoch), once there is one.
+    pub watermark: Option<i64>,
+    pub counters: Counters,
+    /// Records in per second over the last few seconds.
+    pub events_per_second: f64,
+    /// Wall-clock time of the last checkpoint, ms since the epoch.
+    pub last_checkpoint: Option<i64>,
+    pub checkpoints: u64,
+    pub checkpoint_seconds_last: f64,
+    pub checkpoint_seconds_sum: f64,
+    /// RocksDB's estimate of the live state size.
+    pub state_bytes: u64,
+    /// Per sink: (flushes, seconds spent waiting for acknowledgements in all, last).
+    pub sink_flush: BTreeMap<String, SinkLatency>,
+    /// The last session error, while retrying.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SinkLatency {
+    pub flushes: u64,
+    pub seconds_sum: f64,
+    pub seconds_last: f64,
+}
+
+/// Everything a running pipeline reports.
+pub enum Telemetry<'a> {
+    StateChanged(RunState),
+    SessionFailed {
+        error: &'a str,
+        retry_in: Duration,
+    },
+    /// The pipeline stopped on an error that retrying cannot fix.
+    Failed { error: &'a str },
+    /// The consumer group assigned partitions to this member.
+    Assigned {
+        member_id: Option<String>,
+        partitions: &'a [(String, i32)],
+    },
+    Revoked {
+        partitions: &'a [(String, i32)],
+    },
+    /// A sink acknowledged everything written since the last checkpoint.
+    SinkFlushed { sink: &'a str, took: Duration },
+    CheckpointWritten { took: Duration, state_bytes: u64 },
+    /// The periodic snapshot of counters, positions and watermarks (every ~250 ms).
+    Progress {
+        counters: &'a Counters,
+        watermark: i64,
+        /// (topic, partition, next offset in state)
+        positions: &'a [(String, i32, i64)],
+        /// (partition, largest event time)
+        event_times: &'a [(u32, i64)],
+        max_out_of_orderness_ms: i64,
+    },
+    /// librdkafka's statistics: the log end per partition.
+    LogEnd { topic: &'a str, partition: i32, offset: i64 },
+}
+
+/// The shared live status of one pipeline.
+#[derive(Default)]
+pub struct Live {
+    name: String,
+    inner: Mutex<LiveInner>,
+}
+
+#[derive(Default)]
+struct LiveInner {
+    status: LiveStatus,
+    /// (topic, partition) -> (state offset, log end)
+    parts: BTreeMap<(String, i32), (Option<i64>, Option<i64>)>,
+    owned: Vec<(String, i32)>,
+    event_times: BTreeMap<u32, i64>,
+    ooo: i64,
+    rate_samples: Vec<(std::time::Instant, u64)>,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Live {
+    pub fn new(name: &str) -> Live {
+        Live {
+            name: name.to_string(),
+            inner: Mutex::new(LiveInner::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LiveInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn record(&self, t: Telemetry<'_>) {
+        let name = self.name.as_str();
+        let mut g = self.lock();
+        match t {
+            Telemetry::StateChanged(s) => {
+                if g.status.state != s {
+                    tracing::info!(pipeline = name, state = s.as_str(), "pipeline state");
+                }
+                g.status.state = s;
+                if s == RunState::Running {
+                    g.status.error = None;
+                }
+                if s == RunState::Paused {
+                    g.owned.clear();
+                    g.status.member_id = None;
+                    g.rate_samples.clear();
+                    g.status.events_per_second = 0.0;
+                }
+            }
+            Telemetry::SessionFailed { error, retry_in } => {
+                tracing::error!(pipeline = name, error, retry_in_ms = retry_in.as_millis() as u64,
+                    "pipeline session failed; restarting from the last checkpoint");
+                g.status.state = RunState::Retrying;
+                g.status.error = Some(error.to_string());
+                g.owned.clear();
+            }
+            Telemetry::Failed { error } => {
+                tracing::error!(pipeline = name, error, "pipeline stopped");
+                g.status.state = RunState::Failed;
+                g.status.error = Some(error.to_string());
+                g.owned.clear();
+            }
+            Telemetry::Assigned {
+                member_id,
+                partitions,
+            } => {
+                tracing::info!(pipeline = name, ?partitions, "partitions assigned");
+                for p in partitions {
+                    if !g.owned.contains(p) {
+                        g.owned.push(p.clone());
+                    }
+                    g.parts.entry(p.clone()).or_default();
+                }
+                g.owned.sort();
+                if member_id.is_some() {
+                    g.status.member_id = member_id;
+                }
+            }
+            Telemetry::Revoked { partitions } => {
+                tracing::info!(pipeline = name, ?partitions, "partitions revoked");
+                g.owned.retain(|p| !partitions.contains(p));
+            }
+            Telemetry::SinkFlushed { sink, took } => {
+                let s = g.status.sink_flush.entry(sink.to_string()).or_default();
+                s.flushes += 1;
+                s.seconds_last = took.as_secs_f64();
+                s.seconds_sum += took.as_secs_f64();
+            }
+            Telemetry::CheckpointWritten { took, state_bytes } => {
+                tracing::debug!(
+                    pipeline = name,
+                    took_ms = took.as_millis() as u64,
+                    state_bytes,
+                    "checkpoint"
+                );
+                g.status.checkpoints += 1;
+                g.status.checkpoint_seconds_last = took.as_secs_f64();
+                g.status.checkpoint_seconds_sum += took.as_secs_f64();
+                g.status.last_checkpoint = Some(now_ms());
+                g.status.state_bytes = state_bytes;
+            }
+            Telemetry::Progress {
+                counters,
+                watermark,
+                positions,
+                event_times,
+                max_out_of_orderness_ms,
+            } => {
+                g.status.counters = counters.clone();
+                g.status.watermark = (watermark > i64::MIN).then_some(watermark);
+                for (t, p, o) in positions {
+                    g.parts.entry((t.clone(), *p)).or_default().0 = Some(*o);
+                }
+                for (p, ts) in event_times {
+                    if *ts > i64::MIN {
+                        g.event_times.insert(*p, *ts);
+                    }
+                }
+                g.ooo = max_out_of_orderness_ms;
+                let now = std::time::Instant::now();
+                let n = counters.events_in;
+                g.rate_samples.push((now, n));
+                let horizon = Duration::from_secs(5);
+                while g.rate_samples.len() > 2 && now - g.rate_samples[0].0 > horizon {
+                    g.rate_samples.remove(0);
+                }
+                if let (Some(a), Some(b)) = (g.rate_samples.first(), g.rate_samples.last()) {
+                    let dt = (b.0 - a.0).as_secs_f64();
+                    if dt > 0.2 {
+                        g.status.events_per_second = (b.1.saturating_sub(a.1)) as f64 / dt;
+                    }
+                }
+            }
+            Telemetry::LogEnd {
+                topic,
+                partition,
+                offset,
+            } => {
+                if offset >= 0 {
+                    g.parts.entry((topic.to_string(), partition)).or_default().1 = Some(offset);
+                }
+            }
+        }
+    }
+
+    /// The status with per-partition rows (positions, log ends, lag, watermarks).
+    pub fn snapshot(&self) -> LiveStatus {
+        let g = self.lock();
+        let mut s = g.status.clone();
+        s.partitions = g
+            .parts
+            .iter()
+            .map(|((t, p), (pos, end))| {
+                let last = g.event_times.get(&(*p as u32)).copied();
+                PartitionStatus {
+                    topic: t.clone(),
+                    partition: *p,
+                    committed: None,
+                    state_offset: *pos,
+                    log_end: *end,
+                    lag: end.map(|e| (e - pos.unwrap_or(0)).max(0)),
+                    watermark: last.map(|t| t.saturating_sub(g.ooo)),
+                    last_event_time: last,
+                    member: g
+                        .owned
+                        .contains(&(t.clone(), *p))
+                        .then(|| g.status.member_id.clone().unwrap_or_else(|| "-".into())),
+                }
+            })
+            .collect();
+        s
+    }
+
+    /// Sets the state offsets read from a checkpoint (a paused pipeline at server start).
+    pub fn seed(&self, positions: &[(String, i32, i64)], counters: &Counters, watermark: i64) {
+        let mut g = self.lock();
+        for (t, p, o) in positions {
+            g.parts.entry((t.clone(), *p)).or_default().0 = Some(*o);
+        }
+        g.status.counters = counters.clone();
+        g.status.watermark = (watermark > i64::MIN).then_some(watermark);
+    }
+
+    /// Forgets positions (after a replay rewrote them, or a purge).
+    pub fn reset_positions(&self) {
+        let mut g = self.lock();
+        for v in g.parts.values_mut() {
+            v.0 = None;
+        }
+        g.event_times.clear();
+    }
+}

@@ -1,0 +1,230 @@
+//! The HTTP API of `weir serve` (axum). Every route is listed in [`ROUTES`] and described in
+//! `openapi.json` (served at `/openapi.json`; a test keeps the two equal). Handlers that
+//! wait on pipelines (deploy, pause, replay...) run on the blocking pool.
+//!
+//! Mutating routes (POST, DELETE) need `Authorization: Bearer <token>` when the server was
+//! given a token; a server bound beyond loopback refuses to start without one.
+
+use super::{ApiError, DeployRequest, ReplayRequest, Server};
+use crate::monitor::prometheus;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+
+/// (method, path) of every route, as in `openapi.json`.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/"),
+    ("get", "/openapi.json"),
+    ("get", "/metrics"),
+    ("get", "/api/health"),
+    ("get", "/api/pipelines"),
+    ("post", "/api/pipelines"),
+    ("get", "/api/pipelines/{name}"),
+    ("delete", "/api/pipelines/{name}"),
+    ("get", "/api/pipelines/{name}/offsets"),
+    ("post", "/api/pipelines/{name}/pause"),
+    ("post", "/api/pipelines/{name}/resume"),
+    ("post", "/api/pipelines/{name}/replay"),
+    ("post", "/api/pipelines/{name}/replay-dlq"),
+];
+
+pub const OPENAPI: &str = include_str!("openapi.json");
+const PAGE: &str = include_str!("page.html");
+
+#[derive(Clone)]
+struct AppState {
+    server: Arc<Server>,
+    token: Option<String>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let msg = self.to_string();
+        let (status, body) = match self {
+            ApiError::Invalid(problems) => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": msg, "problems": problems}),
+            ),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, json!({ "error": msg })),
+            ApiError::Incompatible { reasons, .. } => (
+                StatusCode::CONFLICT,
+                json!({"error": msg, "reasons": reasons}),
+            ),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, json!({ "error": msg })),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, json!({ "error": msg })),
+            ApiError::Internal(_) => (StatusCode::BAD_GATEWAY, json!({ "error": msg })),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// Runs a blocking server operation off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("the operation panicked: {e}")))?
+}
+
+async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let mutating = matches!(*req.method(), Method::POST | Method::DELETE | Method::PUT);
+    if let (true, Some(token)) = (mutating, &st.token) {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"error": "this server needs a token for changes: pass --token or set WEIR_TOKEN"})),
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+#[derive(Deserialize)]
+struct StopQuery {
+    #[serde(default)]
+    purge: bool,
+}
+
+pub fn router(server: Arc<Server>, token: Option<String>) -> Router {
+    let st = AppState { server, token };
+    Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+        .route(
+            "/metrics",
+            get(|State(st): State<AppState>| async move {
+                let text = prometheus::render(&st.server.all_live());
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    Body::from(text),
+                )
+            }),
+        )
+        .route("/api/health", get(|| async { Json(json!({"ok": true})) }))
+        .route(
+            "/api/pipelines",
+            get(|State(st): State<AppState>| async move { Json(st.server.list()) }).post(
+                |State(st): State<AppState>, Json(req): Json<DeployRequest>| async move {
+                    let s = st.server.clone();
+                    blocking(move || s.deploy(req)).await.map(|r| {
+                        let code = if r.outcome == "created" {
+                            StatusCode::CREATED
+                        } else {
+                            StatusCode::OK
+                        };
+                        (code, Json(r))
+                    })
+                },
+            ),
+        )
+        .route(
+            "/api/pipelines/{name}",
+            get(
+                |State(st): State<AppState>, Path(name): Path<String>| async move {
+                    st.server.status(&name).map(Json)
+                },
+            )
+            .delete(
+                |State(st): State<AppState>,
+                 Path(name): Path<String>,
+                 Query(q): Query<StopQuery>| async move {
+                    let s = st.server.clone();
+                    blocking(move || s.stop(&name, q.purge).map(|_| name))
+                        .await
+                        .map(|name| Json(json!({"name": name, "stopped": true, "purged": q.purge})))
+                },
+            ),
+        )
+        .route(
+            "/api/pipelines/{name}/offsets",
+            get(
+                |State(st): State<AppState>, Path(name): Path<String>| async move {
+                    let s = st.server.clone();
+                    blocking(move || s.offsets(&name)).await.map(Json)
+                },
+            ),
+        )
+        .route(
+            "/api/pipelines/{name}/pause",
+            post(
+                |State(st): State<AppState>, Path(name): Path<String>| async move {
+                    let s = st.server.clone();
+                    blocking(move || s.pause(&name)).await.map(Json)
+                },
+            ),
+        )
+        .route(
+            "/api/pipelines/{name}/resume",
+            post(
+                |State(st): State<AppState>, Path(name): Path<String>| async move {
+                    let s = st.server.clone();
+                    blocking(move || s.resume(&name)).await.map(Json)
+                },
+            ),
+        )
+        .route(
+            "/api/pipelines/{name}/replay",
+            post(
+                |State(st): State<AppState>,
+                 Path(name): Path<String>,
+                 Json(req): Json<ReplayRequest>| async move {
+                    let s = st.server.clone();
+                    blocking(move || s.replay(&name, &req)).await.map(Json)
+                },
+            ),
+        )
+        .route(
+            "/api/pipelines/{name}/replay-dlq",
+            post(
+                |State(st): State<AppState>, Path(name): Path<String>| async move {
+                    let s = st.server.clone();
+                    blocking(move || s.replay_dead_letters(&name))
+                        .await
+                        .map(Json)
+                },
+            ),
+        )
+        .layer(middleware::from_fn_with_state(st.clone(), auth))
+        .with_state(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_description_lists_every_route_and_no_other() {
+        let spec: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json parses");
+        assert_eq!(spec["openapi"], "3.0.3");
+        let mut documented: Vec<(String, String)> = Vec::new();
+        for (path, item) in spec["paths"].as_object().expect("paths") {
+            for method in item.as_object().expect("path item").keys() {
+                documented.push((method.clone(), path.clone()));
+            }
+        }
+        let mut routes: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        documented.sort();
+        routes.sort();
+        assert_eq!(documented, routes);
+    }
+}

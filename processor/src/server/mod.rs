@@ -1,0 +1,868 @@
+//! `weir serve`: one process that hosts many pipelines.
+//!
+//! Each deployed pipeline runs [`run_kafka`] on its own thread with its own consumer group,
+//! state directory and [`Live`] status. Deployed definitions (and copies of their schemas)
+//! persist in the data directory, so a restarted server resumes them:
+//!
+//! ```text
+//!   <data>/pipelines/<name>/definition.yaml   the deployed definition
+//!   <data>/pipelines/<name>/schemas/*.avsc    the schemas it was deployed with
+//!   <data>/pipelines/<name>/control.json      {"paused": bool}
+//!   <data>/state/<name>/                       RocksDB: windows, offsets, watermarks
+//! ```
+//!
+//! Stopping a pipeline removes its definition and keeps its state (a later deploy of the
+//! same name resumes it) unless a purge is asked for. The HTTP layer is in [`api`].
+
+pub mod api;
+
+use crate::monitor::offsets::group_offsets;
+use crate::monitor::telemetry::{Live, LiveStatus, PartitionStatus, RunState, Telemetry};
+use crate::pipeline::compile::Plan;
+use crate::pipeline::{load_str, Problem};
+use crate::runtime::kafka::{redrive, run_kafka, KafkaOptions, RedriveReport};
+use crate::runtime::outputs::Connections;
+use crate::runtime::replay::{self, ReplayFrom, ReplayPlan};
+use crate::runtime::RunError;
+use crate::schema::SchemaResolver;
+use serde::{Deserialize, Serialize};
+use serde_yaml::Value as Yaml;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How the server reaches Kafka, PostgreSQL and the registry, and how it checkpoints.
+#[derive(Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub conn: Connections,
+    pub checkpoint_interval: Duration,
+    pub checkpoint_every: u64,
+}
+
+/// What goes wrong in an API call; `api` maps each to an HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the definition has {} problem(s)", .0.len())]
+    Invalid(Vec<Problem>),
+    #[error("pipeline `{0}` is not deployed")]
+    NotFound(String),
+    #[error("the new definition of `{name}` changes its state's shape; redeploy with --reset-state (reset_state=true) to discard the state and reprocess the topic from the start")]
+    Incompatible { name: String, reasons: Vec<String> },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn internal(e: impl std::fmt::Display) -> ApiError {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+/// `POST /api/pipelines`: a definition and the schemas it names (file name -> text).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployRequest {
+    pub definition: String,
+    #[serde(default)]
+    pub schemas: BTreeMap<String, String>,
+    /// Discard the state when the new definition is not compatible with it.
+    #[serde(default)]
+    pub reset_state: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployResponse {
+    pub name: String,
+    /// `created`, `updated` (state kept), `reset` (state discarded) or `unchanged`.
+    pub outcome: String,
+    pub state: RunState,
+}
+
+/// One row of `GET /api/pipelines`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PipelineSummary {
+    pub name: String,
+    pub state: RunState,
+    pub group: String,
+    pub topics: Vec<String>,
+    pub events_in: u64,
+    pub results_out: u64,
+    pub dead_letters: u64,
+    pub lag: Option<i64>,
+    pub watermark: Option<i64>,
+    pub events_per_second: f64,
+    pub error: Option<String>,
+}
+
+/// `GET /api/pipelines/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PipelineStatus {
+    pub name: String,
+    pub description: Option<String>,
+    pub group: String,
+    pub topics: Vec<String>,
+    pub sinks: Vec<String>,
+    pub dead_letter: Option<String>,
+    #[serde(flatten)]
+    pub live: LiveStatus,
+}
+
+/// `GET /api/pipelines/{name}/offsets` and `weir offsets`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OffsetsReport {
+    pub group: String,
+    pub pipeline: Option<String>,
+    pub partitions: Vec<PartitionStatus>,
+}
+
+/// `POST /api/pipelines/{name}/replay`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplayRequest {
+    /// RFC 3339 time, `earliest`, or `partition:offset,...`.
+    pub from: String,
+    /// RFC 3339 time: only windows starting before it are rebuilt.
+    #[serde(default)]
+    pub to: Option<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+struct Runner {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Pipeline {
+    name: String,
+    yaml: String,
+    group: String,
+    topics: Vec<String>,
+    description: Option<String>,
+    sinks: Vec<String>,
+    dead_letter: Option<String>,
+    paused: bool,
+    live: Arc<Live>,
+    runner: Option<Runner>,
+}
+
+pub struct Server {
+    cfg: ServerConfig,
+    pipelines: Mutex<BTreeMap<String, Pipeline>>,
+    /// Serializes deploy/pause/resume/stop/replay: each may wait for a pipeline to stop.
+    ops: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn schema_names(yaml: &Yaml) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut push = |v: Option<&Yaml>| {
+        if let Some(s) = v.and_then(Yaml::as_str) {
+            out.push(s.to_string());
+        }
+    };
+    push(yaml.get("source").and_then(|s| s.get("schema")));
+    push(yaml.get("output").and_then(|s| s.get("schema")));
+    if let Some(Yaml::Mapping(m)) = yaml.get("source").and_then(|s| s.get("writer_schemas")) {
+        for v in m.values() {
+            push(Some(v));
+        }
+    }
+    out
+}
+
+/// The schema files a definition names, for `weir deploy` to send along.
+pub fn referenced_schemas(definition: &str) -> Vec<String> {
+    serde_yaml::from_str::<Yaml>(definition)
+        .map(|y| schema_names(&y))
+        .unwrap_or_default()
+}
+
+/// The parts of a definition that shape its state: key, window (without grace, which only
+/// moves the closing time) and aggregates. Two definitions with the same shape can share
+/// state, as Kafka Streams can keep a store when its topology is unchanged.
+fn state_shape(yaml: &str) -> Vec<(String, String)> {
+    let doc: Yaml = serde_yaml::from_str(yaml).unwrap_or(Yaml::Null);
+    let mut out = Vec::new();
+    let render = |v: &Yaml| serde_json::to_string(v).unwrap_or_default();
+    if let Some(Yaml::Sequence(steps)) = doc.get("steps") {
+        for s in steps {
+            if let Some(k) = s.get("key_by") {
+                out.push(("key_by".to_string(), render(k)));
+            }
+            if let Some(w) = s.get("window") {
+                let mut w = w.clone();
+                if let Yaml::Mapping(m) = &mut w {
+                    m.remove("grace");
+                }
+                out.push(("window".to_string(), render(&w)));
+            }
+            if let Some(a) = s.get("aggregate").and_then(|a| a.get("outputs")) {
+                out.push(("aggregate.outputs".to_string(), render(a)));
+            }
+        }
+    }
+    if let Some(t) = doc.get("source").and_then(|s| s.get("event_time")) {
+        out.push(("source.event_time".to_string(), render(t)));
+    }
+    out
+}
+
+fn incompatibilities(old: &str, new: &str) -> Vec<String> {
+    let (a, b) = (state_shape(old), state_shape(new));
+    let mut reasons = Vec::new();
+    let names: Vec<&String> = a.iter().chain(b.iter()).map(|(k, _)| k).collect();
+    let mut seen = Vec::new();
+    for n in names {
+        if seen.contains(&n) {
+            continue;
+        }
+        seen.push(n);
+        let va: Vec<&String> = a.iter().filter(|(k, _)| k == n).map(|(_, v)| v).collect();
+        let vb: Vec<&String> = b.iter().filter(|(k, _)| k == n).map(|(_, v)| v).collect();
+        if va != vb {
+            let show = |v: &[&String]| {
+                if v.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                }
+            };
+            reasons.push(format!(
+                "{n} changes from {} to {}",
+                show(&va),
+                show(&vb)
+            ));
+        }
+    }
+    reasons
+}
+
+impl Server {
+    pub fn new(cfg: ServerConfig) -> Server {
+        Server {
+            cfg,
+            pipelines: Mutex::new(BTreeMap::new()),
+            ops: Mutex::new(()),
+        }
+    }
+
+    fn pipeline_dir(&self, name: &str) -> PathBuf {
+        self.cfg.data_dir.join("pipelines").join(name)
+    }
+
+    fn state_dir(&self, name: &str) -> PathBuf {
+        self.cfg.data_dir.join("state").join(name)
+    }
+
+    /// Compiles a definition with schemas from `schemas_dir`.
+    fn compile(yaml: &str, schemas_dir: &Path) -> Result<Plan, Vec<Problem>> {
+        let loaded = load_str(yaml, "definition", &SchemaResolver::in_dir(schemas_dir));
+        match loaded.plan {
+            Some(p) if loaded.problems.is_empty() => Ok(p),
+            _ => Err(loaded.problems),
+        }
+    }
+
+    fn describe(plan: &Plan, yaml: &str, live: Arc<Live>, paused: bool) -> Pipeline {
+        let sink_name = |s: &crate::pipeline::SinkDef| {
+            let target = s
+                .topic
+                .clone()
+                .or_else(|| s.table.clone())
+                .or_else(|| s.path.clone())
+                .unwrap_or_default();
+            format!("{}:{}", s.kind_name(), target)
+        };
+        let description = serde_yaml::from_str::<Yaml>(yaml).ok().and_then(|y| {
+            y.get("description")
+                .and_then(Yaml::as_str)
+                .map(str::to_string)
+        });
+        Pipeline {
+            name: plan.name.clone(),
+            yaml: yaml.to_string(),
+            group: plan.source.group.clone(),
+            topics: plan.source.topics.clone(),
+            description,
+            sinks: plan.sinks.iter().map(sink_name).collect(),
+            dead_letter: plan.dead_letter.as_ref().map(sink_name),
+            paused,
+            live,
+            runner: None,
+        }
+    }
+
+    /// Loads every deployed pipeline and starts those not paused.
+    pub fn load_all(&self) -> Result<(), String> {
+        let dir = self.cfg.data_dir.join("pipelines");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join("definition.yaml").is_file())
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .collect();
+        names.sort();
+        for name in names {
+            let pdir = self.pipeline_dir(&name);
+            let yaml = match std::fs::read_to_string(pdir.join("definition.yaml")) {
+                Ok(y) => y,
+                Err(e) => {
+                    tracing::error!(pipeline = %name, error = %e, "cannot read the deployed definition");
+                    continue;
+                }
+            };
+            let paused = std::fs::read_to_string(pdir.join("control.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| v.get("paused").and_then(|p| p.as_bool()))
+                .unwrap_or(false);
+            let plan = match Self::compile(&yaml, &pdir.join("schemas")) {
+                Ok(p) => p,
+                Err(problems) => {
+                    for p in problems {
+                        tracing::error!(pipeline = %name, problem = %p, "deployed definition no longer compiles");
+                    }
+                    continue;
+                }
+            };
+            let live = Arc::new(Live::new(&name));
+            self.seed_from_state(&plan, &live);
+            let mut p = Self::describe(&plan, &yaml, live, paused);
+            if paused {
+                p.live.record(Telemetry::StateChanged(RunState::Paused));
+            } else {
+                p.runner = Some(self.start(plan, p.live.clone()));
+            }
+            tracing::info!(pipeline = %name, paused, "resumed deployed pipeline");
+            lock(&self.pipelines).insert(name, p);
+        }
+        Ok(())
+    }
+
+    /// Shows a stopped pipeline's checkpointed offsets and counters.
+    fn seed_from_state(&self, plan: &Plan, live: &Live) {
+        let dir = self.state_dir(&plan.name);
+        if !dir.exists() {
+            return;
+        }
+        match crate::runtime::peek_checkpoint(plan, &dir) {
+            Ok(Some(cp)) => live.seed(&cp.offsets, &cp.counters, cp.watermark),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(pipeline = %plan.name, error = %e, "cannot read the state"),
+        }
+    }
+
+    fn options(&self, plan: &Plan, live: Arc<Live>) -> KafkaOptions {
+        KafkaOptions {
+            state_dir: self.state_dir(&plan.name),
+            conn: self.cfg.conn.clone(),
+            instance_id: None,
+            checkpoint_every: self.cfg.checkpoint_every,
+            checkpoint_interval: self.cfg.checkpoint_interval,
+            output: None,
+            dead_letter: None,
+            kafka_config: self.cfg.conn.kafka_config.clone(),
+            stop_after: None,
+            live: Some(live),
+        }
+    }
+
+    fn start(&self, plan: Plan, live: Arc<Live>) -> Runner {
+        let stop = Arc::new(AtomicBool::new(false));
+        let opts = self.options(&plan, live.clone());
+        let flag = stop.clone();
+        let name = plan.name.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("pipeline-{name}"))
+            .spawn(move || match run_kafka(plan, &opts, flag) {
+                Ok(s) => {
+                    tracing::info!(pipeline = %name, summary = %s.counters, "pipeline stopped");
+                }
+                Err(e) => live.record(Telemetry::Failed {
+                    error: &e.to_string(),
+                }),
+            });
+        let thread = match thread {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the pipeline thread");
+                None
+            }
+        };
+        Runner { stop, thread }
+    }
+
+    /// Stops a pipeline's thread gracefully (last checkpoint, commit, leave the group).
+    fn halt(runner: Option<Runner>) {
+        if let Some(r) = runner {
+            r.stop.store(true, Ordering::SeqCst);
+            if let Some(t) = r.thread {
+                let _ = t.join();
+            }
+        }
+    }
+
+    fn persist_control(&self, name: &str, paused: bool) -> Result<(), ApiError> {
+        let path = self.pipeline_dir(name).join("control.json");
+        std::fs::write(path, format!("{{\"paused\": {paused}}}\n")).map_err(ApiError::internal)
+    }
+
+    pub fn deploy(&self, req: DeployRequest) -> Result<DeployResponse, ApiError> {
+        let _op = lock(&self.ops);
+        // Compile against the schemas sent along, in a staging directory.
+        let staging = self.cfg.data_dir.join("staging");
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(staging.join("schemas")).map_err(ApiError::internal)?;
+        for (file, text) in &req.schemas {
+            if file.contains('/') || file.contains('\\') || file.starts_with('.') {
+                return Err(ApiError::BadRequest(format!(
+                    "schema file name `{file}` must be a plain file name"
+                )));
+            }
+            std::fs::write(staging.join("schemas").join(file), text).map_err(ApiError::internal)?;
+        }
+        let plan = Self::compile(&req.definition, &staging.join("schemas"))
+            .map_err(ApiError::Invalid)?;
+        let name = plan.name.clone();
+        if !valid_name(&name) {
+            return Err(ApiError::Invalid(vec![Problem {
+                file: "definition".into(),
+                line: None,
+                path: "name".into(),
+                message: format!("`{name}` cannot name a deployed pipeline"),
+                fix: "use letters, digits, `-`, `_` and `.` (at most 100)".into(),
+            }]));
+        }
+        // An existing deployment, or state left by a stopped one.
+        let previous_yaml = lock(&self.pipelines).get(&name).map(|p| p.yaml.clone());
+        let kept_yaml = previous_yaml.clone().or_else(|| {
+            std::fs::read_to_string(self.state_dir(&name).join("definition.yaml")).ok()
+        });
+        let mut outcome = if previous_yaml.is_some() {
+            "updated"
+        } else {
+            "created"
+        };
+        if previous_yaml.as_deref() == Some(req.definition.as_str()) && !req.reset_state {
+            let p = lock(&self.pipelines);
+            let state = p
+                .get(&name)
+                .map(|p| p.live.snapshot().state)
+                .unwrap_or_default();
+            // Schemas may have changed: compare them too before calling it unchanged.
+            let same_schemas = req.schemas.iter().all(|(f, t)| {
+                std::fs::read_to_string(self.pipeline_dir(&name).join("schemas").join(f))
+                    .is_ok_and(|old| &old == t)
+            });
+            if same_schemas {
+                return Ok(DeployResponse {
+                    name,
+                    outcome: "unchanged".into(),
+                    state,
+                });
+            }
+        }
+        let mut reset = false;
+        if let Some(old) = &kept_yaml {
+            let reasons = incompatibilities(old, &req.definition);
+            if !reasons.is_empty() {
+                if !req.reset_state {
+                    return Err(ApiError::Incompatible { name, reasons });
+                }
+                reset = true;
+            }
+        }
+        if req.reset_state {
+            reset = true;
+        }
+        // Stop the running version, install the new files, start again.
+        let (runner, paused, live) = {
+            let mut ps = lock(&self.pipelines);
+            match ps.get_mut(&name) {
+                Some(p) => (p.runner.take(), p.paused, p.live.clone()),
+                None => (None, false, Arc::new(Live::new(&name))),
+            }
+        };
+        Self::halt(runner);
+        if reset && self.state_dir(&name).exists() {
+            self.reset_state(&plan)?;
+            outcome = "reset";
+        }
+        let pdir = self.pipeline_dir(&name);
+        let _ = std::fs::remove_dir_all(&pdir);
+        std::fs::create_dir_all(pdir.parent().unwrap_or(Path::new(".")))
+            .map_err(ApiError::internal)?;
+        std::fs::rename(&staging, &pdir).map_err(ApiError::internal)?;
+        std::fs::write(pdir.join("definition.yaml"), &req.definition).map_err(ApiError::internal)?;
+        self.persist_control(&name, paused)?;
+        // The state remembers the definition it was built by (for compatibility after a stop).
+        std::fs::create_dir_all(self.state_dir(&name)).map_err(ApiError::internal)?;
+        std::fs::write(self.state_dir(&name).join("definition.yaml"), &req.definition)
+            .map_err(ApiError::internal)?;
+        let mut p = Self::describe(&plan, &req.definition, live, paused);
+        if !paused {
+            p.runner = Some(self.start(plan, p.live.clone()));
+        }
+        let state = if paused {
+            RunState::Paused
+        } else {
+            RunState::Starting
+        };
+        lock(&self.pipelines).insert(name.clone(), p);
+        tracing::info!(pipeline = %name, outcome, "deployed");
+        Ok(DeployResponse {
+            name,
+            outcome: outcome.into(),
+            state,
+        })
+    }
+
+    /// Discards a pipeline's state and rewinds its group to the earliest offsets (as
+    /// Kafka Streams' application reset tool does), so that the state is rebuilt.
+    fn reset_state(&self, plan: &Plan) -> Result<(), ApiError> {
+        replay::rewind_group(
+            &self.cfg.conn.brokers(),
+            &plan.source.group,
+            &plan.source.topics,
+            &ReplayFrom::Earliest,
+            &self.cfg.conn.kafka_config,
+        )
+        .map_err(|e| ApiError::Internal(format!("cannot rewind group `{}`: {e}", plan.source.group)))?;
+        let dir = self.state_dir(&plan.name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(ApiError::internal)?;
+        }
+        Ok(())
+    }
+
+    pub fn list(&self) -> Vec<PipelineSummary> {
+        lock(&self.pipelines)
+            .values()
+            .map(|p| {
+                let s = p.live.snapshot();
+                let lag = s
+                    .partitions
+                    .iter()
+                    .filter_map(|p| p.lag)
+                    .reduce(|a, b| a + b);
+                PipelineSummary {
+                    name: p.name.clone(),
+                    state: s.state,
+                    group: p.group.clone(),
+                    topics: p.topics.clone(),
+                    events_in: s.counters.events_in,
+                    results_out: s.counters.results_out,
+                    dead_letters: s.counters.dead_total(),
+                    lag,
+                    watermark: s.watermark,
+                    events_per_second: s.events_per_second,
+                    error: s.error,
+                }
+            })
+            .collect()
+    }
+
+    pub fn status(&self, name: &str) -> Result<PipelineStatus, ApiError> {
+        let ps = lock(&self.pipelines);
+        let p = ps
+            .get(name)
+            .ok_or_else(|| ApiError::NotFound(name.to_string()))?;
+        Ok(PipelineStatus {
+            name: p.name.clone(),
+            description: p.description.clone(),
+            group: p.group.clone(),
+            topics: p.topics.clone(),
+            sinks: p.sinks.clone(),
+            dead_letter: p.dead_letter.clone(),
+            live: p.live.snapshot(),
+        })
+    }
+
+    /// Every pipeline's live status, for `/metrics`.
+    pub fn all_live(&self) -> Vec<(String, LiveStatus)> {
+        lock(&self.pipelines)
+            .values()
+            .map(|p| (p.name.clone(), p.live.snapshot()))
+            .collect()
+    }
+
+    /// The group's committed and log-end offsets joined with the pipeline's own view.
+    pub fn offsets(&self, name: &str) -> Result<OffsetsReport, ApiError> {
+        let (group, topics, live) = {
+            let ps = lock(&self.pipelines);
+            let p = ps
+                .get(name)
+                .ok_or_else(|| ApiError::NotFound(name.to_string()))?;
+            (p.group.clone(), p.topics.clone(), p.live.snapshot())
+        };
+        let g = group_offsets(
+            &self.cfg.conn.brokers(),
+            &group,
+            &topics,
+            false,
+            &self.cfg.conn.kafka_config,
+            Duration::from_secs(5),
+        )
+        .map_err(ApiError::Internal)?;
+        let mut rows = g.partitions;
+        for r in rows.iter_mut() {
+            if let Some(l) = live
+                .partitions
+                .iter()
+                .find(|l| l.topic == r.topic && l.partition == r.partition)
+            {
+                r.state_offset = l.state_offset;
+                r.watermark = l.watermark;
+                r.last_event_time = l.last_event_time;
+                r.member = l.member.clone();
+                // The pipeline's position is ahead of the committed offset between
+                // checkpoints: lag counts from what it has processed.
+                if let (Some(end), Some(pos)) = (r.log_end, l.state_offset.or(r.committed)) {
+                    r.lag = Some((end - pos).max(0));
+                }
+            }
+        }
+        Ok(OffsetsReport {
+            group,
+            pipeline: Some(name.to_string()),
+            partitions: rows,
+        })
+    }
+
+    pub fn pause(&self, name: &str) -> Result<PipelineSummary, ApiError> {
+        let _op = lock(&self.ops);
+        let (runner, live) = {
+            let mut ps = lock(&self.pipelines);
+            let p = ps
+                .get_mut(name)
+                .ok_or_else(|| ApiError::NotFound(name.to_string()))?;
+            p.paused = true;
+            (p.runner.take(), p.live.clone())
+        };
+        Self::halt(runner);
+        live.record(Telemetry::StateChanged(RunState::Paused));
+        self.persist_control(name, true)?;
+        self.summary(name)
+    }
+
+    pub fn resume(&self, name: &str) -> Result<PipelineSummary, ApiError> {
+        let _op = lock(&self.ops);
+        self.resume_locked(name)?;
+        self.summary(name)
+    }
+
+    fn resume_locked(&self, name: &str) -> Result<(), ApiError> {
+        let mut ps = lock(&self.pipelines);
+        let p = ps
+            .get_mut(name)
+            .ok_or_else(|| ApiError::NotFound(name.to_string()))?;
+        if p
+            .runner
+            .as_ref()
+            .and_then(|r| r.thread.as_ref())
+            .is_some_and(|t| !t.is_finished())
+        {
+            return Ok(()); // already running
+        }
+        let plan = Self::compile(&p.yaml, &self.pipeline_dir(name).join("schemas"))
+            .map_err(|ps| ApiError::Internal(format!("the deployed definition no longer compiles: {}", ps.len())))?;
+        p.paused = false;
+        p.runner = Some(self.start(plan, p.live.clone()));
+        drop(ps);
+        self.persist_control(name, false)
+    }
+
+    fn summary(&self, name: &str) -> Result<PipelineSummary, ApiError> {
+        self.list()
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| ApiError::NotFound(name.to_string()))
+    }
+
+    /// Undeploys a pipeline; its state is kept (a later deploy resumes it) unless `purge`.
+    pub fn stop(&self, name: &str, purge: bool) -> Result<(), ApiError> {
+        let _op = lock(&self.ops);
+        let (runner, yaml, live) = {
+            let mut ps = lock(&self.pipelines);
+            let p = ps
+                .get_mut(name)
+                .ok_or_else(|| ApiError::NotFound(name.to_string()))?;
+            (p.runner.take(), p.yaml.clone(), p.live.clone())
+        };
+        Self::halt(runner);
+        if purge {
+            let plan = Self::compile(&yaml, &self.pipeline_dir(name).join("schemas"))
+                .map_err(|_| ApiError::Internal("the deployed definition no longer compiles".into()))?;
+            if let Err(e) = self.reset_state(&plan) {
+                // Keep it deployed (paused) rather than half-purged.
+                if let Some(p) = lock(&self.pipelines).get_mut(name) {
+                    p.paused = true;
+                }
+                live.record(Telemetry::StateChanged(RunState::Paused));
+                self.persist_control(name, true)?;
+                return Err(ApiError::Internal(format!(
+                    "{e}; the pipeline is paused and its state kept"
+                )));
+            }
+        }
+        lock(&self.pipelines).remove(name);
+        let _ = std::fs::remove_dir_all(self.pipeline_dir(name));
+        tracing::info!(pipeline = %name, purge, "stopped");
+        Ok(())
+    }
+
+    /// Pauses the pipeline, rewinds it (group offsets and state), and resumes it.
+    pub fn replay(&self, name: &str, req: &ReplayRequest) -> Result<ReplayPlan, ApiError> {
+        let _op = lock(&self.ops);
+        let from = ReplayFrom::parse(&req.from).map_err(ApiError::BadRequest)?;
+        let to = match &req.to {
+            Some(t) => Some(replay::parse_time(t).map_err(ApiError::BadRequest)?),
+            None => None,
+        };
+        let (yaml, was_paused) = {
+            let ps = lock(&self.pipelines);
+            let p = ps
+                .get(name)
+                .ok_or_else(|| ApiError::NotFound(name.to_string()))?;
+            (p.yaml.clone(), p.paused)
+        };
+        let schemas = self.pipeline_dir(name).join("schemas");
+        let plan = Self::compile(&yaml, &schemas)
+            .map_err(|_| ApiError::Internal("the deployed definition no longer compiles".into()))?;
+        if req.dry_run {
+            return replay::plan_replay(
+                &plan,
+                &self.state_dir(name),
+                &from,
+                to,
+                &self.cfg.conn.brokers(),
+                &self.cfg.conn.kafka_config,
+                true,
+            )
+            .map_err(replay_err);
+        }
+        let (runner, live) = {
+            let mut ps = lock(&self.pipelines);
+            let p = ps
+                .get_mut(name)
+                .ok_or_else(|| ApiError::NotFound(name.to_string()))?;
+            (p.runner.take(), p.live.clone())
+        };
+        Self::halt(runner);
+        live.record(Telemetry::StateChanged(RunState::Paused));
+        let result = replay::plan_replay(
+            &plan,
+            &self.state_dir(name),
+            &from,
+            to,
+            &self.cfg.conn.brokers(),
+            &self.cfg.conn.kafka_config,
+            false,
+        );
+        live.reset_positions();
+        self.seed_from_state(&plan, &live);
+        if !was_paused {
+            self.resume_locked(name)?;
+        }
+        result.map_err(replay_err)
+    }
+
+    /// Pauses the pipeline, re-feeds its dead letters, and resumes it.
+    pub fn replay_dead_letters(&self, name: &str) -> Result<RedriveReport, ApiError> {
+        let _op = lock(&self.ops);
+        let (yaml, was_paused, runner, live) = {
+            let mut ps = lock(&self.pipelines);
+            let p = ps
+                .get_mut(name)
+                .ok_or_else(|| ApiError::NotFound(name.to_string()))?;
+            (p.yaml.clone(), p.paused, p.runner.take(), p.live.clone())
+        };
+        Self::halt(runner);
+        live.record(Telemetry::StateChanged(RunState::Paused));
+        let result = Self::compile(&yaml, &self.pipeline_dir(name).join("schemas"))
+            .map_err(|_| ApiError::Internal("the deployed definition no longer compiles".into()))
+            .and_then(|plan| {
+                let opts = self.options(&plan, live.clone());
+                redrive(plan, &opts).map_err(|e| match e {
+                    RunError::Usage(m) => ApiError::BadRequest(m),
+                    other => replay_err(other),
+                })
+            });
+        if !was_paused {
+            self.resume_locked(name)?;
+        }
+        result
+    }
+
+    /// Stops every pipeline gracefully (server shutdown); their deployments persist.
+    pub fn shutdown(&self) {
+        let _op = lock(&self.ops);
+        let runners: Vec<Runner> = lock(&self.pipelines)
+            .values_mut()
+            .filter_map(|p| p.runner.take())
+            .collect();
+        for r in &runners {
+            r.stop.store(true, Ordering::SeqCst);
+        }
+        for r in runners {
+            if let Some(t) = r.thread {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+fn replay_err(e: RunError) -> ApiError {
+    match e {
+        RunError::Kafka(m) => ApiError::Internal(m),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "name: a\nsteps:\n  - key_by: [user]\n  - window: {type: tumbling, size: 1m, grace: 5s}\n  - aggregate:\n      outputs:\n        n: {fn: count}\n      emit: final\n";
+
+    #[test]
+    fn grace_and_emit_changes_keep_state_key_changes_do_not() {
+        let b = A.replace("grace: 5s", "grace: 30s").replace("final", "update");
+        assert!(incompatibilities(A, &b).is_empty());
+        let c = A.replace("[user]", "[page]");
+        let r = incompatibilities(A, &c);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert!(r[0].starts_with("key_by changes from [\"user\"] to [\"page\"]"), "{r:?}");
+        let d = A.replace("size: 1m", "size: 5m");
+        assert!(incompatibilities(A, &d)[0].starts_with("window changes"));
+    }
+
+    #[test]
+    fn names_safe_for_directories() {
+        assert!(valid_name("clicks-per-minute_v2.1"));
+        assert!(!valid_name("../x"));
+        assert!(!valid_name(".hidden"));
+        assert!(!valid_name(""));
+    }
+}
