@@ -44,8 +44,16 @@ fn serve(broker: &Broker, data: &Path, log: PathBuf) -> Served {
         if out.status.success() {
             break;
         }
-        assert!(proc.exited().is_none(), "weir serve exited: {}", proc.log_text());
-        assert!(Instant::now() < deadline, "weir serve did not answer: {}", proc.log_text());
+        assert!(
+            proc.exited().is_none(),
+            "weir serve exited: {}",
+            proc.log_text()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "weir serve did not answer: {}",
+            proc.log_text()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     Served { proc, url }
@@ -83,8 +91,16 @@ fn http_get(url: &str) -> String {
 fn wait_for(what: &str, within: Duration, served: &mut Served, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !cond() {
-        assert!(served.proc.exited().is_none(), "weir serve exited: {}", tail(&served.proc.log_text()));
-        assert!(Instant::now() < deadline, "timed out waiting for {what}; log:\n{}", tail(&served.proc.log_text()));
+        assert!(
+            served.proc.exited().is_none(),
+            "weir serve exited: {}",
+            tail(&served.proc.log_text())
+        );
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; log:\n{}",
+            tail(&served.proc.log_text())
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
 }
@@ -97,7 +113,15 @@ fn tail(s: &str) -> String {
 /// Total lag of a served pipeline, from `weir offsets --pipeline` (committed offsets must
 /// have caught up too).
 fn caught_up(url: &str, pipeline: &str) -> bool {
-    let out = weir(&["offsets", "--pipeline", pipeline, "--server", url, "--output", "json"]);
+    let out = weir(&[
+        "offsets",
+        "--pipeline",
+        pipeline,
+        "--server",
+        url,
+        "--output",
+        "json",
+    ]);
     if !out.status.success() {
         return false;
     }
@@ -117,10 +141,16 @@ fn second_pipeline(s: &Scenario) -> (PathBuf, String, String) {
     let table_b = format!("{}_b", s.table);
     let dlq_b = format!("{}-b", s.dlq);
     let yaml = yaml
-        .replace(&format!("\nname: {}\n", s.name), &format!("\nname: {}-b\n", s.name))
+        .replace(
+            &format!("\nname: {}\n", s.name),
+            &format!("\nname: {}-b\n", s.name),
+        )
         .replace("group: weir-", "group: weir-b-")
         .replace(&format!("table: {}", s.table), &format!("table: {table_b}"))
-        .replace(&format!("topic: {}", s.out_topic), &format!("topic: {}-b", s.out_topic))
+        .replace(
+            &format!("topic: {}", s.out_topic),
+            &format!("topic: {}-b", s.out_topic),
+        )
         .replace(&format!("topic: {}", s.dlq), &format!("topic: {dlq_b}"));
     let path = s.dir.path().join("pipeline-b.yaml");
     std::fs::write(&path, yaml).expect("pipeline b");
@@ -131,10 +161,14 @@ fn chromium() -> Option<String> {
     if let Ok(c) = std::env::var("WEIR_CHROMIUM") {
         return Some(c);
     }
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"]
-        .iter()
-        .find(|p| Path::new(p).is_file())
-        .map(|p| p.to_string())
+    [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ]
+    .iter()
+    .find(|p| Path::new(p).is_file())
+    .map(|p| p.to_string())
 }
 
 fn browser(url: &str, extra: &[&str], profile: &Path) -> Output {
@@ -171,10 +205,16 @@ fn check_web_page(url: &str, names: &[&str], dir: &Path) {
     }
     let dom = text(&browser(url, &["--dump-dom"], &dir.join("profile-dom")).stdout);
     for n in names {
-        assert!(dom.contains(&format!("data-name=\"{n}\"")), "page lacks pipeline {n}:\n{dom}");
+        assert!(
+            dom.contains(&format!("data-name=\"{n}\"")),
+            "page lacks pipeline {n}:\n{dom}"
+        );
     }
     assert!(dom.contains("data-state=\"running\""), "{dom}");
-    assert!(dom.contains("class=\"total-lag\">0<"), "lag 0 is not shown:\n{dom}");
+    assert!(
+        dom.contains("class=\"total-lag\">0<"),
+        "lag 0 is not shown:\n{dom}"
+    );
     assert!(dom.contains("data-partition="), "no partition rows:\n{dom}");
     let shot = dir.join("weir-page.png");
     let out = browser(
@@ -197,7 +237,9 @@ fn check_web_page(url: &str, names: &[&str], dir: &Path) {
     let green = (0..n)
         .filter(|&i| {
             let p = px(i);
-            (p[0] as i32 - 0x1a).abs() < 12 && (p[1] as i32 - 0x7f).abs() < 12 && (p[2] as i32 - 0x37).abs() < 12
+            (p[0] as i32 - 0x1a).abs() < 12
+                && (p[1] as i32 - 0x7f).abs() < 12
+                && (p[2] as i32 - 0x37).abs() < 12
         })
         .count();
     let ink = (0..n).filter(|&i| px(i).iter().all(|&c| c < 100)).count();
@@ -205,8 +247,16 @@ fn check_web_page(url: &str, names: &[&str], dir: &Path) {
     let keep = weir_tests::repo().join("target").join("weir-page.png");
     let _ = std::fs::create_dir_all(keep.parent().expect("parent"));
     let _ = std::fs::copy(&shot, &keep);
-    assert!(green > 300 * names.len(), "running badges not drawn: {green} green pixels ({})", keep.display());
-    assert!(ink > 2_000, "almost no text drawn: {ink} dark pixels ({})", keep.display());
+    assert!(
+        green > 300 * names.len(),
+        "running badges not drawn: {green} green pixels ({})",
+        keep.display()
+    );
+    assert!(
+        ink > 2_000,
+        "almost no text drawn: {ink} dark pixels ({})",
+        keep.display()
+    );
 }
 
 #[test]
@@ -234,7 +284,10 @@ fn serve_deploy_watch_replay_refeed_restart() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let err = text(&out.stderr);
     assert!(err.contains("steps[1].window.type"), "{err}");
-    assert!(err.contains("steps[2].aggregate.outputs.events.fn"), "{err}");
+    assert!(
+        err.contains("steps[2].aggregate.outputs.events.fn"),
+        "{err}"
+    );
     assert!(err.contains("fix:"), "{err}");
 
     // Deploy two pipelines on the same topic.
@@ -244,51 +297,114 @@ fn serve_deploy_watch_replay_refeed_restart() {
     assert!(ok(weir(&["deploy", &b_path, "--server", &url])).contains("served-b: created"));
     assert!(ok(weir(&["deploy", &a_path, "--server", &url])).contains("served: unchanged"));
     let list = json(weir(&["pipelines", "--server", &url, "--output", "json"]));
-    let names: Vec<&str> = list.as_array().expect("list").iter().filter_map(|p| p["name"].as_str()).collect();
+    let names: Vec<&str> = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
     assert_eq!(names, ["served", "served-b"]);
 
-    s.produce(&broker.bootstrap, 0..s.batches.len(), Duration::from_millis(50));
+    s.produce(
+        &broker.bootstrap,
+        0..s.batches.len(),
+        Duration::from_millis(50),
+    );
 
     // Lag falls to zero for both, in `weir offsets` (committed == log end)...
-    wait_for("pipeline A to catch up", Duration::from_secs(180), &mut served, || caught_up(&url, "served"));
-    wait_for("pipeline B to catch up", Duration::from_secs(180), &mut served, || caught_up(&url, "served-b"));
+    wait_for(
+        "pipeline A to catch up",
+        Duration::from_secs(180),
+        &mut served,
+        || caught_up(&url, "served"),
+    );
+    wait_for(
+        "pipeline B to catch up",
+        Duration::from_secs(180),
+        &mut served,
+        || caught_up(&url, "served-b"),
+    );
     let watch = ok(weir(&[
-        "offsets", "--pipeline", "served", "--watch", "--count", "3", "--interval", "200ms",
-        "--server", &url, "--output", "json",
+        "offsets",
+        "--pipeline",
+        "served",
+        "--watch",
+        "--count",
+        "3",
+        "--interval",
+        "200ms",
+        "--server",
+        &url,
+        "--output",
+        "json",
     ]));
-    let frames: Vec<Value> = watch.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    let frames: Vec<Value> = watch
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
     assert_eq!(frames.len(), 3, "{watch}");
     for f in &frames {
         for p in f["partitions"].as_array().expect("partitions") {
             assert_eq!(p["lag"], 0, "{p}");
-            assert!(p["watermark"].as_i64().is_some() && p["last_event_time"].as_i64().is_some(), "{p}");
+            assert!(
+                p["watermark"].as_i64().is_some() && p["last_event_time"].as_i64().is_some(),
+                "{p}"
+            );
             assert!(p["state_offset"] == p["log_end"], "{p}");
             assert!(p["member"].as_str().is_some_and(|m| !m.is_empty()), "{p}");
         }
     }
-    let table = ok(weir(&["offsets", "--pipeline", "served-b", "--server", &url]));
-    assert!(table.contains("total lag 0") && table.contains("COMMITTED"), "{table}");
+    let table = ok(weir(&[
+        "offsets",
+        "--pipeline",
+        "served-b",
+        "--server",
+        &url,
+    ]));
+    assert!(
+        table.contains("total lag 0") && table.contains("COMMITTED"),
+        "{table}"
+    );
     // ... for any group, straight from the broker ...
     let group = json(weir(&[
-        "offsets", "--group", &format!("weir-b-served-{}-{}", std::process::id(), 0x5e7e_0001u64),
-        "--topic", &s.source, "--brokers", &broker.bootstrap, "--members", "false", "--output", "json",
+        "offsets",
+        "--group",
+        &format!("weir-b-served-{}-{}", std::process::id(), 0x5e7e_0001u64),
+        "--topic",
+        &s.source,
+        "--brokers",
+        &broker.bootstrap,
+        "--members",
+        "false",
+        "--output",
+        "json",
     ]));
     let gp = group["partitions"].as_array().expect("partitions");
     assert_eq!(gp.len(), 4);
-    assert!(gp.iter().all(|p| p["lag"] == 0 && p["committed"] == p["log_end"]), "{group}");
+    assert!(
+        gp.iter()
+            .all(|p| p["lag"] == 0 && p["committed"] == p["log_end"]),
+        "{group}"
+    );
 
     // ... and the sinks hold the expected aggregates.
     let rows_a = s.wait_for_table(Duration::from_secs(60), &mut || true);
     assert_same("pipeline A's table", &rows_a, &s.expected);
-    wait_for("pipeline B's table", Duration::from_secs(60), &mut served, || {
-        rows_in(&table_b).is_ok_and(|r| r == s.expected)
-    });
+    wait_for(
+        "pipeline B's table",
+        Duration::from_secs(60),
+        &mut served,
+        || rows_in(&table_b).is_ok_and(|r| r == s.expected),
+    );
     s.check_dead_letters(&broker);
 
     // Status, metrics and the web page.
     let status = ok(weir(&["status", "served", "--server", &url]));
     assert!(status.contains("state:           running"), "{status}");
-    assert!(status.contains(&format!("kafka:{}", s.out_topic)), "{status}");
+    assert!(
+        status.contains(&format!("kafka:{}", s.out_topic)),
+        "{status}"
+    );
     let metrics = http_get(&format!("{url}/metrics"));
     let events_in = 8_000 + 4; // with the sentinels
     for want in [
@@ -296,13 +412,22 @@ fn serve_deploy_watch_replay_refeed_restart() {
         format!("weir_records_in_total{{pipeline=\"served-b\"}} {events_in}\n"),
         "weir_pipeline_up{pipeline=\"served\",state=\"running\"} 1\n".to_string(),
         "weir_dead_letters_total{pipeline=\"served\",reason=\"late\"} ".to_string(),
-        format!("weir_consumer_lag{{pipeline=\"served\",topic=\"{}\",partition=\"3\"}} 0\n", s.source),
+        format!(
+            "weir_consumer_lag{{pipeline=\"served\",topic=\"{}\",partition=\"3\"}} 0\n",
+            s.source
+        ),
         "weir_checkpoint_duration_seconds_count{pipeline=\"served\"} ".to_string(),
-        format!("weir_sink_flush_duration_seconds_count{{pipeline=\"served\",sink=\"postgres:{}\"}} ", s.table),
+        format!(
+            "weir_sink_flush_duration_seconds_count{{pipeline=\"served\",sink=\"postgres:{}\"}} ",
+            s.table
+        ),
         "weir_state_size_bytes{pipeline=\"served\"} ".to_string(),
         "weir_event_time_lag_seconds{pipeline=\"served\"} ".to_string(),
     ] {
-        assert!(metrics.contains(&want), "/metrics lacks {want:?}:\n{metrics}");
+        assert!(
+            metrics.contains(&want),
+            "/metrics lacks {want:?}:\n{metrics}"
+        );
     }
     check_web_page(&url, &["served", "served-b"], s.dir.path());
 
@@ -319,11 +444,26 @@ fn serve_deploy_watch_replay_refeed_restart() {
         .expect("damage");
     assert!(damaged > 100, "{damaged} rows");
     pg.execute(
-        &format!("UPDATE {} SET events = -7 WHERE \"user\" = 'u01' AND window_start = to_timestamp({})", s.table, (from_ms - 20_000) / 1000),
+        &format!(
+            "UPDATE {} SET events = -7 WHERE \"user\" = 'u01' AND window_start = to_timestamp({})",
+            s.table,
+            (from_ms - 20_000) / 1000
+        ),
         &[],
     )
     .expect("marker");
-    let dry = json(weir(&["replay", "served", "--from", from, "--dry-run", "--server", &url, "--output", "json"]));
+    let dry = json(weir(&[
+        "replay",
+        "served",
+        "--from",
+        from,
+        "--dry-run",
+        "--server",
+        &url,
+        "--output",
+        "json",
+    ]));
+    eprintln!("replay dry run: {dry}");
     assert_eq!(dry["dry_run"], true);
     assert_eq!(dry["rebuild_from"], from_ms);
     for p in dry["partitions"].as_array().expect("partitions") {
@@ -331,25 +471,62 @@ fn serve_deploy_watch_replay_refeed_restart() {
     }
     std::thread::sleep(Duration::from_secs(1));
     assert!(caught_up(&url, "served"), "a dry run changed the offsets");
-    let plan = ok(weir(&["replay", "served", "--from", from, "--server", &url]));
+    let plan = ok(weir(&[
+        "replay", "served", "--from", from, "--server", &url,
+    ]));
+    eprintln!("replay:\n{plan}");
     assert!(plan.contains("will be rebuilt"), "{plan}");
-    wait_for("the replayed windows to converge", Duration::from_secs(120), &mut served, || {
-        rows_in(&s.table).is_ok_and(|r| {
-            r.iter().all(|(k, v)| {
-                k.1 < from_ms || s.expected.get(k) == Some(v)
-            }) && r.len() == s.expected.len()
-        })
-    });
-    wait_for("pipeline A to catch up after the replay", Duration::from_secs(120), &mut served, || caught_up(&url, "served"));
+    wait_for(
+        "the replayed windows to converge",
+        Duration::from_secs(120),
+        &mut served,
+        || {
+            rows_in(&s.table).is_ok_and(|r| {
+                r.iter()
+                    .all(|(k, v)| k.1 < from_ms || s.expected.get(k) == Some(v))
+                    && r.len() == s.expected.len()
+            })
+        },
+    );
+    wait_for(
+        "pipeline A to catch up after the replay",
+        Duration::from_secs(120),
+        &mut served,
+        || caught_up(&url, "served"),
+    );
     let rows = rows_in(&s.table).expect("rows");
     let marker = (String::from("u01"), from_ms - 20_000);
-    assert_eq!(rows.get(&marker).map(|v| v.0), Some(-7), "a window before the replay start was rewritten");
+    assert_eq!(
+        rows.get(&marker).map(|v| v.0),
+        Some(-7),
+        "a window before the replay start was rewritten"
+    );
     let mut want: Aggregates = s.expected.clone();
     want.insert(marker.clone(), (-7, s.expected[&marker].1));
     assert_same("pipeline A's table after the replay", &rows, &want);
-    let a = json(weir(&["status", "served", "--server", &url, "--output", "json"]));
-    assert!(a["counters"]["events_in"].as_i64().expect("events_in") > events_in as i64, "nothing was reprocessed: {a}");
-    assert_eq!(a["counters"]["dead_late"].as_i64(), Some(s.dead.values().filter(|d| d.1 == "late").count() as i64), "late events were counted twice: {a}");
+    let a = json(weir(&[
+        "status", "served", "--server", &url, "--output", "json",
+    ]));
+    eprintln!(
+        "after the replay: {}; log: {}",
+        a["counters"],
+        served
+            .proc
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("replay"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        a["counters"]["events_in"].as_i64().expect("events_in") > events_in as i64,
+        "nothing was reprocessed: {a}"
+    );
+    assert_eq!(
+        a["counters"]["dead_late"].as_i64(),
+        Some(s.dead.values().filter(|d| d.1 == "late").count() as i64),
+        "late events were counted twice: {a}"
+    );
     // Pipeline B was not touched.
     assert_eq!(rows_in(&table_b).expect("rows b"), s.expected);
 
@@ -357,17 +534,38 @@ fn serve_deploy_watch_replay_refeed_restart() {
     // (the id added to writer_schemas, a compatible redeploy) it is re-fed and counted.
     let future = 1_700_000_000_000i64 + 3_600_000;
     let p = producer(&broker.bootstrap);
-    produce(&p, &s.source, &[(1, b"u-fixed".to_vec(), click("u-fixed", 42, future, 77))]);
-    wait_for("the dead letter of schema id 77", Duration::from_secs(60), &mut served, || {
-        let v = json(weir(&["status", "served-b", "--server", &url, "--output", "json"]));
-        v["counters"]["dead_schema"].as_u64() == Some(s.dead.values().filter(|d| d.1 == "schema").count() as u64 + 1)
-    });
-    let fixed = std::fs::read_to_string(&pipeline_b)
-        .expect("b")
-        .replace("writer_schemas: {1: click.avsc}", "writer_schemas: {1: click.avsc, 77: click.avsc}");
+    produce(
+        &p,
+        &s.source,
+        &[(1, b"u-fixed".to_vec(), click("u-fixed", 42, future, 77))],
+    );
+    wait_for(
+        "the dead letter of schema id 77",
+        Duration::from_secs(60),
+        &mut served,
+        || {
+            let v = json(weir(&[
+                "status", "served-b", "--server", &url, "--output", "json",
+            ]));
+            v["counters"]["dead_schema"].as_u64()
+                == Some(s.dead.values().filter(|d| d.1 == "schema").count() as u64 + 1)
+        },
+    );
+    let fixed = std::fs::read_to_string(&pipeline_b).expect("b").replace(
+        "writer_schemas: {1: click.avsc}",
+        "writer_schemas: {1: click.avsc, 77: click.avsc}",
+    );
     std::fs::write(&pipeline_b, fixed).expect("fix");
     assert!(ok(weir(&["deploy", &b_path, "--server", &url])).contains("served-b: updated"));
-    let refeed = json(weir(&["replay-dlq", "served-b", "--server", &url, "--output", "json"]));
+    let refeed = json(weir(&[
+        "replay-dlq",
+        "served-b",
+        "--server",
+        &url,
+        "--output",
+        "json",
+    ]));
+    eprintln!("re-feed: {refeed}");
     let old_dead = s.dead.len() as u64;
     assert_eq!(refeed["read"].as_u64(), Some(old_dead + 1), "{refeed}");
     assert_eq!(refeed["refed"].as_u64(), Some(old_dead + 1), "{refeed}");
@@ -375,14 +573,30 @@ fn serve_deploy_watch_replay_refeed_restart() {
     assert_eq!(refeed["failed_again"].as_u64(), Some(old_dead), "{refeed}");
     // A sentinel an hour later closes the re-fed event's window.
     let close: Vec<_> = (0..4)
-        .map(|part| (part, format!("zz-close-{part}").into_bytes(), click(&format!("zz-close-{part}"), 0, future + 120_000, 1)))
+        .map(|part| {
+            (
+                part,
+                format!("zz-close-{part}").into_bytes(),
+                click(&format!("zz-close-{part}"), 0, future + 120_000, 1),
+            )
+        })
         .collect();
     produce(&p, &s.source, &close);
     let mut c = postgres::Client::connect(&pg_url(), postgres::NoTls).expect("pg");
-    wait_for("the re-fed event's window", Duration::from_secs(60), &mut served, || {
-        c.query(&format!("SELECT events, total FROM {table_b} WHERE \"user\" = 'u-fixed'"), &[])
-            .is_ok_and(|r| r.len() == 1 && r[0].get::<_, i64>(0) == 1 && r[0].get::<_, i64>(1) == 42)
-    });
+    wait_for(
+        "the re-fed event's window",
+        Duration::from_secs(60),
+        &mut served,
+        || {
+            c.query(
+                &format!("SELECT events, total FROM {table_b} WHERE \"user\" = 'u-fixed'"),
+                &[],
+            )
+            .is_ok_and(|r| {
+                r.len() == 1 && r[0].get::<_, i64>(0) == 1 && r[0].get::<_, i64>(1) == 42
+            })
+        },
+    );
     // The re-fed failures are back in B's dead letter with their reasons: each original
     // value twice now.
     let dl = weir_tests::kafka::read_all(&broker.bootstrap, &dlq_b, &broker.client_settings());
@@ -391,23 +605,46 @@ fn serve_deploy_watch_replay_refeed_restart() {
         assert!(n >= 2, "dead letter {v:?} is there {n} time(s)");
     }
     // A second re-feed finds only what the first one put back.
-    let again = json(weir(&["replay-dlq", "served-b", "--server", &url, "--output", "json"]));
+    let again = json(weir(&[
+        "replay-dlq",
+        "served-b",
+        "--server",
+        &url,
+        "--output",
+        "json",
+    ]));
     assert_eq!(again["read"].as_u64(), Some(old_dead), "{again}");
 
     // An incompatible change is refused, with the reason, unless --reset-state.
     let changed = s.dir.path().join("pipeline-b-5s.yaml");
-    std::fs::write(&changed, std::fs::read_to_string(&pipeline_b).expect("b").replace("size: 10s", "size: 5s")).expect("write");
+    std::fs::write(
+        &changed,
+        std::fs::read_to_string(&pipeline_b)
+            .expect("b")
+            .replace("size: 10s", "size: 5s"),
+    )
+    .expect("write");
     let out = weir(&["deploy", changed.to_str().expect("path"), "--server", &url]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("window changes from"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("window changes from"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // Pause and resume.
     assert!(ok(weir(&["pause", "served-b", "--server", &url])).contains("paused"));
-    let v = json(weir(&["status", "served-b", "--server", &url, "--output", "json"]));
+    let v = json(weir(&[
+        "status", "served-b", "--server", &url, "--output", "json",
+    ]));
     assert_eq!(v["state"], "paused");
 
     // A restarted server resumes its pipelines (B stays paused) from their state.
-    assert!(served.proc.stop(), "weir serve did not stop cleanly: {}", tail(&served.proc.log_text()));
+    assert!(
+        served.proc.stop(),
+        "weir serve did not stop cleanly: {}",
+        tail(&served.proc.log_text())
+    );
     let mut served = serve(&broker, &data, s.log());
     let url = served.url.clone();
     let list = json(weir(&["pipelines", "--server", &url, "--output", "json"]));
@@ -415,23 +652,53 @@ fn serve_deploy_watch_replay_refeed_restart() {
         .as_array()
         .expect("list")
         .iter()
-        .map(|p| (p["name"].as_str().unwrap_or("").to_string(), p["state"].as_str().unwrap_or("").to_string()))
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or("").to_string(),
+                p["state"].as_str().unwrap_or("").to_string(),
+            )
+        })
         .collect();
     assert_eq!(states[1], ("served-b".to_string(), "paused".to_string()));
-    wait_for("pipeline A to run again", Duration::from_secs(60), &mut served, || {
-        json(weir(&["status", "served", "--server", &url, "--output", "json"]))["state"] == "running"
-    });
-    wait_for("pipeline A to catch up after the restart", Duration::from_secs(60), &mut served, || caught_up(&url, "served"));
-    assert_same("pipeline A's table after the restart", &rows_in(&s.table).expect("rows"), &want);
+    wait_for(
+        "pipeline A to run again",
+        Duration::from_secs(60),
+        &mut served,
+        || {
+            json(weir(&[
+                "status", "served", "--server", &url, "--output", "json",
+            ]))["state"]
+                == "running"
+        },
+    );
+    wait_for(
+        "pipeline A to catch up after the restart",
+        Duration::from_secs(60),
+        &mut served,
+        || caught_up(&url, "served"),
+    );
+    assert_same(
+        "pipeline A's table after the restart",
+        &rows_in(&s.table).expect("rows"),
+        &want,
+    );
     assert!(ok(weir(&["resume", "served-b", "--server", &url])).contains("served-b"));
-    wait_for("pipeline B to catch up after resuming", Duration::from_secs(60), &mut served, || caught_up(&url, "served-b"));
+    wait_for(
+        "pipeline B to catch up after resuming",
+        Duration::from_secs(60),
+        &mut served,
+        || caught_up(&url, "served-b"),
+    );
 
     // Stop keeps the state unless purged.
     ok(weir(&["stop", "served-b", "--server", &url]));
     assert!(data.join("state").join("served-b").is_dir());
     ok(weir(&["stop", "served", "--purge", "--server", &url]));
     assert!(!data.join("state").join("served").exists());
-    assert_eq!(json(weir(&["pipelines", "--server", &url, "--output", "json"])), Value::Array(vec![]));
+    assert_eq!(
+        json(weir(&["pipelines", "--server", &url, "--output", "json"])),
+        Value::Array(vec![])
+    );
     assert!(served.proc.stop());
     s.drop_table();
     let _ = postgres::Client::connect(&pg_url(), postgres::NoTls)
@@ -444,31 +711,52 @@ fn serve_refuses_open_addresses_without_a_token_and_checks_tokens() {
     let data = dir.path().display().to_string();
     let out = weir(&["serve", "--listen", "0.0.0.0:0", "--data-dir", &data]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("give a --token"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("give a --token"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let args: Vec<String> = ["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir", &data, "--token", "s3cret"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let args: Vec<String> = [
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+        &data,
+        "--token",
+        "s3cret",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let mut p = WeirProcess::start(&args, dir.path().join("serve.log"), &[]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !weir(&["pipelines", "--server", &url]).status.success() {
-        assert!(Instant::now() < deadline && p.exited().is_none(), "{}", p.log_text());
+        assert!(
+            Instant::now() < deadline && p.exited().is_none(),
+            "{}",
+            p.log_text()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let pipeline = weir_tests::repo().join("pipelines/clickstream-kafka.yaml");
     let pipeline = pipeline.to_str().expect("path");
     let out = weir(&["deploy", pipeline, "--server", &url]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("401") && text(&out.stderr).contains("token"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("401") && text(&out.stderr).contains("token"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = weir(&["pause", "nope", "--server", &url, "--token", "wrong"]);
     assert!(text(&out.stderr).contains("401"), "{}", text(&out.stderr));
     let out = weir(&["pause", "nope", "--server", &url, "--token", "s3cret"]);
     assert!(text(&out.stderr).contains("404"), "{}", text(&out.stderr));
     // Reads need no token; the OpenAPI description is served.
-    let spec: Value = serde_json::from_str(&http_get(&format!("{url}/openapi.json"))).expect("spec");
+    let spec: Value =
+        serde_json::from_str(&http_get(&format!("{url}/openapi.json"))).expect("spec");
     assert!(spec["paths"]["/api/pipelines/{name}/replay"]["post"].is_object());
     assert!(p.stop());
 }

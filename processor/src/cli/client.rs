@@ -2,8 +2,8 @@
 //! replay, replay-dlq.
 
 use crate::runtime::engine::fmt_ms;
-use crate::server::{referenced_schemas, DeployRequest, ReplayRequest};
 use crate::schema::SchemaResolver;
+use crate::server::{referenced_schemas, DeployRequest, ReplayRequest};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use serde_json::Value;
@@ -51,7 +51,12 @@ impl Client {
     }
 
     /// Sends a request; returns the status and the JSON body.
-    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<(u16, Value)> {
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Value)> {
         let url = format!("{}{}", self.base, path);
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let result = match (method, body) {
@@ -107,7 +112,9 @@ impl Client {
 fn error_text(status: u16, v: &Value) -> String {
     let mut s = format!(
         "the server answered {status}: {}",
-        v.get("error").and_then(Value::as_str).unwrap_or(&v.to_string())
+        v.get("error")
+            .and_then(Value::as_str)
+            .unwrap_or(&v.to_string())
     );
     if let Some(rs) = v.get("reasons").and_then(Value::as_array) {
         for r in rs {
@@ -212,16 +219,26 @@ pub fn deploy(a: DeployArgs) -> anyhow::Result<ExitCode> {
             let file = a.pipeline.display().to_string();
             let problems = v["problems"].as_array().cloned().unwrap_or_default();
             for p in &problems {
-                let line = p["line"].as_u64().map(|l| format!(":{l}")).unwrap_or_default();
+                let line = p["line"]
+                    .as_u64()
+                    .map(|l| format!(":{l}"))
+                    .unwrap_or_default();
                 let path = p["path"].as_str().unwrap_or_default();
-                let path = if path.is_empty() { String::new() } else { format!("{path}: ") };
+                let path = if path.is_empty() {
+                    String::new()
+                } else {
+                    format!("{path}: ")
+                };
                 eprintln!(
                     "error: {file}{line}: {path}{}\n  fix: {}",
                     p["message"].as_str().unwrap_or_default(),
                     p["fix"].as_str().unwrap_or_default()
                 );
             }
-            eprintln!("{file}: {} problem(s); nothing was deployed", problems.len());
+            eprintln!(
+                "{file}: {} problem(s); nothing was deployed",
+                problems.len()
+            );
         }
         return Ok(ExitCode::from(1));
     }
@@ -247,7 +264,10 @@ fn rewrite_schema_paths(definition: &str) -> String {
     let names = referenced_schemas(definition);
     let mut out = definition.to_string();
     for n in names {
-        if let Some(file) = std::path::Path::new(&n).file_name().and_then(|f| f.to_str()) {
+        if let Some(file) = std::path::Path::new(&n)
+            .file_name()
+            .and_then(|f| f.to_str())
+        {
             if file != n {
                 out = out.replace(&n, file);
             }
@@ -288,7 +308,16 @@ pub fn pipelines(a: PipelinesArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     print_table(
-        &["NAME", "STATE", "IN", "OUT", "DEAD", "LAG", "EVENTS/S", "WATERMARK"],
+        &[
+            "NAME",
+            "STATE",
+            "IN",
+            "OUT",
+            "DEAD",
+            "LAG",
+            "EVENTS/S",
+            "WATERMARK",
+        ],
         &rows,
     );
     Ok(ExitCode::SUCCESS)
@@ -375,7 +404,14 @@ pub fn partition_table(parts: &Value, with_committed: bool) {
     if with_committed {
         h.push("COMMITTED");
     }
-    h.extend(["STATE", "LOG-END", "LAG", "WATERMARK", "LAST-EVENT", "MEMBER"]);
+    h.extend([
+        "STATE",
+        "LOG-END",
+        "LAG",
+        "WATERMARK",
+        "LAST-EVENT",
+        "MEMBER",
+    ]);
     print_table(&h, &rows);
 }
 

@@ -110,7 +110,9 @@ pub fn run(a: OffsetsArgs) -> anyhow::Result<ExitCode> {
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         match once(&a) {
             Ok(v) => {
-                if a.server.output == OutputFormat::Table && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                if a.server.output == OutputFormat::Table
+                    && std::io::IsTerminal::is_terminal(&std::io::stdout())
+                {
                     print!("\x1b[2J\x1b[H");
                 }
                 show(&a, &v);

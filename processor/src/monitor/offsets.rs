@@ -24,11 +24,7 @@ pub struct GroupOffsets {
     pub partitions: Vec<PartitionStatus>,
 }
 
-fn client(
-    brokers: &str,
-    group: &str,
-    extra: &[(String, String)],
-) -> Result<BaseConsumer, String> {
+fn client(brokers: &str, group: &str, extra: &[(String, String)]) -> Result<BaseConsumer, String> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
         .set("group.id", group)
@@ -74,7 +70,10 @@ pub fn members(c: &BaseConsumer, group: &str, timeout: Duration) -> Option<(Stri
         .map(|m| Member {
             id: m.id().to_string(),
             client_id: m.client_id().to_string(),
-            partitions: m.assignment().and_then(decode_assignment).unwrap_or_default(),
+            partitions: m
+                .assignment()
+                .and_then(decode_assignment)
+                .unwrap_or_default(),
         })
         .collect();
     Some((g.state().to_string(), members))

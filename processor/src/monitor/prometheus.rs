@@ -47,16 +47,23 @@ pub fn render(pipelines: &[(String, LiveStatus)]) -> String {
             f64::from(u8::from(s.state == RunState::Running)),
         );
     }
-    let counters: [(&str, &str, fn(&LiveStatus) -> u64); 3] = [
-        ("weir_records_in_total", "Records read from the source.", |s| {
-            s.counters.events_in
-        }),
-        ("weir_results_out_total", "Derived events emitted to the sinks.", |s| {
-            s.counters.results_out
-        }),
-        ("weir_filtered_total", "Events dropped by a filter step.", |s| {
-            s.counters.filtered
-        }),
+    type Counter = (&'static str, &'static str, fn(&LiveStatus) -> u64);
+    let counters: [Counter; 3] = [
+        (
+            "weir_records_in_total",
+            "Records read from the source.",
+            |s| s.counters.events_in,
+        ),
+        (
+            "weir_results_out_total",
+            "Derived events emitted to the sinks.",
+            |s| s.counters.results_out,
+        ),
+        (
+            "weir_filtered_total",
+            "Events dropped by a filter step.",
+            |s| s.counters.filtered,
+        ),
     ];
     for (name, help, f) in counters {
         o.head(name, "counter", help);
@@ -102,7 +109,11 @@ pub fn render(pipelines: &[(String, LiveStatus)]) -> String {
         "Records in per second over the last seconds.",
     );
     for (n, s) in pipelines {
-        o.sample("weir_events_per_second", &[("pipeline", n)], s.events_per_second);
+        o.sample(
+            "weir_events_per_second",
+            &[("pipeline", n)],
+            s.events_per_second,
+        );
     }
     o.head(
         "weir_consumer_lag",
@@ -242,12 +253,10 @@ mod tests {
         });
         let text = render(&[("a\"b".into(), s)]);
         assert!(text.contains("weir_records_in_total{pipeline=\"a\\\"b\"} 7\n"));
-        assert!(text.contains(
-            "weir_dead_letters_total{pipeline=\"a\\\"b\",reason=\"late\"} 2\n"
-        ));
-        assert!(text.contains(
-            "weir_consumer_lag{pipeline=\"a\\\"b\",topic=\"t\",partition=\"3\"} 5\n"
-        ));
+        assert!(text.contains("weir_dead_letters_total{pipeline=\"a\\\"b\",reason=\"late\"} 2\n"));
+        assert!(
+            text.contains("weir_consumer_lag{pipeline=\"a\\\"b\",topic=\"t\",partition=\"3\"} 5\n")
+        );
         assert!(text.contains("# TYPE weir_checkpoint_duration_seconds summary\n"));
     }
 }

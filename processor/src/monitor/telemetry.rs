@@ -99,7 +99,9 @@ pub enum Telemetry<'a> {
         retry_in: Duration,
     },
     /// The pipeline stopped on an error that retrying cannot fix.
-    Failed { error: &'a str },
+    Failed {
+        error: &'a str,
+    },
     /// The consumer group assigned partitions to this member.
     Assigned {
         member_id: Option<String>,
@@ -109,8 +111,14 @@ pub enum Telemetry<'a> {
         partitions: &'a [(String, i32)],
     },
     /// A sink acknowledged everything written since the last checkpoint.
-    SinkFlushed { sink: &'a str, took: Duration },
-    CheckpointWritten { took: Duration, state_bytes: u64 },
+    SinkFlushed {
+        sink: &'a str,
+        took: Duration,
+    },
+    CheckpointWritten {
+        took: Duration,
+        state_bytes: u64,
+    },
     /// The periodic snapshot of counters, positions and watermarks (every ~250 ms).
     Progress {
         counters: &'a Counters,
@@ -122,7 +130,11 @@ pub enum Telemetry<'a> {
         max_out_of_orderness_ms: i64,
     },
     /// librdkafka's statistics: the log end per partition.
-    LogEnd { topic: &'a str, partition: i32, offset: i64 },
+    LogEnd {
+        topic: &'a str,
+        partition: i32,
+        offset: i64,
+    },
 }
 
 /// The shared live status of one pipeline.
@@ -182,8 +194,12 @@ impl Live {
                 }
             }
             Telemetry::SessionFailed { error, retry_in } => {
-                tracing::error!(pipeline = name, error, retry_in_ms = retry_in.as_millis() as u64,
-                    "pipeline session failed; restarting from the last checkpoint");
+                tracing::error!(
+                    pipeline = name,
+                    error,
+                    retry_in_ms = retry_in.as_millis() as u64,
+                    "pipeline session failed; restarting from the last checkpoint"
+                );
                 g.status.state = RunState::Retrying;
                 g.status.error = Some(error.to_string());
                 g.owned.clear();

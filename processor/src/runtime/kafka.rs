@@ -38,13 +38,13 @@ use super::replay::{load_guard, REPLAY_KEY};
 use super::{kill_after, open_state, resolve_writer, Checkpoint, RunError, Summary};
 use crate::monitor::telemetry::{Live, RunState, Telemetry};
 use crate::pipeline::compile::Plan;
-use crate::schema::registry::Registry;
 use crate::pipeline::SinkKind;
+use crate::schema::registry::Registry;
 use crate::source::kafka::{consumer_config, record_of};
 use crate::source::{Payload, SourceRecord};
-use rdkafka::message::Headers;
 use crate::state::{StateError, Store, META_KEY};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::message::Headers;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -697,7 +697,8 @@ pub fn redrive(plan: Plan, opts: &KafkaOptions) -> Result<RedriveReport, RunErro
             .map_err(|e| RunError::Kafka(format!("assign `{topic}`: {e}")))?;
         let total: i64 = todo.values().map(|(a, b)| b - a).sum();
         // Bounded: a minute plus a millisecond per record.
-        let deadline = Instant::now() + Duration::from_secs(60) + Duration::from_millis(total as u64);
+        let deadline =
+            Instant::now() + Duration::from_secs(60) + Duration::from_millis(total as u64);
         let mut pos: BTreeMap<i32, i64> = todo.iter().map(|(k, v)| (*k, v.0)).collect();
         while pos.iter().any(|(k, o)| *o < todo[k].1) {
             if Instant::now() > deadline {

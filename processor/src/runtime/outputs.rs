@@ -73,7 +73,12 @@ impl AnySink {
             AnySink::Kafka(_) => "kafka",
             AnySink::Postgres(_) => "postgres",
         };
-        format!("{kind}:{}", self.as_sink().name())
+        let name = self.as_sink().name();
+        if name.starts_with(&format!("{kind}:")) {
+            name.to_string()
+        } else {
+            format!("{kind}:{name}")
+        }
     }
 }
 

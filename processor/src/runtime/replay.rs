@@ -46,9 +46,8 @@ pub enum ReplayFrom {
 }
 
 pub fn parse_time(s: &str) -> Result<i64, String> {
-    crate::schema::json::parse_rfc3339_millis(s.trim()).ok_or_else(|| {
-        format!("`{s}` is not an RFC 3339 time; write it like 2026-11-22T08:00:00Z")
-    })
+    crate::schema::json::parse_rfc3339_millis(s.trim())
+        .ok_or_else(|| format!("`{s}` is not an RFC 3339 time; write it like 2026-11-22T08:00:00Z"))
 }
 
 impl ReplayFrom {
@@ -60,11 +59,18 @@ impl ReplayFrom {
         if s.contains(':') && !s.contains('T') && !s.contains('-') {
             let mut out = Vec::new();
             for part in s.split(',') {
-                let (p, o) = part.split_once(':').ok_or("x").map_err(|_| {
-                    format!("`{part}` is not partition:offset")
-                })?;
-                let p: i32 = p.trim().parse().map_err(|_| format!("`{p}` is not a partition number"))?;
-                let o: i64 = o.trim().parse().map_err(|_| format!("`{o}` is not an offset"))?;
+                let (p, o) = part
+                    .split_once(':')
+                    .ok_or("x")
+                    .map_err(|_| format!("`{part}` is not partition:offset"))?;
+                let p: i32 = p
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("`{p}` is not a partition number"))?;
+                let o: i64 = o
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("`{o}` is not an offset"))?;
                 if p < 0 || o < 0 {
                     return Err(format!("`{part}`: partitions and offsets are not negative"));
                 }
@@ -159,7 +165,11 @@ pub struct ReplayPartition {
     pub new_offset: i64,
 }
 
-fn client(brokers: &str, group: &str, extra: &[(String, String)]) -> Result<BaseConsumer, RunError> {
+fn client(
+    brokers: &str,
+    group: &str,
+    extra: &[(String, String)],
+) -> Result<BaseConsumer, RunError> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
         .set("group.id", group)
@@ -437,7 +447,11 @@ pub fn plan_replay(
         if let Some(cur) = cur {
             guard.until.push((t.clone(), *p as u32, *cur));
         }
-        match meta.offsets.iter_mut().find(|(mt, mp, _)| mt == t && mp == p) {
+        match meta
+            .offsets
+            .iter_mut()
+            .find(|(mt, mp, _)| mt == t && mp == p)
+        {
             Some(e) => e.2 = *new,
             None => meta.offsets.push((t.clone(), *p, *new)),
         }
@@ -450,7 +464,8 @@ pub fn plan_replay(
     store.write(batch)?;
     cp = meta;
     drop(store);
-    let offsets: Vec<(String, i32, i64)> = rewound.iter().map(|r| (r.0.clone(), r.1, r.2)).collect();
+    let offsets: Vec<(String, i32, i64)> =
+        rewound.iter().map(|r| (r.0.clone(), r.1, r.2)).collect();
     commit(&c, &offsets)?;
     tracing::info!(pipeline = %plan.name, floor, windows = report.windows_discarded,
         partitions = offsets.len(), watermark = cp.watermarks.current(), "replay: state rewound");

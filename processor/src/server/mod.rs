@@ -246,11 +246,7 @@ fn incompatibilities(old: &str, new: &str) -> Vec<String> {
                     v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
                 }
             };
-            reasons.push(format!(
-                "{n} changes from {} to {}",
-                show(&va),
-                show(&vb)
-            ));
+            reasons.push(format!("{n} changes from {} to {}", show(&va), show(&vb)));
         }
     }
     reasons
@@ -442,8 +438,8 @@ impl Server {
             }
             std::fs::write(staging.join("schemas").join(file), text).map_err(ApiError::internal)?;
         }
-        let plan = Self::compile(&req.definition, &staging.join("schemas"))
-            .map_err(ApiError::Invalid)?;
+        let plan =
+            Self::compile(&req.definition, &staging.join("schemas")).map_err(ApiError::Invalid)?;
         let name = plan.name.clone();
         if !valid_name(&name) {
             return Err(ApiError::Invalid(vec![Problem {
@@ -514,12 +510,16 @@ impl Server {
         std::fs::create_dir_all(pdir.parent().unwrap_or(Path::new(".")))
             .map_err(ApiError::internal)?;
         std::fs::rename(&staging, &pdir).map_err(ApiError::internal)?;
-        std::fs::write(pdir.join("definition.yaml"), &req.definition).map_err(ApiError::internal)?;
+        std::fs::write(pdir.join("definition.yaml"), &req.definition)
+            .map_err(ApiError::internal)?;
         self.persist_control(&name, paused)?;
         // The state remembers the definition it was built by (for compatibility after a stop).
         std::fs::create_dir_all(self.state_dir(&name)).map_err(ApiError::internal)?;
-        std::fs::write(self.state_dir(&name).join("definition.yaml"), &req.definition)
-            .map_err(ApiError::internal)?;
+        std::fs::write(
+            self.state_dir(&name).join("definition.yaml"),
+            &req.definition,
+        )
+        .map_err(ApiError::internal)?;
         let mut p = Self::describe(&plan, &req.definition, live, paused);
         if !paused {
             p.runner = Some(self.start(plan, p.live.clone()));
@@ -548,7 +548,9 @@ impl Server {
             &ReplayFrom::Earliest,
             &self.cfg.conn.kafka_config,
         )
-        .map_err(|e| ApiError::Internal(format!("cannot rewind group `{}`: {e}", plan.source.group)))?;
+        .map_err(|e| {
+            ApiError::Internal(format!("cannot rewind group `{}`: {e}", plan.source.group))
+        })?;
         let dir = self.state_dir(&plan.name);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(ApiError::internal)?;
@@ -677,16 +679,20 @@ impl Server {
         let p = ps
             .get_mut(name)
             .ok_or_else(|| ApiError::NotFound(name.to_string()))?;
-        if p
-            .runner
+        if p.runner
             .as_ref()
             .and_then(|r| r.thread.as_ref())
             .is_some_and(|t| !t.is_finished())
         {
             return Ok(()); // already running
         }
-        let plan = Self::compile(&p.yaml, &self.pipeline_dir(name).join("schemas"))
-            .map_err(|ps| ApiError::Internal(format!("the deployed definition no longer compiles: {}", ps.len())))?;
+        let plan =
+            Self::compile(&p.yaml, &self.pipeline_dir(name).join("schemas")).map_err(|ps| {
+                ApiError::Internal(format!(
+                    "the deployed definition no longer compiles: {}",
+                    ps.len()
+                ))
+            })?;
         p.paused = false;
         p.runner = Some(self.start(plan, p.live.clone()));
         drop(ps);
@@ -712,8 +718,10 @@ impl Server {
         };
         Self::halt(runner);
         if purge {
-            let plan = Self::compile(&yaml, &self.pipeline_dir(name).join("schemas"))
-                .map_err(|_| ApiError::Internal("the deployed definition no longer compiles".into()))?;
+            let plan =
+                Self::compile(&yaml, &self.pipeline_dir(name).join("schemas")).map_err(|_| {
+                    ApiError::Internal("the deployed definition no longer compiles".into())
+                })?;
             if let Err(e) = self.reset_state(&plan) {
                 // Keep it deployed (paused) rather than half-purged.
                 if let Some(p) = lock(&self.pipelines).get_mut(name) {
@@ -848,12 +856,17 @@ mod tests {
 
     #[test]
     fn grace_and_emit_changes_keep_state_key_changes_do_not() {
-        let b = A.replace("grace: 5s", "grace: 30s").replace("final", "update");
+        let b = A
+            .replace("grace: 5s", "grace: 30s")
+            .replace("final", "update");
         assert!(incompatibilities(A, &b).is_empty());
         let c = A.replace("[user]", "[page]");
         let r = incompatibilities(A, &c);
         assert_eq!(r.len(), 1, "{r:?}");
-        assert!(r[0].starts_with("key_by changes from [\"user\"] to [\"page\"]"), "{r:?}");
+        assert!(
+            r[0].starts_with("key_by changes from [\"user\"] to [\"page\"]"),
+            "{r:?}"
+        );
         let d = A.replace("size: 1m", "size: 5m");
         assert!(incompatibilities(A, &d)[0].starts_with("window changes"));
     }

@@ -113,7 +113,8 @@ pub fn discard_sessions(
         if kept.is_empty() {
             batch.delete(&k);
         } else if kept.len() != before {
-            let bytes = bincode::serialize(&kept).map_err(|e| StateError::Corrupt(e.to_string()))?;
+            let bytes =
+                bincode::serialize(&kept).map_err(|e| StateError::Corrupt(e.to_string()))?;
             batch.put(&k, bytes);
         }
     }
