@@ -557,6 +557,13 @@ fn serve_deploy_watch_replay_refeed_restart() {
     );
     std::fs::write(&pipeline_b, fixed).expect("fix");
     assert!(ok(weir(&["deploy", &b_path, "--server", &url])).contains("served-b: updated"));
+    let b = json(weir(&[
+        "status", "served-b", "--server", &url, "--output", "json",
+    ]));
+    assert!(
+        b["counters"]["events_in"].as_u64() >= Some(events_in + 1),
+        "the compatible redeploy lost B's state: {b}"
+    );
     let refeed = json(weir(&[
         "replay-dlq",
         "served-b",
@@ -630,6 +637,82 @@ fn serve_deploy_watch_replay_refeed_restart() {
         text(&out.stderr).contains("window changes from"),
         "{}",
         text(&out.stderr)
+    );
+
+    let out = ok(weir(&[
+        "deploy",
+        changed.to_str().expect("path"),
+        "--reset-state",
+        "--server",
+        &url,
+    ]));
+    assert!(out.contains("served-b: reset"), "{out}");
+    // Rebuilt from the start of the topic: every record counted once in the new state.
+    let in_topic = events_in + 1 + 4;
+    wait_for(
+        "B to rebuild its state",
+        Duration::from_secs(120),
+        &mut served,
+        || {
+            caught_up(&url, "served-b")
+                && json(weir(&[
+                    "status", "served-b", "--server", &url, "--output", "json",
+                ]))["counters"]["events_in"]
+                    .as_u64()
+                    == Some(in_topic)
+        },
+    );
+
+    // The other starts, as dry runs.
+    let earliest = json(weir(&[
+        "replay",
+        "served",
+        "--from",
+        "earliest",
+        "--dry-run",
+        "--server",
+        &url,
+        "--output",
+        "json",
+    ]));
+    assert_eq!(earliest["state_reset"], true, "{earliest}");
+    assert!(earliest["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .all(|p| p["new_offset"] == 0));
+    let offsets = json(weir(&[
+        "replay",
+        "served",
+        "--from",
+        "0:5,1:7",
+        "--to",
+        "2023-11-14T22:14:10Z",
+        "--dry-run",
+        "--server",
+        &url,
+        "--output",
+        "json",
+    ]));
+    let parts = offsets["partitions"].as_array().expect("partitions");
+    let new = |p: i64| {
+        parts
+            .iter()
+            .find(|x| x["partition"] == p)
+            .map(|x| x["new_offset"].clone())
+    };
+    assert_eq!(
+        (new(0), new(1)),
+        (Some(5.into()), Some(7.into())),
+        "{offsets}"
+    );
+    assert_eq!(parts.len(), 2, "only the named partitions move: {offsets}");
+    assert_eq!(offsets["rebuild_to"], 1_700_000_050_000i64);
+    assert!(
+        offsets["rebuild_from"]
+            .as_i64()
+            .is_some_and(|t| t < 1_700_000_010_000),
+        "{offsets}"
     );
 
     // Pause and resume.
@@ -720,6 +803,8 @@ fn serve_refuses_open_addresses_without_a_token_and_checks_tokens() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let args: Vec<String> = [
+        "--log-format",
+        "json",
         "serve",
         "--listen",
         &format!("127.0.0.1:{port}"),
@@ -754,9 +839,77 @@ fn serve_refuses_open_addresses_without_a_token_and_checks_tokens() {
     assert!(text(&out.stderr).contains("401"), "{}", text(&out.stderr));
     let out = weir(&["pause", "nope", "--server", &url, "--token", "s3cret"]);
     assert!(text(&out.stderr).contains("404"), "{}", text(&out.stderr));
+    // Logs are JSON lines with --log-format json.
+    let logged: Vec<Value> = p
+        .log_text()
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        logged
+            .iter()
+            .any(|v| v["fields"]["message"] == "listening" && v["level"] == "INFO"),
+        "{}",
+        p.log_text()
+    );
     // Reads need no token; the OpenAPI description is served.
     let spec: Value =
         serde_json::from_str(&http_get(&format!("{url}/openapi.json"))).expect("spec");
     assert!(spec["paths"]["/api/pipelines/{name}/replay"]["post"].is_object());
     assert!(p.stop());
+}
+
+#[test]
+fn produce_loads_json_lines_and_avro_container_files() {
+    let Some(broker) = real_broker() else { return };
+    let topic = format!("produce-{}", std::process::id());
+    // Under a pseudo-terminal, as a user runs it: the progress bar is drawn on stderr.
+    let cmd = format!(
+        "{} produce --file examples/clickstream.jsonl --topic {topic} --key-field user_id --partitions 2 --brokers {}",
+        weir_tests::weir_bin().display(),
+        broker.bootstrap
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .current_dir(weir_tests::repo())
+        .output()
+        .expect("script");
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("produced 67 records"), "{shown}");
+    let records = weir_tests::kafka::read_all(&broker.bootstrap, &topic, &broker.client_settings());
+    assert_eq!(records.len(), 67);
+    // Every line but the truncated one has a user_id to key by.
+    assert_eq!(records.iter().filter(|r| r.key.is_some()).count(), 66);
+    // An Avro container file, framed with a schema id.
+    let avro = weir_tests::repo().join("tests/golden/complex_types/input.avro");
+    let n = apache_avro::Reader::new(std::fs::File::open(&avro).expect("avro"))
+        .expect("reader")
+        .count();
+    let out = weir(&[
+        "produce",
+        "--file",
+        avro.to_str().expect("path"),
+        "--topic",
+        &format!("{topic}-avro"),
+        "--schema-id",
+        "5",
+        "--brokers",
+        &broker.bootstrap,
+    ]);
+    assert!(
+        text(&out.stderr).contains(&format!("produced {n} records")),
+        "{}",
+        text(&out.stderr)
+    );
+    let records = weir_tests::kafka::read_all(
+        &broker.bootstrap,
+        &format!("{topic}-avro"),
+        &broker.client_settings(),
+    );
+    assert_eq!(records.len(), n);
+    assert!(records
+        .iter()
+        .all(|r| r.value.starts_with(&[0, 0, 0, 0, 5])));
 }

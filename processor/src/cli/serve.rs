@@ -74,6 +74,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
+        tracing::info!(address = %addr, data_dir = %a.data_dir.display(), "listening");
         // One line on stdout that scripts (and tests) can wait for.
         println!("weir: serving on http://{addr} (web page at /, metrics at /metrics)");
         eprintln!(
