@@ -20,11 +20,16 @@
 //!                        sink       derived events (file, stdout, Kafka, PostgreSQL upsert)
 //!                          │          and dead letters (file, Kafka topic); the idempotency contract
 //!                          ▼
-//!                        monitor    counters, summary, peak RSS
+//!                        monitor    counters, typed telemetry (one `Live` status per
+//!                                   pipeline), group offsets, Prometheus text
 //!
 //!   runtime  wires them per record and runs the checkpoint loop: `run_file` for event
 //!            logs, `kafka::run_kafka` for consumer groups (its docs state the at-least-once
-//!            argument);  cli  is the door (`weir run|validate|produce|bench`).
+//!            argument), `replay` to rewind a stopped pipeline, `kafka::redrive` to re-feed
+//!            dead letters;
+//!   server   `weir serve`: many pipelines in one process, persisted deployments, the HTTP
+//!            API (axum), `/metrics` and the web page;
+//!   cli      is the door (`weir run|validate|produce|bench|serve|deploy|status|replay|...`).
 //! ```
 //!
 //! Invalid events never stop a pipeline: they go to the dead letter with the reason

@@ -108,9 +108,14 @@ pub fn group_offsets(
         }
     }
     if topics.is_empty() {
-        return Err(format!(
-            "group `{group}` has no member to say which topics it reads; name them with --topic"
-        ));
+        return Err(match (describe, &described) {
+            (true, None) => format!(
+                "the brokers did not describe group `{group}` (DescribeGroups failed; tansu does not answer it): name its topics with --topic"
+            ),
+            _ => format!(
+                "group `{group}` has no member to say which topics it reads; name them with --topic"
+            ),
+        });
     }
     let mut tpl = TopicPartitionList::new();
     for t in &topics {
