@@ -8,6 +8,7 @@
 use super::{ApiError, DeployRequest, ReplayRequest, Server};
 use crate::monitor::prometheus;
 use axum::body::Body;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -93,6 +94,11 @@ async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response 
     next.run(req).await
 }
 
+/// A body or query that does not parse is a 400 with a JSON error, like every other error.
+fn parsed<T>(r: Result<T, impl std::fmt::Display>) -> Result<T, ApiError> {
+    r.map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
 #[derive(Deserialize)]
 struct StopQuery {
     #[serde(default)]
@@ -121,7 +127,9 @@ pub fn router(server: Arc<Server>, token: Option<String>) -> Router {
         .route(
             "/api/pipelines",
             get(|State(st): State<AppState>| async move { Json(st.server.list()) }).post(
-                |State(st): State<AppState>, Json(req): Json<DeployRequest>| async move {
+                |State(st): State<AppState>,
+                 body: Result<Json<DeployRequest>, JsonRejection>| async move {
+                    let Json(req) = parsed(body)?;
                     let s = st.server.clone();
                     blocking(move || s.deploy(req)).await.map(|r| {
                         let code = if r.outcome == "created" {
@@ -144,7 +152,8 @@ pub fn router(server: Arc<Server>, token: Option<String>) -> Router {
             .delete(
                 |State(st): State<AppState>,
                  Path(name): Path<String>,
-                 Query(q): Query<StopQuery>| async move {
+                 q: Result<Query<StopQuery>, QueryRejection>| async move {
+                    let Query(q) = parsed(q)?;
                     let s = st.server.clone();
                     blocking(move || s.stop(&name, q.purge).map(|_| name))
                         .await
@@ -184,7 +193,8 @@ pub fn router(server: Arc<Server>, token: Option<String>) -> Router {
             post(
                 |State(st): State<AppState>,
                  Path(name): Path<String>,
-                 Json(req): Json<ReplayRequest>| async move {
+                 body: Result<Json<ReplayRequest>, JsonRejection>| async move {
+                    let Json(req) = parsed(body)?;
                     let s = st.server.clone();
                     blocking(move || s.replay(&name, &req)).await.map(Json)
                 },

@@ -431,7 +431,7 @@ impl Server {
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(staging.join("schemas")).map_err(ApiError::internal)?;
         for (file, text) in &req.schemas {
-            if file.contains('/') || file.contains('\\') || file.starts_with('.') {
+            if file.is_empty() || file.contains(['/', '\\', '\0']) || file.starts_with('.') {
                 return Err(ApiError::BadRequest(format!(
                     "schema file name `{file}` must be a plain file name"
                 )));
