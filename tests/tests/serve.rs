@@ -133,6 +133,15 @@ fn caught_up(url: &str, pipeline: &str) -> bool {
                 && p["committed"].as_i64().is_some()
                 && p["committed"] == p["log_end"]
         })
+        && owns_partitions(url, pipeline)
+}
+
+/// Whether every partition of the pipeline has an owner (it has joined its group).
+fn owns_partitions(url: &str, pipeline: &str) -> bool {
+    let out = weir(&["status", pipeline, "--server", url, "--output", "json"]);
+    let v: Value = serde_json::from_str(&text(&out.stdout)).unwrap_or(Value::Null);
+    let parts = v["partitions"].as_array().cloned().unwrap_or_default();
+    !parts.is_empty() && parts.iter().all(|p| p["member"].as_str().is_some())
 }
 
 /// Pipeline B: A's definition with its own name, group, output topic, table and dead letter.
@@ -268,7 +277,7 @@ fn serve_deploy_watch_replay_refeed_restart() {
     let (pipeline_b, table_b, dlq_b) = second_pipeline(&s);
     let data = s.dir.path().join("server");
     let mut served = serve(&broker, &data, s.log());
-    let url = served.url.clone();
+    let mut url = served.url.clone();
 
     // A definition with mistakes is refused with every problem and its path.
     let bad = s.dir.path().join("bad.yaml");
@@ -305,11 +314,39 @@ fn serve_deploy_watch_replay_refeed_restart() {
         .collect();
     assert_eq!(names, ["served", "served-b"]);
 
-    s.produce(
-        &broker.bootstrap,
-        0..s.batches.len(),
-        Duration::from_millis(50),
-    );
+    // Traffic arrives; the server is SIGKILLed once both pipelines have delivered results,
+    // and restarted on the same data directory: they resume from their checkpoints.
+    for name in ["served", "served-b"] {
+        wait_for(
+            "the pipelines to join their groups",
+            Duration::from_secs(60),
+            &mut served,
+            || owns_partitions(&url, name),
+        );
+    }
+    std::thread::scope(|scope| {
+        let producer = scope.spawn(|| {
+            s.produce(
+                &broker.bootstrap,
+                0..s.batches.len(),
+                Duration::from_millis(150),
+            )
+        });
+        wait_for(
+            "first results of both pipelines",
+            Duration::from_secs(60),
+            &mut served,
+            || s.table_events() > 0 && rows_in(&table_b).is_ok_and(|r| !r.is_empty()),
+        );
+        served.proc.sigkill();
+        eprintln!(
+            "SIGKILLed weir serve with {} events in A's table",
+            s.table_events()
+        );
+        producer.join().expect("producer");
+    });
+    served = serve(&broker, &data, s.log());
+    url = served.url.clone();
 
     // Lag falls to zero for both, in `weir offsets` (committed == log end)...
     wait_for(
@@ -351,7 +388,11 @@ fn serve_deploy_watch_replay_refeed_restart() {
                 "{p}"
             );
             assert!(p["state_offset"] == p["log_end"], "{p}");
-            assert!(p["member"].as_str().is_some_and(|m| !m.is_empty()), "{p}");
+            assert!(
+                p["member"].as_str().is_some_and(|m| !m.is_empty()),
+                "{p}\n{}",
+                tail(&served.proc.log_text())
+            );
         }
     }
     let table = ok(weir(&[
@@ -782,6 +823,12 @@ fn serve_deploy_watch_replay_refeed_restart() {
         json(weir(&["pipelines", "--server", &url, "--output", "json"])),
         Value::Array(vec![])
     );
+    let log = served.proc.log_text();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| (l.contains(" WARN ") || l.contains(" ERROR ")) && !l.contains("CONFWARN"))
+        .collect();
+    eprintln!("server warnings and errors:\n{}", warnings.join("\n"));
     assert!(served.proc.stop());
     s.drop_table();
     let _ = postgres::Client::connect(&pg_url(), postgres::NoTls)

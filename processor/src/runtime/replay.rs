@@ -153,6 +153,9 @@ pub struct ReplayPlan {
     pub partitions: Vec<ReplayPartition>,
     pub windows_discarded: usize,
     pub sessions_discarded: usize,
+    /// The group's committed offsets were moved too (they only show lag; the state's
+    /// offsets decide where the pipeline resumes).
+    pub group_offsets_moved: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -280,7 +283,9 @@ fn timestamp_at(
     Ok(None)
 }
 
-/// Commits `offsets` for `group`, which must have no active member.
+/// Commits `offsets` for the group as a non-member. A broker refuses that while the group
+/// still has members, e.g. a paused pipeline's static member until its session times out:
+/// retried for up to 15 s.
 fn commit(c: &BaseConsumer, offsets: &[(String, i32, i64)]) -> Result<(), RunError> {
     if offsets.is_empty() {
         return Ok(());
@@ -290,11 +295,63 @@ fn commit(c: &BaseConsumer, offsets: &[(String, i32, i64)]) -> Result<(), RunErr
         tpl.add_partition_offset(t, *p, Offset::Offset(*o))
             .map_err(|e| RunError::Kafka(e.to_string()))?;
     }
-    c.commit(&tpl, CommitMode::Sync).map_err(|e| {
-        RunError::Kafka(format!(
-            "cannot reset the group's offsets ({e}); is another consumer still in the group?"
-        ))
-    })
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match c.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "group offsets not reset yet; retrying");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => {
+                return Err(RunError::Kafka(format!(
+                "cannot reset the group's offsets ({e}); is another consumer still in the group?"
+            )))
+            }
+        }
+    }
+}
+
+/// The group's offsets only show lag (the state's offsets decide where a pipeline
+/// resumes), so a replay goes on when they cannot be moved.
+fn commit_for_display(c: &BaseConsumer, offsets: &[(String, i32, i64)]) -> bool {
+    match commit(c, offsets) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "the group's committed offsets were not moved; the pipeline's first checkpoint will");
+            false
+        }
+    }
+}
+
+/// A new state that starts at `offsets` (and holds nothing else).
+fn start_state(
+    plan: &Plan,
+    state_dir: &Path,
+    offsets: &[(String, i32, i64)],
+) -> Result<(), RunError> {
+    let (mut store, _) = super::open_state(plan, state_dir)?;
+    let cp = Checkpoint {
+        pipeline: plan.name.clone(),
+        position: 0,
+        offsets: offsets.to_vec(),
+        watermarks: crate::operators::watermark::Watermarks::new(
+            plan.source.max_out_of_orderness_ms,
+            plan.source.idle_timeout_ms,
+        ),
+        windows: Default::default(),
+        counters: Default::default(),
+        sinks: Vec::new(),
+        dead_letter: None,
+        clock: i64::MIN,
+    };
+    let mut batch = WriteBatch::default();
+    batch.put(
+        META_KEY,
+        bincode::serialize(&cp).map_err(|e| StateError::Corrupt(e.to_string()))?,
+    );
+    store.write(batch)?;
+    Ok(())
 }
 
 /// Rewinds `group` on `topics` (no state involved); returns the new offsets.
@@ -337,6 +394,7 @@ pub fn plan_replay(
         partitions: Vec::new(),
         windows_discarded: 0,
         sessions_discarded: 0,
+        group_offsets_moved: false,
     };
     let (store, cp) = if state_dir.join("CURRENT").exists() {
         let (s, cp) = open_state_with(plan, state_dir, dry_run)?;
@@ -374,7 +432,8 @@ pub fn plan_replay(
                 .iter()
                 .map(|p| (p.topic.clone(), p.partition, p.new_offset))
                 .collect();
-            commit(&c, &offsets)?;
+            start_state(plan, state_dir, &offsets)?;
+            report.group_offsets_moved = commit_for_display(&c, &offsets);
         }
         return Ok(report);
     }
@@ -417,11 +476,12 @@ pub fn plan_replay(
         }
     }
     let (Some(mut store), Some(mut cp)) = (store, cp) else {
-        // No state yet: only the group moves.
+        // No state yet: a new one starts at the offsets.
         if !dry_run {
             let offsets: Vec<(String, i32, i64)> =
                 rewound.iter().map(|r| (r.0.clone(), r.1, r.2)).collect();
-            commit(&c, &offsets)?;
+            start_state(plan, state_dir, &offsets)?;
+            report.group_offsets_moved = commit_for_display(&c, &offsets);
         }
         return Ok(report);
     };
@@ -466,7 +526,7 @@ pub fn plan_replay(
     drop(store);
     let offsets: Vec<(String, i32, i64)> =
         rewound.iter().map(|r| (r.0.clone(), r.1, r.2)).collect();
-    commit(&c, &offsets)?;
+    report.group_offsets_moved = commit_for_display(&c, &offsets);
     tracing::info!(pipeline = %plan.name, floor, windows = report.windows_discarded,
         partitions = offsets.len(), watermark = cp.watermarks.current(), "replay: state rewound");
     Ok(report)

@@ -369,11 +369,36 @@ impl Server {
         }
     }
 
+    /// This server's identity in consumer groups, kept in the data directory: each pipeline
+    /// is a static member (`group.instance.id` = `<id>-<pipeline>`), so a restarted server
+    /// (even after SIGKILL) gets its partitions back at once instead of waiting for the
+    /// broker to expire the old member.
+    fn instance_id(&self) -> String {
+        let path = self.cfg.data_dir.join("instance-id");
+        if let Ok(id) = std::fs::read_to_string(&path) {
+            if !id.trim().is_empty() {
+                return id.trim().to_string();
+            }
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let id = format!(
+            "weir-{:012x}",
+            (nanos ^ ((std::process::id() as u64) << 40)) & 0xffff_ffff_ffff
+        );
+        if let Err(e) = std::fs::write(&path, format!("{id}\n")) {
+            tracing::warn!(error = %e, "cannot keep the server's instance id");
+        }
+        id
+    }
+
     fn options(&self, plan: &Plan, live: Arc<Live>) -> KafkaOptions {
         KafkaOptions {
             state_dir: self.state_dir(&plan.name),
             conn: self.cfg.conn.clone(),
-            instance_id: None,
+            instance_id: Some(format!("{}-{}", self.instance_id(), plan.name)),
             checkpoint_every: self.cfg.checkpoint_every,
             checkpoint_interval: self.cfg.checkpoint_interval,
             output: None,
@@ -540,7 +565,23 @@ impl Server {
 
     /// Discards a pipeline's state and rewinds its group to the earliest offsets (as
     /// Kafka Streams' application reset tool does), so that the state is rebuilt.
+    /// The new state starts at the earliest offsets, whatever the group has committed.
     fn reset_state(&self, plan: &Plan) -> Result<(), ApiError> {
+        replay::plan_replay(
+            plan,
+            &self.state_dir(&plan.name),
+            &ReplayFrom::Earliest,
+            None,
+            &self.cfg.conn.brokers(),
+            &self.cfg.conn.kafka_config,
+            false,
+        )
+        .map(|_| ())
+        .map_err(|e| ApiError::Internal(format!("cannot reset the state: {e}")))
+    }
+
+    /// Rewinds the group (purge: no state remains to say where to start).
+    fn rewind_group(&self, plan: &Plan) -> Result<(), ApiError> {
         replay::rewind_group(
             &self.cfg.conn.brokers(),
             &plan.source.group,
@@ -548,14 +589,10 @@ impl Server {
             &ReplayFrom::Earliest,
             &self.cfg.conn.kafka_config,
         )
+        .map(|_| ())
         .map_err(|e| {
             ApiError::Internal(format!("cannot rewind group `{}`: {e}", plan.source.group))
-        })?;
-        let dir = self.state_dir(&plan.name);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(ApiError::internal)?;
-        }
-        Ok(())
+        })
     }
 
     pub fn list(&self) -> Vec<PipelineSummary> {
@@ -722,7 +759,7 @@ impl Server {
                 Self::compile(&yaml, &self.pipeline_dir(name).join("schemas")).map_err(|_| {
                     ApiError::Internal("the deployed definition no longer compiles".into())
                 })?;
-            if let Err(e) = self.reset_state(&plan) {
+            if let Err(e) = self.rewind_group(&plan) {
                 // Keep it deployed (paused) rather than half-purged.
                 if let Some(p) = lock(&self.pipelines).get_mut(name) {
                     p.paused = true;
@@ -733,6 +770,7 @@ impl Server {
                     "{e}; the pipeline is paused and its state kept"
                 )));
             }
+            let _ = std::fs::remove_dir_all(self.state_dir(name));
         }
         lock(&self.pipelines).remove(name);
         let _ = std::fs::remove_dir_all(self.pipeline_dir(name));
