@@ -345,6 +345,11 @@ fn serve_deploy_watch_replay_refeed_restart() {
         );
         producer.join().expect("producer");
     });
+    // Restart after the dead members' session timeout (10 s). When tansu expires a static
+    // member that has already rejoined, it revokes its partitions and assigns none (seen
+    // here: the pipelines then sat without partitions); Kafka fences the old member instead
+    // (KIP-345). BROKERS.md lists tansu's reassignment limits.
+    std::thread::sleep(Duration::from_secs(12));
     served = serve(&broker, &data, s.log());
     url = served.url.clone();
 
@@ -510,8 +515,24 @@ fn serve_deploy_watch_replay_refeed_restart() {
     for p in dry["partitions"].as_array().expect("partitions") {
         assert!(p["new_offset"].as_i64() < p["state_offset"].as_i64(), "{p}");
     }
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(caught_up(&url, "served"), "a dry run changed the offsets");
+    // Nothing moved: no record was processed again and the damage is still there.
+    std::thread::sleep(Duration::from_secs(2));
+    let after_dry = json(weir(&[
+        "status", "served", "--server", &url, "--output", "json",
+    ]));
+    assert_eq!(
+        after_dry["counters"]["events_in"].as_u64(),
+        Some(events_in),
+        "a dry run reprocessed records: {after_dry}"
+    );
+    let still: i64 = pg
+        .query_one(
+            &format!("SELECT count(*) FROM {} WHERE events = -1", s.table),
+            &[],
+        )
+        .expect("count")
+        .get(0);
+    assert_eq!(still as u64, damaged, "a dry run rewrote rows");
     let plan = ok(weir(&[
         "replay", "served", "--from", from, "--server", &url,
     ]));
@@ -615,10 +636,12 @@ fn serve_deploy_watch_replay_refeed_restart() {
     ]));
     eprintln!("re-feed: {refeed}");
     let old_dead = s.dead.len() as u64;
-    assert_eq!(refeed["read"].as_u64(), Some(old_dead + 1), "{refeed}");
-    assert_eq!(refeed["refed"].as_u64(), Some(old_dead + 1), "{refeed}");
+    // At least once: the SIGKILL may have repeated a few dead letters.
+    let read = refeed["read"].as_u64().expect("read");
+    assert!(read > old_dead, "{refeed}");
+    assert_eq!(refeed["refed"].as_u64(), Some(read), "{refeed}");
     // Every other dead letter fails again (truncated, bad magic, late, id 99).
-    assert_eq!(refeed["failed_again"].as_u64(), Some(old_dead), "{refeed}");
+    assert_eq!(refeed["failed_again"].as_u64(), Some(read - 1), "{refeed}");
     // A sentinel an hour later closes the re-fed event's window.
     let close: Vec<_> = (0..4)
         .map(|part| {
@@ -661,7 +684,7 @@ fn serve_deploy_watch_replay_refeed_restart() {
         "--output",
         "json",
     ]));
-    assert_eq!(again["read"].as_u64(), Some(old_dead), "{again}");
+    assert_eq!(again["read"].as_u64(), Some(read - 1), "{again}");
 
     // An incompatible change is refused, with the reason, unless --reset-state.
     let changed = s.dir.path().join("pipeline-b-5s.yaml");

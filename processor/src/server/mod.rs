@@ -15,9 +15,17 @@
 //! same name resumes it) unless a purge is asked for. The HTTP layer is in [`api`].
 
 pub mod api;
+mod shape;
+mod types;
+
+pub use shape::referenced_schemas;
+use shape::{incompatibilities, valid_name};
+pub use types::{
+    DeployRequest, DeployResponse, OffsetsReport, PipelineStatus, PipelineSummary, ReplayRequest,
+};
 
 use crate::monitor::offsets::group_offsets;
-use crate::monitor::telemetry::{Live, LiveStatus, PartitionStatus, RunState, Telemetry};
+use crate::monitor::telemetry::{Live, LiveStatus, RunState, Telemetry};
 use crate::pipeline::compile::Plan;
 use crate::pipeline::{load_str, Problem};
 use crate::runtime::kafka::{redrive, run_kafka, KafkaOptions, RedriveReport};
@@ -25,7 +33,6 @@ use crate::runtime::outputs::Connections;
 use crate::runtime::replay::{self, ReplayFrom, ReplayPlan};
 use crate::runtime::RunError;
 use crate::schema::SchemaResolver;
-use serde::{Deserialize, Serialize};
 use serde_yaml::Value as Yaml;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -66,74 +73,6 @@ impl ApiError {
     }
 }
 
-/// `POST /api/pipelines`: a definition and the schemas it names (file name -> text).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeployRequest {
-    pub definition: String,
-    #[serde(default)]
-    pub schemas: BTreeMap<String, String>,
-    /// Discard the state when the new definition is not compatible with it.
-    #[serde(default)]
-    pub reset_state: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeployResponse {
-    pub name: String,
-    /// `created`, `updated` (state kept), `reset` (state discarded) or `unchanged`.
-    pub outcome: String,
-    pub state: RunState,
-}
-
-/// One row of `GET /api/pipelines`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PipelineSummary {
-    pub name: String,
-    pub state: RunState,
-    pub group: String,
-    pub topics: Vec<String>,
-    pub events_in: u64,
-    pub results_out: u64,
-    pub dead_letters: u64,
-    pub lag: Option<i64>,
-    pub watermark: Option<i64>,
-    pub events_per_second: f64,
-    pub error: Option<String>,
-}
-
-/// `GET /api/pipelines/{name}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PipelineStatus {
-    pub name: String,
-    pub description: Option<String>,
-    pub group: String,
-    pub topics: Vec<String>,
-    pub sinks: Vec<String>,
-    pub dead_letter: Option<String>,
-    #[serde(flatten)]
-    pub live: LiveStatus,
-}
-
-/// `GET /api/pipelines/{name}/offsets` and `weir offsets`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct OffsetsReport {
-    pub group: String,
-    pub pipeline: Option<String>,
-    pub partitions: Vec<PartitionStatus>,
-}
-
-/// `POST /api/pipelines/{name}/replay`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReplayRequest {
-    /// RFC 3339 time, `earliest`, or `partition:offset,...`.
-    pub from: String,
-    /// RFC 3339 time: only windows starting before it are rebuilt.
-    #[serde(default)]
-    pub to: Option<String>,
-    #[serde(default)]
-    pub dry_run: bool,
-}
-
 struct Runner {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -161,95 +100,6 @@ pub struct Server {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 100
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-fn schema_names(yaml: &Yaml) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut push = |v: Option<&Yaml>| {
-        if let Some(s) = v.and_then(Yaml::as_str) {
-            out.push(s.to_string());
-        }
-    };
-    push(yaml.get("source").and_then(|s| s.get("schema")));
-    push(yaml.get("output").and_then(|s| s.get("schema")));
-    if let Some(Yaml::Mapping(m)) = yaml.get("source").and_then(|s| s.get("writer_schemas")) {
-        for v in m.values() {
-            push(Some(v));
-        }
-    }
-    out
-}
-
-/// The schema files a definition names, for `weir deploy` to send along.
-pub fn referenced_schemas(definition: &str) -> Vec<String> {
-    serde_yaml::from_str::<Yaml>(definition)
-        .map(|y| schema_names(&y))
-        .unwrap_or_default()
-}
-
-/// The parts of a definition that shape its state: key, window (without grace, which only
-/// moves the closing time) and aggregates. Two definitions with the same shape can share
-/// state, as Kafka Streams can keep a store when its topology is unchanged.
-fn state_shape(yaml: &str) -> Vec<(String, String)> {
-    let doc: Yaml = serde_yaml::from_str(yaml).unwrap_or(Yaml::Null);
-    let mut out = Vec::new();
-    let render = |v: &Yaml| serde_json::to_string(v).unwrap_or_default();
-    if let Some(Yaml::Sequence(steps)) = doc.get("steps") {
-        for s in steps {
-            if let Some(k) = s.get("key_by") {
-                out.push(("key_by".to_string(), render(k)));
-            }
-            if let Some(w) = s.get("window") {
-                let mut w = w.clone();
-                if let Yaml::Mapping(m) = &mut w {
-                    m.remove("grace");
-                }
-                out.push(("window".to_string(), render(&w)));
-            }
-            if let Some(a) = s.get("aggregate").and_then(|a| a.get("outputs")) {
-                out.push(("aggregate.outputs".to_string(), render(a)));
-            }
-        }
-    }
-    if let Some(t) = doc.get("source").and_then(|s| s.get("event_time")) {
-        out.push(("source.event_time".to_string(), render(t)));
-    }
-    out
-}
-
-fn incompatibilities(old: &str, new: &str) -> Vec<String> {
-    let (a, b) = (state_shape(old), state_shape(new));
-    let mut reasons = Vec::new();
-    let names: Vec<&String> = a.iter().chain(b.iter()).map(|(k, _)| k).collect();
-    let mut seen = Vec::new();
-    for n in names {
-        if seen.contains(&n) {
-            continue;
-        }
-        seen.push(n);
-        let va: Vec<&String> = a.iter().filter(|(k, _)| k == n).map(|(_, v)| v).collect();
-        let vb: Vec<&String> = b.iter().filter(|(k, _)| k == n).map(|(_, v)| v).collect();
-        if va != vb {
-            let show = |v: &[&String]| {
-                if v.is_empty() {
-                    "(none)".to_string()
-                } else {
-                    v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                }
-            };
-            reasons.push(format!("{n} changes from {} to {}", show(&va), show(&vb)));
-        }
-    }
-    reasons
 }
 
 impl Server {
@@ -883,37 +733,5 @@ fn replay_err(e: RunError) -> ApiError {
     match e {
         RunError::Kafka(m) => ApiError::Internal(m),
         other => ApiError::Internal(other.to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const A: &str = "name: a\nsteps:\n  - key_by: [user]\n  - window: {type: tumbling, size: 1m, grace: 5s}\n  - aggregate:\n      outputs:\n        n: {fn: count}\n      emit: final\n";
-
-    #[test]
-    fn grace_and_emit_changes_keep_state_key_changes_do_not() {
-        let b = A
-            .replace("grace: 5s", "grace: 30s")
-            .replace("final", "update");
-        assert!(incompatibilities(A, &b).is_empty());
-        let c = A.replace("[user]", "[page]");
-        let r = incompatibilities(A, &c);
-        assert_eq!(r.len(), 1, "{r:?}");
-        assert!(
-            r[0].starts_with("key_by changes from [\"user\"] to [\"page\"]"),
-            "{r:?}"
-        );
-        let d = A.replace("size: 1m", "size: 5m");
-        assert!(incompatibilities(A, &d)[0].starts_with("window changes"));
-    }
-
-    #[test]
-    fn names_safe_for_directories() {
-        assert!(valid_name("clicks-per-minute_v2.1"));
-        assert!(!valid_name("../x"));
-        assert!(!valid_name(".hidden"));
-        assert!(!valid_name(""));
     }
 }

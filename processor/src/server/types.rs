@@ -1,0 +1,73 @@
+//! The API's request and response bodies (described in `openapi.json`).
+
+use crate::monitor::telemetry::{LiveStatus, PartitionStatus, RunState};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `POST /api/pipelines`: a definition and the schemas it names (file name -> text).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployRequest {
+    pub definition: String,
+    #[serde(default)]
+    pub schemas: BTreeMap<String, String>,
+    /// Discard the state when the new definition is not compatible with it.
+    #[serde(default)]
+    pub reset_state: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployResponse {
+    pub name: String,
+    /// `created`, `updated` (state kept), `reset` (state discarded) or `unchanged`.
+    pub outcome: String,
+    pub state: RunState,
+}
+
+/// One row of `GET /api/pipelines`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PipelineSummary {
+    pub name: String,
+    pub state: RunState,
+    pub group: String,
+    pub topics: Vec<String>,
+    pub events_in: u64,
+    pub results_out: u64,
+    pub dead_letters: u64,
+    pub lag: Option<i64>,
+    pub watermark: Option<i64>,
+    pub events_per_second: f64,
+    pub error: Option<String>,
+}
+
+/// `GET /api/pipelines/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PipelineStatus {
+    pub name: String,
+    pub description: Option<String>,
+    pub group: String,
+    pub topics: Vec<String>,
+    pub sinks: Vec<String>,
+    pub dead_letter: Option<String>,
+    #[serde(flatten)]
+    pub live: LiveStatus,
+}
+
+/// `GET /api/pipelines/{name}/offsets` and `weir offsets`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OffsetsReport {
+    pub group: String,
+    pub pipeline: Option<String>,
+    pub partitions: Vec<PartitionStatus>,
+}
+
+/// `POST /api/pipelines/{name}/replay`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplayRequest {
+    /// RFC 3339 time, `earliest`, or `partition:offset,...`.
+    pub from: String,
+    /// RFC 3339 time: only windows starting before it are rebuilt.
+    #[serde(default)]
+    pub to: Option<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
