@@ -345,10 +345,9 @@ fn serve_deploy_watch_replay_refeed_restart() {
         );
         producer.join().expect("producer");
     });
-    // Restart after the dead members' session timeout (10 s). When tansu expires a static
-    // member that has already rejoined, it revokes its partitions and assigns none (seen
-    // here: the pipelines then sat without partitions); Kafka fences the old member instead
-    // (KIP-345). BROKERS.md lists tansu's reassignment limits.
+    // Restart after the dead members' session timeout (10 s): tansu hands a dead member's
+    // partitions to a new one only once it has expired (BROKERS.md); Kafka would rebalance
+    // after the timeout by itself.
     std::thread::sleep(Duration::from_secs(12));
     served = serve(&broker, &data, s.log());
     url = served.url.clone();

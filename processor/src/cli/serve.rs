@@ -35,6 +35,12 @@ pub struct ServeArgs {
     checkpoint_interval: humantime::Duration,
     #[arg(long, default_value_t = 10_000)]
     checkpoint_every: u64,
+    /// Join consumer groups as static members (group.instance.id = <server id>-<pipeline>),
+    /// so a server restarted after a crash gets its partitions back at once. Off by default:
+    /// tansu revokes a rejoined static member's partitions when it expires the previous
+    /// incarnation.
+    #[arg(long)]
+    static_membership: bool,
     /// An extra librdkafka property for every consumer and producer (repeatable).
     #[arg(long, value_parser = super::parse_kv)]
     kafka_config: Vec<(String, String)>,
@@ -57,6 +63,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         },
         checkpoint_interval: a.checkpoint_interval.into(),
         checkpoint_every: a.checkpoint_every,
+        static_membership: a.static_membership,
     };
     let server = Arc::new(Server::new(cfg));
     server

@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub conn: Connections,
     pub checkpoint_interval: Duration,
     pub checkpoint_every: u64,
+    /// Join groups as static members (`group.instance.id`), see [`Server::instance_id`].
+    pub static_membership: bool,
 }
 
 /// What goes wrong in an API call; `api` maps each to an HTTP status.
@@ -248,7 +250,10 @@ impl Server {
         KafkaOptions {
             state_dir: self.state_dir(&plan.name),
             conn: self.cfg.conn.clone(),
-            instance_id: Some(format!("{}-{}", self.instance_id(), plan.name)),
+            instance_id: self
+                .cfg
+                .static_membership
+                .then(|| format!("{}-{}", self.instance_id(), plan.name)),
             checkpoint_every: self.cfg.checkpoint_every,
             checkpoint_interval: self.cfg.checkpoint_interval,
             output: None,
