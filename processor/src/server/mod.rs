@@ -121,6 +121,16 @@ impl Server {
         self.cfg.data_dir.join("state").join(name)
     }
 
+    /// A deployed pipeline's plan, compiled from its stored definition and schemas.
+    fn deployed_plan(&self, name: &str, yaml: &str) -> Result<Plan, ApiError> {
+        Self::compile(yaml, &self.pipeline_dir(name).join("schemas")).map_err(|ps| {
+            ApiError::Internal(format!(
+                "the deployed definition of `{name}` no longer compiles ({} problem(s))",
+                ps.len()
+            ))
+        })
+    }
+
     /// Compiles a definition with schemas from `schemas_dir`.
     fn compile(yaml: &str, schemas_dir: &Path) -> Result<Plan, Vec<Problem>> {
         let loaded = load_str(yaml, "definition", &SchemaResolver::in_dir(schemas_dir));
@@ -578,13 +588,7 @@ impl Server {
         {
             return Ok(()); // already running
         }
-        let plan =
-            Self::compile(&p.yaml, &self.pipeline_dir(name).join("schemas")).map_err(|ps| {
-                ApiError::Internal(format!(
-                    "the deployed definition no longer compiles: {}",
-                    ps.len()
-                ))
-            })?;
+        let plan = self.deployed_plan(name, &p.yaml)?;
         p.paused = false;
         p.runner = Some(self.start(plan, p.live.clone()));
         drop(ps);
@@ -610,10 +614,7 @@ impl Server {
         };
         Self::halt(runner);
         if purge {
-            let plan =
-                Self::compile(&yaml, &self.pipeline_dir(name).join("schemas")).map_err(|_| {
-                    ApiError::Internal("the deployed definition no longer compiles".into())
-                })?;
+            let plan = self.deployed_plan(name, &yaml)?;
             if let Err(e) = self.rewind_group(&plan) {
                 // Keep it deployed (paused) rather than half-purged.
                 if let Some(p) = lock(&self.pipelines).get_mut(name) {
@@ -648,20 +649,20 @@ impl Server {
                 .ok_or_else(|| ApiError::NotFound(name.to_string()))?;
             (p.yaml.clone(), p.paused)
         };
-        let schemas = self.pipeline_dir(name).join("schemas");
-        let plan = Self::compile(&yaml, &schemas)
-            .map_err(|_| ApiError::Internal("the deployed definition no longer compiles".into()))?;
-        if req.dry_run {
-            return replay::plan_replay(
+        let plan = self.deployed_plan(name, &yaml)?;
+        let apply = |dry_run: bool| {
+            replay::plan_replay(
                 &plan,
                 &self.state_dir(name),
                 &from,
                 to,
                 &self.cfg.conn.brokers(),
                 &self.cfg.conn.kafka_config,
-                true,
+                dry_run,
             )
-            .map_err(replay_err);
+        };
+        if req.dry_run {
+            return apply(true).map_err(replay_err);
         }
         let (runner, live) = {
             let mut ps = lock(&self.pipelines);
@@ -672,15 +673,7 @@ impl Server {
         };
         Self::halt(runner);
         live.record(Telemetry::StateChanged(RunState::Paused));
-        let result = replay::plan_replay(
-            &plan,
-            &self.state_dir(name),
-            &from,
-            to,
-            &self.cfg.conn.brokers(),
-            &self.cfg.conn.kafka_config,
-            false,
-        );
+        let result = apply(false);
         live.reset_positions();
         self.seed_from_state(&plan, &live);
         if !was_paused {
@@ -701,15 +694,13 @@ impl Server {
         };
         Self::halt(runner);
         live.record(Telemetry::StateChanged(RunState::Paused));
-        let result = Self::compile(&yaml, &self.pipeline_dir(name).join("schemas"))
-            .map_err(|_| ApiError::Internal("the deployed definition no longer compiles".into()))
-            .and_then(|plan| {
-                let opts = self.options(&plan, live.clone());
-                redrive(plan, &opts).map_err(|e| match e {
-                    RunError::Usage(m) => ApiError::BadRequest(m),
-                    other => replay_err(other),
-                })
-            });
+        let result = self.deployed_plan(name, &yaml).and_then(|plan| {
+            let opts = self.options(&plan, live.clone());
+            redrive(plan, &opts).map_err(|e| match e {
+                RunError::Usage(m) => ApiError::BadRequest(m),
+                other => replay_err(other),
+            })
+        });
         if !was_paused {
             self.resume_locked(name)?;
         }
