@@ -4,11 +4,11 @@ set -euo pipefail
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+. "$(dirname "${BASH_SOURCE[0]}")/lib/libclang.sh"
 need_pkgs=()
-have_libclang() {
-  ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1
-}
-have_libclang || need_pkgs+=(libclang-dev clang)
+# libclang-dev gives the unsuffixed libclang-N.so that clang-sys links; libclang1-N alone
+# (libclang-N.so.1) or libclang-cpp (which other LLVM packages pull in) do not do.
+weir_find_libclang >/dev/null || need_pkgs+=(libclang-dev)
 command -v c++ >/dev/null 2>&1 || need_pkgs+=(g++)
 command -v make >/dev/null 2>&1 || need_pkgs+=(make)
 command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)

@@ -1,9 +1,13 @@
 //! The broker harness: one place that starts (or finds) a Kafka-protocol broker for a test.
 //!
 //! `WEIR_TEST_KAFKA` chooses the real broker for [`real_broker`]:
-//! - `tansu` (default): a `tansu` process with sqlite storage in a temporary directory, on
-//!   a free loopback port. The binary is `$WEIR_TANSU`, else `~/.cache/weir/tools/bin/tansu`,
-//!   else `tansu` on the PATH (`scripts/test.sh` installs it).
+//! - `kafka` (default): Apache Kafka, one JVM in KRaft combined mode on free loopback ports,
+//!   started by `scripts/kafka.sh start --data-dir <temp dir>` (the script people use; its
+//!   jars come from Maven Central, cached in `~/.cache/weir`). Data on `/dev/shm` when it
+//!   exists. An outage is a SIGKILL of the JVM; a restart reuses the data dir and port.
+//! - `tansu`: a `tansu` process with sqlite storage in a temporary directory, on a free
+//!   loopback port. The binary is `$WEIR_TANSU`, else `~/.cache/weir/tools/bin/tansu`, else
+//!   `tansu` on the PATH (not installed by the scripts any more; `cargo install tansu`).
 //! - `mock`: librdkafka's mock cluster, in this process.
 //! - `docker`: `apache/kafka` (JVM image, KRaft) through testcontainers; needs a Docker engine.
 //! - `host:port`: an existing broker (topics are created through the admin API).
@@ -36,9 +40,95 @@ pub struct Broker {
 
 enum Inner {
     Mock(MockCluster<'static, DefaultProducerContext>),
+    Kafka(ApacheKafka),
     Tansu(Tansu),
     Docker(Box<Container<apache::Kafka>>),
     External,
+}
+
+/// An Apache Kafka broker run by `scripts/kafka.sh` on a data dir of its own.
+pub struct ApacheKafka {
+    dir: tempfile::TempDir,
+    bootstrap: String,
+}
+
+impl ApacheKafka {
+    fn start() -> Result<ApacheKafka, String> {
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::Builder::new().prefix("weir-kafka-").tempdir_in(shm)
+        } else {
+            tempfile::Builder::new().prefix("weir-kafka-").tempdir()
+        }
+        .map_err(|e| e.to_string())?;
+        let mut k = ApacheKafka {
+            dir,
+            bootstrap: String::new(),
+        };
+        k.spawn()?;
+        Ok(k)
+    }
+
+    /// `scripts/kafka.sh start` on this data dir; returns once the broker serves.
+    fn spawn(&mut self) -> Result<(), String> {
+        let out = Command::new(crate::repo().join("scripts/kafka.sh"))
+            .args(["start", "--data-dir"])
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run scripts/kafka.sh: {e}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let Some(addr) = stdout.lines().find_map(|l| l.strip_prefix("bootstrap=")) else {
+            return Err(format!(
+                "scripts/kafka.sh start failed ({}): {}{}",
+                out.status,
+                stdout,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        };
+        self.bootstrap = addr.trim().to_string();
+        wait_ready(&self.bootstrap, Duration::from_secs(60))
+            .map_err(|e| format!("{e}; log: {}", self.log_tail()))
+    }
+
+    /// The broker JVM's process id, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.dir.path().join("broker.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        // SAFETY: signal 0 only checks that the process exists.
+        (unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
+    }
+
+    /// SIGKILL (an outage, not a shutdown); waits (bounded) until the process is gone.
+    fn kill(&mut self) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: signalling the broker this harness started.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while std::path::Path::new(&format!("/proc/{pid}")).exists()
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for ApacheKafka {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 pub struct Tansu {
@@ -147,15 +237,23 @@ fn unavailable(why: String) -> Option<Broker> {
     if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
         panic!("CI=true and the test broker is unavailable: {why}");
     }
-    eprintln!("SKIPPED (no broker): {why}; run ./scripts/test.sh, which installs tansu, or set WEIR_TEST_KAFKA=host:port");
+    eprintln!("SKIPPED (no broker): {why}; run ./scripts/test.sh, which installs Java and Apache Kafka, or set WEIR_TEST_KAFKA=host:port");
     None
 }
 
-/// The broker chosen by `WEIR_TEST_KAFKA` (default `tansu`).
+/// The broker chosen by `WEIR_TEST_KAFKA` (default `kafka`).
 pub fn real_broker() -> Option<Broker> {
-    let choice = std::env::var("WEIR_TEST_KAFKA").unwrap_or_else(|_| "tansu".into());
+    let choice = std::env::var("WEIR_TEST_KAFKA").unwrap_or_else(|_| "kafka".into());
     match choice.as_str() {
         "mock" => Some(mock_broker()),
+        "kafka" => match ApacheKafka::start() {
+            Ok(k) => Some(Broker {
+                bootstrap: k.bootstrap.clone(),
+                inner: Inner::Kafka(k),
+                kind: "kafka",
+            }),
+            Err(e) => unavailable(e),
+        },
         "tansu" => {
             let Some(bin) = tansu_bin() else {
                 return unavailable(
@@ -246,6 +344,14 @@ impl Broker {
         }
     }
 
+    /// The Apache Kafka broker process, when the harness runs one.
+    pub fn kafka(&self) -> Option<&ApacheKafka> {
+        match &self.inner {
+            Inner::Kafka(k) => Some(k),
+            _ => None,
+        }
+    }
+
     pub fn mock(&self) -> Option<&MockCluster<'static, DefaultProducerContext>> {
         match &self.inner {
             Inner::Mock(c) => Some(c),
@@ -253,9 +359,10 @@ impl Broker {
         }
     }
 
-    /// Stops the broker, keeping its data: tansu is SIGKILLed, a container paused.
+    /// Stops the broker, keeping its data: Kafka and tansu are SIGKILLed, a container paused.
     pub fn stop(&mut self) {
         match &mut self.inner {
+            Inner::Kafka(k) => k.kill(),
             Inner::Tansu(t) => t.kill(),
             Inner::Docker(c) => docker(&["pause", c.id()]),
             _ => {}
@@ -265,6 +372,10 @@ impl Broker {
     /// Starts a stopped broker again on the same port and data.
     pub fn start(&mut self) {
         match &mut self.inner {
+            Inner::Kafka(k) => {
+                k.spawn().expect("restart Apache Kafka");
+                assert_eq!(k.bootstrap, self.bootstrap, "a restart keeps the port");
+            }
             Inner::Tansu(t) => t.spawn().expect("restart tansu"),
             Inner::Docker(c) => docker(&["unpause", c.id()]),
             _ => {}
@@ -272,11 +383,15 @@ impl Broker {
     }
 
     pub fn can_restart(&self) -> bool {
-        matches!(self.inner, Inner::Tansu(_) | Inner::Docker(_))
+        matches!(
+            self.inner,
+            Inner::Kafka(_) | Inner::Tansu(_) | Inner::Docker(_)
+        )
     }
 
     pub fn log_tail(&self) -> String {
         match &self.inner {
+            Inner::Kafka(k) => k.log_tail(),
             Inner::Tansu(t) => t.log_tail(),
             _ => String::new(),
         }
