@@ -30,12 +30,14 @@
 //!   server   `weir serve`: many pipelines in one process, persisted deployments, the HTTP
 //!            API (axum), `/metrics` and the web page;
 //!   cli      is the door (`weir run|validate|produce|bench|serve|deploy|status|replay|...`).
+//!   faults   (the ground floor, imports nothing) named crash points for the crash tests.
 //! ```
 //!
 //! Invalid events never stop a pipeline: they go to the dead letter with the reason
 //! (`decode`, `schema`, `expression`, `late`), their source coordinates and original bytes.
 
 pub mod cli;
+pub mod faults;
 pub mod monitor;
 pub mod operators;
 pub mod pipeline;

@@ -56,7 +56,9 @@ impl ApacheKafka {
     fn start() -> Result<ApacheKafka, String> {
         let shm = std::path::Path::new("/dev/shm");
         let dir = if shm.is_dir() {
-            tempfile::Builder::new().prefix("weir-kafka-").tempdir_in(shm)
+            tempfile::Builder::new()
+                .prefix("weir-kafka-")
+                .tempdir_in(shm)
         } else {
             tempfile::Builder::new().prefix("weir-kafka-").tempdir()
         }

@@ -2,6 +2,7 @@
 //! are, and how to run the binary.
 
 pub mod kafka;
+pub mod postgres;
 pub mod scenario;
 
 use std::path::{Path, PathBuf};

@@ -53,6 +53,10 @@ pub struct Scenario {
     pub out_topic: String,
     pub dlq: String,
     pub table: String,
+    /// The source's consumer group.
+    pub group: String,
+    /// The PostgreSQL sink's connection string.
+    pub pg: String,
     pub pipeline: PathBuf,
     /// Batches of (partition, key, value), in production order; the last holds the
     /// sentinels that move every partition's watermark past all windows.
@@ -112,12 +116,25 @@ impl Scenario {
 
     /// Like [`Scenario::new`], with event `i` at `T0 + i * step_ms` (more windows per user).
     pub fn with_step(name: &str, events: u64, batch: usize, seed: u64, step_ms: i64) -> Scenario {
+        Scenario::build(name, events, batch, seed, step_ms, pg_url())
+    }
+
+    /// Like [`Scenario::with_step`], writing the PostgreSQL sink to the database at `pg`.
+    pub fn build(
+        name: &str,
+        events: u64,
+        batch: usize,
+        seed: u64,
+        step_ms: i64,
+        pg: String,
+    ) -> Scenario {
         let suffix = format!("{}-{}", std::process::id(), seed);
         let dir = tempfile::tempdir().expect("tempdir");
         let source = format!("clicks-{name}-{suffix}");
         let out_topic = format!("totals-{name}-{suffix}");
         let dlq = format!("dlq-{name}-{suffix}");
         let table = format!("weir_{name}_{}", suffix.replace('-', "_"));
+        let group = format!("weir-{name}-{suffix}");
         std::fs::write(dir.path().join("click.avsc"), CLICK).expect("schema");
         std::fs::write(dir.path().join("click_totals.avsc"), TOTALS).expect("schema");
         let pipeline = dir.path().join("pipeline.yaml");
@@ -128,7 +145,7 @@ impl Scenario {
 name: {name}
 source:
   topics: [{source}]
-  group: weir-{name}-{suffix}
+  group: {group}
   format: avro
   schema: click.avsc
   writer_schemas: {{{SCHEMA_ID}: click.avsc}}
@@ -148,7 +165,6 @@ sinks:
   - {{type: postgres, url: "{pg}", table: {table}}}
 dead_letter: {{type: kafka, topic: {dlq}}}
 "#,
-                pg = pg_url()
             ),
         )
         .expect("pipeline");
@@ -212,6 +228,8 @@ dead_letter: {{type: kafka, topic: {dlq}}}
             out_topic,
             dlq,
             table,
+            group,
+            pg,
             pipeline,
             batches,
             expected,
@@ -292,7 +310,7 @@ dead_letter: {{type: kafka, topic: {dlq}}}
 
     /// The table's (user, window start) -> (events, total), sentinels excluded.
     pub fn table_rows(&self) -> Result<Aggregates, String> {
-        rows_in(&self.table)
+        rows_in_db(&self.pg, &self.table)
     }
 
     /// Waits (bounded) until the table holds every expected event; returns the rows.
@@ -335,7 +353,7 @@ dead_letter: {{type: kafka, topic: {dlq}}}
 
     /// The last value per (user, window) in the output topic, checking the frame and that
     /// every `weir-event-id` always carries the same value.
-    pub fn topic_results(&self, broker: &Broker) -> (Aggregates, usize) {
+    pub fn topic_results(&self, broker: &Broker) -> (Aggregates, TopicCounts) {
         let schema = Schema::parse_str(TOTALS).expect("totals schema");
         let records = read_all(
             &broker.bootstrap,
@@ -343,6 +361,7 @@ dead_letter: {{type: kafka, topic: {dlq}}}
             &broker.client_settings(),
         );
         let mut by_id: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut repeated = 0;
         // (user, window) -> (partition, offset, (events, total)) of the latest record.
         type Latest = (i32, i64, (i64, i64));
         let mut last: BTreeMap<(String, i64), Latest> = BTreeMap::new();
@@ -355,6 +374,7 @@ dead_letter: {{type: kafka, topic: {dlq}}}
             let id = r.header("weir-event-id").expect("weir-event-id header");
             if let Some(prev) = by_id.insert(id.clone(), r.value.clone()) {
                 assert_eq!(prev, r.value, "event id {id} carried two different values");
+                repeated += 1;
             }
             let v = apache_avro::from_avro_datum(&schema, &mut &r.value[5..], None)
                 .expect("output decodes with the output schema");
@@ -395,7 +415,12 @@ dead_letter: {{type: kafka, topic: {dlq}}}
             }
         }
         let agg = last.into_iter().map(|(k, (_, _, v))| (k, v)).collect();
-        (agg, records.len())
+        let counts = TopicCounts {
+            records: records.len(),
+            distinct_ids: by_id.len(),
+            repeated,
+        };
+        (agg, counts)
     }
 
     /// Checks that every invalid and late record is in the dead-letter topic with its
@@ -462,28 +487,42 @@ dead_letter: {{type: kafka, topic: {dlq}}}
     }
 
     /// The three end checks: table, topic (last value per key and window) and dead
-    /// letters. Returns (output records, dead letters) read.
-    pub fn check_all(&self, broker: &Broker, table: &Aggregates) -> (usize, usize) {
+    /// letters. Returns the output topic's counts and the dead letters read.
+    pub fn check_all(&self, broker: &Broker, table: &Aggregates) -> (TopicCounts, usize) {
         assert_same("postgres table", table, &self.expected);
-        let (topic, n) = self.topic_results(broker);
+        let (topic, counts) = self.topic_results(broker);
         assert_same(
             "kafka topic (last value per key and window)",
             &topic,
             &self.expected,
         );
-        (n, self.check_dead_letters(broker))
+        (counts, self.check_dead_letters(broker))
     }
 
     pub fn drop_table(&self) {
-        if let Ok(mut c) = postgres::Client::connect(&pg_url(), postgres::NoTls) {
+        if let Ok(mut c) = postgres::Client::connect(&self.pg, postgres::NoTls) {
             let _ = c.batch_execute(&format!("DROP TABLE IF EXISTS {}", self.table));
         }
     }
 }
 
+/// What the output topic holds: records, distinct `weir-event-id`s, and records whose id was
+/// already seen (re-emissions after a crash, each with the same value).
+#[derive(Debug, Clone, Copy)]
+pub struct TopicCounts {
+    pub records: usize,
+    pub distinct_ids: usize,
+    pub repeated: usize,
+}
+
 /// A results table's (user, window start) -> (events, total), sentinels excluded.
 pub fn rows_in(table: &str) -> Result<Aggregates, String> {
-    let mut c = postgres::Client::connect(&pg_url(), postgres::NoTls).map_err(|e| e.to_string())?;
+    rows_in_db(&pg_url(), table)
+}
+
+/// [`rows_in`] for the database at `pg`.
+pub fn rows_in_db(pg: &str, table: &str) -> Result<Aggregates, String> {
+    let mut c = postgres::Client::connect(pg, postgres::NoTls).map_err(|e| e.to_string())?;
     let rows = c
         .query(
             &format!(

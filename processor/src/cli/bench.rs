@@ -41,10 +41,17 @@ pub struct BenchArgs {
     #[arg(long, default_value = "pipelines/nexmark-bids.yaml")]
     pipeline: PathBuf,
     /// Benchmark the Kafka path on this broker instead: pre-produce --events bids to a new
-    /// 4-partition topic, read it with a raw rdkafka consumer, then run the pipeline on it,
-    /// and print both rates and their ratio.
+    /// topic of --partitions partitions, read it with a raw rdkafka consumer, then run the
+    /// pipeline on it, and print both rates, their ratio, p99 per-event latency and peak RSS.
     #[arg(long, value_name = "HOST:PORT")]
     kafka: Option<String>,
+    /// With --kafka: the topic's partitions.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// With --kafka: the size of each record's value in bytes (the bid's `extra` field is
+    /// padded to it; at least about 70).
+    #[arg(long, default_value_t = 100)]
+    value_bytes: usize,
     /// Extra librdkafka properties for the Kafka benchmark's clients (repeatable).
     #[arg(long, value_parser = super::parse_kv)]
     kafka_config: Vec<(String, String)>,
@@ -79,6 +86,17 @@ const CHANNELS: [&str; 4] = ["apple", "google", "facebook", "baidu"];
 
 /// One bid in Confluent wire format (schema id 1), about 100 bytes.
 fn bid(rng: &mut Rng, keys: u64, date_time: i64, out: &mut Vec<u8>) {
+    bid_padded(
+        rng,
+        keys,
+        date_time,
+        "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+        out,
+    )
+}
+
+/// One bid whose `extra` field is `extra`.
+fn bid_padded(rng: &mut Rng, keys: u64, date_time: i64, extra: &str, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(&[0, 0, 0, 0, 1]);
     let r = rng.next();
@@ -88,7 +106,7 @@ fn bid(rng: &mut Rng, keys: u64, date_time: i64, out: &mut Vec<u8>) {
     string(CHANNELS[(r >> 40) as usize % 4], out);
     string("https://www.nexmark.com/item.htm?query=1", out);
     zigzag(date_time, out);
-    string("xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", out); // padding to ~100 bytes
+    string(extra, out); // padding
 }
 
 fn current_rss_mib() -> f64 {
@@ -283,7 +301,18 @@ fn bench_kafka(a: &BenchArgs, brokers: &str) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(ensure_topic(brokers, &topic, 4, 1))?;
+    let partitions = a.partitions.max(1);
+    rt.block_on(ensure_topic(brokers, &topic, partitions, 1))?;
+    // The padding that makes a value about --value-bytes long (the rest is ~66 bytes).
+    let mut probe = Vec::new();
+    bid_padded(
+        &mut Rng(1),
+        a.keys.max(1),
+        1_767_225_600_000,
+        "",
+        &mut probe,
+    );
+    let extra = "x".repeat(a.value_bytes.saturating_sub(probe.len() + 2));
 
     // 1. Pre-produce, keyed by bidder (so key_by bidder matches the partitioning).
     let keys = a.keys.max(1);
@@ -296,7 +325,7 @@ fn bench_kafka(a: &BenchArgs, brokers: &str) -> anyhow::Result<ExitCode> {
     let t0 = Instant::now();
     for seq in 0..a.events {
         let t = base + ((seq as f64 * step_us) / 1000.0) as i64;
-        bid(&mut rng, keys, t, &mut buf);
+        bid_padded(&mut rng, keys, t, &extra, &mut buf);
         // The bidder is the second field: re-derive it for the key.
         let bidder = decode_bidder(&buf).unwrap_or(0).to_string();
         sender.send(
@@ -363,15 +392,24 @@ fn bench_kafka(a: &BenchArgs, brokers: &str) -> anyhow::Result<ExitCode> {
         kafka_config: a.kafka_config.clone(),
         stop_after: Some(a.events),
         live: None,
+        sample_latency: true,
     };
-    let s = run_kafka(plan, &opts, Arc::new(AtomicBool::new(false)))?;
+    let mut s = run_kafka(plan, &opts, Arc::new(AtomicBool::new(false)))?;
     let weir_secs = s.active.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN);
     let raw_rate = a.events as f64 / raw_secs;
     let weir_rate = s.counters.events_in as f64 / weir_secs;
+    s.latencies_ns.sort_unstable();
+    let pct = |q: f64| {
+        let v = &s.latencies_ns;
+        v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     println!(
-        "weir bench --kafka: {} events ({:.1} MB), {} bidders, 4 partitions, broker {brokers}",
+        "weir bench --kafka: {} events ({:.1} MB, {} B per value), {} bidders, {partitions} partitions, broker {brokers}",
         a.events,
         bytes as f64 / 1e6,
+        bytes / a.events.max(1),
         keys
     );
     println!("  raw consumer    {raw_rate:.0} events/s");
@@ -380,6 +418,11 @@ fn bench_kafka(a: &BenchArgs, brokers: &str) -> anyhow::Result<ExitCode> {
         s.counters.results_out, s.checkpoints
     );
     println!("  ratio           {:.2}", weir_rate / raw_rate);
+    println!(
+        "  per event       p50 {} ns, p99 {} ns (poll to processed, every 16th record)",
+        pct(0.50),
+        pct(0.99)
+    );
     println!(
         "  peak RSS        {:.1} MiB",
         peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0

@@ -132,6 +132,7 @@ fn run_against_kafka(
         kafka_config: a.kafka_config,
         stop_after: None,
         live: None,
+        sample_latency: false,
     };
     eprintln!(
         "weir: {name}: consuming {:?} from {} as group {}; state in {}; Ctrl-C to stop",

@@ -35,12 +35,12 @@ pub struct ServeArgs {
     checkpoint_interval: humantime::Duration,
     #[arg(long, default_value_t = 10_000)]
     checkpoint_every: u64,
-    /// Join consumer groups as static members (group.instance.id = <server id>-<pipeline>),
-    /// so a server restarted after a crash gets its partitions back at once. Off by default:
-    /// tansu revokes a rejoined static member's partitions when it expires the previous
-    /// incarnation.
+    /// Join consumer groups as dynamic members. By default each pipeline is a static member
+    /// (group.instance.id = <server id>-<pipeline>, the id kept in --data-dir), so a server
+    /// restarted after a crash gets its partitions back at once instead of after the
+    /// session timeout. Brokers whose static membership is defective (tansu 0.6) need this.
     #[arg(long)]
-    static_membership: bool,
+    dynamic_membership: bool,
     /// An extra librdkafka property for every consumer and producer (repeatable).
     #[arg(long, value_parser = super::parse_kv)]
     kafka_config: Vec<(String, String)>,
@@ -63,7 +63,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         },
         checkpoint_interval: a.checkpoint_interval.into(),
         checkpoint_every: a.checkpoint_every,
-        static_membership: a.static_membership,
+        static_membership: !a.dynamic_membership,
     };
     let server = Arc::new(Server::new(cfg));
     server

@@ -117,6 +117,8 @@ pub struct Summary {
     pub state_writes: u64,
     /// Kafka runs: from the first record processed to the last.
     pub active: Option<std::time::Duration>,
+    /// Kafka runs with `sample_latency`: the time to process every 16th record, ns.
+    pub latencies_ns: Vec<u32>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -346,6 +348,7 @@ pub fn run_file(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
         checkpoints,
         state_writes: store.writes,
         active: None,
+        latencies_ns: Vec::new(),
     })
 }
 

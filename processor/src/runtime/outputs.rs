@@ -283,6 +283,8 @@ pub struct ResultWriter<'p> {
     id: String,
     avro: Vec<u8>,
     failed: Option<SinkError>,
+    /// Results handed to the sinks so far (the runtime compares it across checkpoints).
+    pub written: u64,
 }
 
 impl<'p> ResultWriter<'p> {
@@ -295,6 +297,7 @@ impl<'p> ResultWriter<'p> {
             id: String::new(),
             avro: Vec::new(),
             failed: None,
+            written: 0,
         }
     }
 
@@ -325,6 +328,8 @@ impl<'p> ResultWriter<'p> {
                 return;
             }
         }
+        self.written += 1;
+        crate::faults::reached(crate::faults::Point::Emitted);
     }
 
     pub fn check(&mut self) -> Result<(), SinkError> {

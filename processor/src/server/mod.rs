@@ -271,6 +271,7 @@ impl Server {
             kafka_config: self.cfg.conn.kafka_config.clone(),
             stop_after: None,
             live: Some(live),
+            sample_latency: false,
         }
     }
 

@@ -196,6 +196,12 @@ impl Sender {
         }
     }
 
+    /// Records sent whose delivery report has not been counted yet.
+    pub fn unacknowledged(&self) -> u64 {
+        self.sent
+            .saturating_sub(self.producer.context().reported.load(Ordering::SeqCst))
+    }
+
     /// Waits for every outstanding delivery report; fails if any delivery failed.
     pub fn flush(&mut self) -> Result<(), SinkError> {
         let deadline = Instant::now() + FLUSH_TIMEOUT;
@@ -282,6 +288,9 @@ impl Sink for KafkaSink {
     }
 
     fn flush(&mut self) -> Result<Option<u64>, SinkError> {
+        if self.sender.unacknowledged() > 0 {
+            crate::faults::reached(crate::faults::Point::SinkWritten);
+        }
         self.sender.flush()?;
         Ok(None)
     }

@@ -320,6 +320,7 @@ impl Sink for PostgresSink {
                     .await
                     .map_err(|e| pg_err(&name, e))?;
             }
+            crate::faults::reached(crate::faults::Point::SinkWritten);
             tx.commit().await.map_err(|e| pg_err(&name, e))
         })?;
         self.pending.clear();

@@ -40,6 +40,7 @@ use super::engine::{DeadLetter, Engine};
 use super::outputs::{open_sinks, AnySink, Connections, DeadLetters, ResultWriter};
 use super::replay::{load_guard, REPLAY_KEY};
 use super::{kill_after, open_state, resolve_writer, Checkpoint, RunError, Summary};
+use crate::faults::{reached, stall_after, Point};
 use crate::monitor::telemetry::{Live, RunState, Telemetry};
 use crate::pipeline::compile::Plan;
 use crate::schema::registry::Registry;
@@ -76,6 +77,8 @@ pub struct KafkaOptions {
     pub stop_after: Option<u64>,
     /// Where the running pipeline reports its telemetry (`weir serve` reads it).
     pub live: Option<Arc<Live>>,
+    /// Time every 16th record from its poll to the end of its processing (the benchmark).
+    pub sample_latency: bool,
 }
 
 /// Everything one consumer session owns; shared with the rebalance callback, which must
@@ -96,6 +99,10 @@ struct Processor {
     checkpoints: u64,
     processed_here: u64,
     kill: Option<u64>,
+    /// `writer.written` at the last checkpoint: results in flight when it is behind.
+    written_at_checkpoint: u64,
+    /// With `sample_latency`: per sampled record, ns from poll to processed.
+    latencies: Option<Vec<u32>>,
     live: Arc<Live>,
     first_record: Option<Instant>,
     last_record: Option<Instant>,
@@ -125,6 +132,7 @@ impl Processor {
         self.last_record = Some(now);
         self.since_checkpoint += 1;
         self.processed_here += 1;
+        stall_after(self.processed_here);
         if self.kill == Some(self.processed_here) {
             // SAFETY: plain libc calls on our own process id.
             unsafe {
@@ -171,6 +179,14 @@ impl Processor {
 
     fn checkpoint_inner(&mut self, consumer: Option<&BaseConsumer<Ctx>>) -> Result<(), RunError> {
         let started = Instant::now();
+        // Crash points (tests): only checkpoints with results in flight count.
+        let in_flight = self.writer.written > self.written_at_checkpoint;
+        let point = |p: Point| {
+            if in_flight {
+                reached(p)
+            }
+        };
+        point(Point::CheckpointBegin);
         // File sinks report their length: a restart truncates them to it, so a replay
         // rewrites the same bytes instead of appending them twice.
         let mut lengths = Vec::with_capacity(self.sinks.len());
@@ -183,12 +199,14 @@ impl Processor {
                 took: t.elapsed(),
             });
         }
+        point(Point::SinksFlushed);
         let t = Instant::now();
         let dead_letter = self.dead.flush()?;
         self.live.record(Telemetry::SinkFlushed {
             sink: "dead_letter",
             took: t.elapsed(),
         });
+        point(Point::DeadLettersFlushed);
         let offsets: Vec<(String, i32, i64)> = self
             .positions
             .iter()
@@ -218,9 +236,12 @@ impl Processor {
         }
         self.store.write(batch)?;
         self.engine.windows.after_checkpoint();
+        point(Point::StateWritten);
         if let Some(c) = consumer {
             self.commit(c);
         }
+        point(Point::OffsetsCommitted);
+        self.written_at_checkpoint = self.writer.written;
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
         self.checkpoints += 1;
@@ -357,6 +378,7 @@ impl ConsumerContext for Ctx {
                 if let Err(e) = r {
                     lock(&self.proc).failed = Some(RunError::Kafka(format!("assign: {e}")));
                 }
+                reached(Point::Assigned);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let parts: Vec<String> = tpl
@@ -494,6 +516,8 @@ fn open_processor(
         checkpoints: 0,
         processed_here: 0,
         kill: kill_after(),
+        written_at_checkpoint: 0,
+        latencies: opts.sample_latency.then(Vec::new),
         live: live.clone(),
         first_record: None,
         last_record: None,
@@ -511,6 +535,7 @@ fn run_session(
     progressed: &mut bool,
 ) -> Result<Summary, RunError> {
     let (processor, dl_path, resumed_from) = open_processor(plan, opts, live)?;
+    reached(Point::Restored);
     let proc = Arc::new(Mutex::new(processor));
     let consumer: BaseConsumer<Ctx> = consumer_config(
         &opts.conn.brokers(),
@@ -534,6 +559,7 @@ fn run_session(
     let mut last_publish = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let polled = consumer.poll(Duration::from_millis(100));
+        let polled_at = Instant::now();
         let mut p = lock(&proc);
         if let Some(e) = p.failed.take() {
             p.poisoned = true;
@@ -542,9 +568,16 @@ fn run_session(
         match polled {
             None => {}
             Some(Ok(m)) => {
+                let timed = p.latencies.is_some() && p.processed_here % 16 == 0;
                 if let Err(e) = p.handle(&m) {
                     p.poisoned = true;
                     return Err(e);
+                }
+                if timed {
+                    let ns = polled_at.elapsed().as_nanos().min(u32::MAX as u128) as u32;
+                    if let Some(l) = p.latencies.as_mut() {
+                        l.push(ns);
+                    }
                 }
             }
             Some(Err(e)) => {
@@ -589,6 +622,7 @@ fn run_session(
             checkpoints: p.checkpoints,
             state_writes: p.store.writes,
             active: p.first_record.zip(p.last_record).map(|(a, b)| b - a),
+            latencies_ns: p.latencies.take().unwrap_or_default(),
         }
     };
     consumer.unsubscribe();
