@@ -9,8 +9,10 @@
 //!    file `fsync`s, the dead-letter topic's delivery reports;
 //! 2. **write state and source offsets in one RocksDB batch**: dirty windows, deletions of
 //!    closed windows, the next offset per partition, watermarks and counters, atomically;
-//! 3. **commit the same offsets to the consumer group** (synchronously), so `kcat` and
-//!    `kafka-consumer-groups` show real lag.
+//! 3. **commit the same offsets to the consumer group**, so `kcat` and
+//!    `kafka-consumer-groups` show real lag: asynchronously for periodic checkpoints (a
+//!    synchronous commit blocks while the coordinator is away), synchronously when partitions
+//!    are revoked and on shutdown.
 //!
 //! A crash (or a broker outage that fails a step) between any two steps loses nothing:
 //! - before 2, the previous checkpoint is in force; its state and offsets are restored, the
@@ -165,8 +167,14 @@ impl Processor {
             || self.engine.windows.over_capacity()
     }
 
-    /// Steps 1-3 of the protocol. `consumer` is given when offsets should be committed.
-    fn checkpoint(&mut self, consumer: Option<&BaseConsumer<Ctx>>) -> Result<(), RunError> {
+    /// Steps 1-3 of the protocol. `consumer` is given when offsets should be committed, with
+    /// how: periodic checkpoints commit asynchronously (a synchronous commit blocks the
+    /// pipeline for as long as the group coordinator is unreachable, which stalled a whole
+    /// broker outage in the outage test); revocation and shutdown wait for the commit.
+    fn checkpoint(
+        &mut self,
+        consumer: Option<(&BaseConsumer<Ctx>, CommitMode)>,
+    ) -> Result<(), RunError> {
         if self.poisoned {
             return Err(RunError::Kafka(
                 "the session failed; not checkpointing".into(),
@@ -177,7 +185,10 @@ impl Processor {
         r
     }
 
-    fn checkpoint_inner(&mut self, consumer: Option<&BaseConsumer<Ctx>>) -> Result<(), RunError> {
+    fn checkpoint_inner(
+        &mut self,
+        consumer: Option<(&BaseConsumer<Ctx>, CommitMode)>,
+    ) -> Result<(), RunError> {
         let started = Instant::now();
         // Crash points (tests): only checkpoints with results in flight count.
         let in_flight = self.writer.written > self.written_at_checkpoint;
@@ -237,8 +248,8 @@ impl Processor {
         self.store.write(batch)?;
         self.engine.windows.after_checkpoint();
         point(Point::StateWritten);
-        if let Some(c) = consumer {
-            self.commit(c);
+        if let Some((c, mode)) = consumer {
+            self.commit(c, mode);
         }
         point(Point::OffsetsCommitted);
         self.written_at_checkpoint = self.writer.written;
@@ -271,7 +282,7 @@ impl Processor {
 
     /// Step 3: commit the state's offsets of the partitions this member owns. A failed
     /// commit only delays lag reporting: the state's offsets are authoritative on restart.
-    fn commit(&self, c: &BaseConsumer<Ctx>) {
+    fn commit(&self, c: &BaseConsumer<Ctx>, mode: CommitMode) {
         let owned = match c.assignment() {
             Ok(a) => a,
             Err(e) => {
@@ -288,7 +299,7 @@ impl Processor {
         if tpl.count() == 0 {
             return;
         }
-        if let Err(e) = c.commit(&tpl, CommitMode::Sync) {
+        if let Err(e) = c.commit(&tpl, mode) {
             tracing::warn!(error = %e, "offset commit failed; the next checkpoint retries");
         }
     }
@@ -395,7 +406,7 @@ impl ConsumerContext for Ctx {
                 self.live.record(Telemetry::Revoked { partitions: &owned });
                 let mut p = lock(&self.proc);
                 // A lost assignment cannot commit; the checkpoint still saves state.
-                let commit = (!c.assignment_lost()).then_some(c);
+                let commit = (!c.assignment_lost()).then_some((c, CommitMode::Sync));
                 if let Err(e) = p.checkpoint(commit) {
                     p.failed = Some(e);
                 }
@@ -601,7 +612,7 @@ fn run_session(
             break;
         }
         if p.due(opts.checkpoint_every, opts.checkpoint_interval) {
-            p.checkpoint(Some(&consumer))?;
+            p.checkpoint(Some((&consumer, CommitMode::Async)))?;
             *progressed = true;
         }
         if last_publish.elapsed() >= Duration::from_millis(250) {
@@ -612,7 +623,7 @@ fn run_session(
     // Graceful stop: a last checkpoint and commit, then leave the group.
     let summary = {
         let mut p = lock(&proc);
-        p.checkpoint(Some(&consumer))?;
+        p.checkpoint(Some((&consumer, CommitMode::Sync)))?;
         p.publish();
         Summary {
             counters: p.engine.counters.clone(),
