@@ -1,7 +1,11 @@
 # Sourced by the other scripts: a persistent build directory and the system packages the
 # build needs (libclang for the RocksDB bindings, a C++ compiler for RocksDB and librdkafka).
 set -euo pipefail
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}"
+# Every persistent cache (cargo target dir, Maven repository, Kafka's jars, the Python
+# virtualenv) lives under WEIR_CACHE (default ~/.cache/weir); point it at an empty folder
+# for a cold run.
+export WEIR_CACHE="${WEIR_CACHE:-$HOME/.cache/weir}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$WEIR_CACHE/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 . "$(dirname "${BASH_SOURCE[0]}")/lib/libclang.sh"

@@ -15,13 +15,14 @@
 #   scripts/kafka.sh tool CLASS ARGS...        Runs one of Kafka's tools from the same jars,
 #       e.g. `tool org.apache.kafka.tools.consumer.group.ConsumerGroupCommand --describe …`.
 #
-# DIR defaults to $WEIR_KAFKA_DATA, else ~/.local/state/weir/kafka. The Maven repository is
-# $WEIR_MAVEN_REPO, else ~/.cache/weir/m2. Java 17 and Maven come from Debian's packages
+# DIR defaults to $WEIR_KAFKA_DATA, else ~/.local/state/weir/kafka. The jars are cached in
+# $WEIR_CACHE (default ~/.cache/weir); the Maven repository is $WEIR_MAVEN_REPO, else
+# $WEIR_CACHE/m2. Java 17 and Maven come from Debian's packages
 # when missing. The broker's log is DIR/broker.log, its process id DIR/broker.pid.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$HERE/kafka/pom.xml")"
-CACHE="$HOME/.cache/weir"
+CACHE="${WEIR_CACHE:-$HOME/.cache/weir}"
 LIBS="$CACHE/kafka-$KAFKA_VERSION/libs"
 M2="${WEIR_MAVEN_REPO:-$CACHE/m2}"
 

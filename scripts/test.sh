@@ -28,7 +28,7 @@ if [ -z "${WEIR_TEST_POSTGRES:-}" ]; then
 fi
 
 # Clients nobody here wrote: confluent-kafka (librdkafka in its wheel) and fastavro.
-VENV="$HOME/.cache/weir/venv"
+VENV="$WEIR_CACHE/venv"
 if [ -z "${WEIR_PYTHON:-}" ]; then
   if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import confluent_kafka, fastavro, confluent_kafka.schema_registry.avro' 2>/dev/null; then
     echo "== Python virtualenv for the interop tests ($VENV)"
