@@ -24,8 +24,13 @@ pub fn consumer_config(
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("enable.partition.eof", "false")
         .set("session.timeout.ms", "10000")
-        // Bounded prefetch: librdkafka stops fetching a partition past this much.
+        // Bounded prefetch: librdkafka stops fetching a partition past this much...
         .set("queued.max.messages.kbytes", "16384")
+        // ...and fetches again this soon once the queue has room. librdkafka's default
+        // (1000 ms) idled the fetcher for a second every time the queue filled: one
+        // partition of 1 KB records ran at 33 K events/s on Apache Kafka, 525 K/s with 5 ms
+        // (`weir bench --kafka`).
+        .set("fetch.queue.backoff.ms", "10")
         .set("reconnect.backoff.max.ms", "2000")
         // Statistics carry each partition's log end: the live lag without extra requests.
         .set("statistics.interval.ms", "1000");

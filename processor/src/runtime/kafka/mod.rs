@@ -570,7 +570,6 @@ fn run_session(
     let mut last_publish = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let polled = consumer.poll(Duration::from_millis(100));
-        let polled_at = Instant::now();
         let mut p = lock(&proc);
         if let Some(e) = p.failed.take() {
             p.poisoned = true;
@@ -579,13 +578,14 @@ fn run_session(
         match polled {
             None => {}
             Some(Ok(m)) => {
-                let timed = p.latencies.is_some() && p.processed_here % 16 == 0;
+                let timed =
+                    (p.latencies.is_some() && p.processed_here % 16 == 0).then(Instant::now);
                 if let Err(e) = p.handle(&m) {
                     p.poisoned = true;
                     return Err(e);
                 }
-                if timed {
-                    let ns = polled_at.elapsed().as_nanos().min(u32::MAX as u128) as u32;
+                if let Some(t) = timed {
+                    let ns = t.elapsed().as_nanos().min(u32::MAX as u128) as u32;
                     if let Some(l) = p.latencies.as_mut() {
                         l.push(ns);
                     }
