@@ -54,9 +54,13 @@ install() {
   if [ ! -f "$LIBS/.complete" ]; then
     echo "kafka.sh: resolving Apache Kafka $KAFKA_VERSION from Maven Central into $LIBS" >&2
     rm -rf "$LIBS.tmp"
-    mvn -q -B -ntp -Dstyle.color=never -f "$HERE/kafka/pom.xml" -Dmaven.repo.local="$M2" \
-      dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIBS.tmp" >&2 \
-      || die "Maven could not resolve Apache Kafka $KAFKA_VERSION (see above)"
+    mkdir -p "$CACHE"
+    if ! mvn -q -B -ntp -Dstyle.color=never -f "$HERE/kafka/pom.xml" -Dmaven.repo.local="$M2" \
+      dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIBS.tmp" \
+      > "$CACHE/kafka-install.log" 2>&1; then
+      cat "$CACHE/kafka-install.log" >&2
+      die "Maven could not resolve Apache Kafka $KAFKA_VERSION (see above)"
+    fi
     ls "$LIBS.tmp"/kafka_2.13-*.jar >/dev/null 2>&1 || die "no kafka_2.13 jar was resolved"
     rm -rf "$LIBS"
     mv "$LIBS.tmp" "$LIBS"

@@ -93,6 +93,11 @@ impl ApacheKafka {
             .map_err(|e| format!("{e}; log: {}", self.log_tail()))
     }
 
+    /// The data dir `scripts/kafka.sh` runs this broker on.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// The broker JVM's process id, while it runs.
     pub fn pid(&self) -> Option<i32> {
         let pid: i32 = std::fs::read_to_string(self.dir.path().join("broker.pid"))

@@ -17,12 +17,14 @@ const WINDOW: i64 = 10_000;
 const SCHEMA_ID: u32 = 1;
 const OUT_SCHEMA_ID: u32 = 7;
 
-const CLICK: &str = r#"{"type":"record","name":"Click","namespace":"weir.test","fields":[
+/// The click events' schema (also what `tests/python/interop.py` writes).
+pub const CLICK: &str = r#"{"type":"record","name":"Click","namespace":"weir.test","fields":[
   {"name":"user","type":"string"},
   {"name":"amount","type":"long"},
   {"name":"ts","type":{"type":"long","logicalType":"timestamp-millis"}}]}"#;
 
-const TOTALS: &str = r#"{"type":"record","name":"ClickTotals","namespace":"weir.test","fields":[
+/// The per-user window totals' schema.
+pub const TOTALS: &str = r#"{"type":"record","name":"ClickTotals","namespace":"weir.test","fields":[
   {"name":"user","type":"string"},
   {"name":"window_start","type":{"type":"long","logicalType":"timestamp-millis"}},
   {"name":"window_end","type":{"type":"long","logicalType":"timestamp-millis"}},

@@ -13,18 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use weir_tests::kafka::{real_broker, WeirProcess};
 use weir_tests::repo;
-
-const CLICK: &str = r#"{"type":"record","name":"Click","namespace":"weir.test","fields":[
-  {"name":"user","type":"string"},
-  {"name":"amount","type":"long"},
-  {"name":"ts","type":{"type":"long","logicalType":"timestamp-millis"}}]}"#;
-
-const TOTALS: &str = r#"{"type":"record","name":"ClickTotals","namespace":"weir.test","fields":[
-  {"name":"user","type":"string"},
-  {"name":"window_start","type":{"type":"long","logicalType":"timestamp-millis"}},
-  {"name":"window_end","type":{"type":"long","logicalType":"timestamp-millis"}},
-  {"name":"events","type":"long"},
-  {"name":"total","type":"long"}]}"#;
+use weir_tests::scenario::{CLICK, TOTALS};
 
 fn python() -> Option<String> {
     let py = std::env::var("WEIR_PYTHON").unwrap_or_else(|_| "python3".into());

@@ -271,6 +271,24 @@ fn wait_log(w: &mut WeirProcess, from: usize, needle: &str, within: Duration) ->
     }
 }
 
+/// Waits (bounded) until the table holds some results.
+fn wait_first_results(s: &Scenario, weir: &mut WeirProcess) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while s.table_events() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no results: {}",
+            tail(&weir.log_text())
+        );
+        assert!(
+            weir.exited().is_none(),
+            "weir exited: {}",
+            tail(&weir.log_text())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 const SESSION_FAILED: &str = "pipeline session failed; restarting from the last checkpoint";
 
 /// The broker is SIGKILLed twice while Weir holds fetched records it has not processed yet
@@ -355,15 +373,7 @@ fn postgres_outage_mid_run_fails_a_session_and_loses_nothing() {
     let mut weir = WeirProcess::start(&s.args(&broker), s.log(), &[]);
     let n = s.batches.len();
     s.produce(&broker.bootstrap, 0..n / 3, Duration::from_millis(50));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while s.table_events() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "no results before the outage: {}",
-            tail(&weir.log_text())
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_first_results(&s, &mut weir);
     pg.crash();
     eprintln!("PostgreSQL crashed");
     // Traffic goes on: its results cannot be written.
@@ -415,15 +425,7 @@ fn static_member_restarted_after_sigkill_resumes_at_once() {
     let n = s.batches.len();
     let mut weir = WeirProcess::start(&args, s.log(), &[]);
     s.produce(&broker.bootstrap, 0..n / 2, Duration::from_millis(20));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while s.table_events() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "no results: {}",
-            tail(&weir.log_text())
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_first_results(&s, &mut weir);
     // The group shows its member while it runs (DescribeGroups).
     let live = offsets_json(&broker, &group, &[]);
     let members: Vec<&str> = live["partitions"]
