@@ -169,6 +169,17 @@ fn field_names(row: &[(String, FieldType)]) -> String {
         .join(", ")
 }
 
+/// The longest duration a definition may give (100 years, 3,153,600,000,000 ms): window
+/// ends, close times (`end + grace`) and watermarks are event times plus durations, and
+/// longer durations overflow that arithmetic (a grace of `i64::MAX` ms closed every window
+/// at once).
+pub const MAX_DURATION_MS: i64 = 100 * 365 * 24 * 3_600_000;
+
+/// The most hopping windows one event may belong to (`size / advance`): each one is state
+/// and, at close, a result. A 1 h window advancing every 1 ms asked for 3.6 million per
+/// event and passed 4 GiB of memory in seconds.
+pub const MAX_WINDOWS_PER_EVENT: i64 = 1_000;
+
 fn duration(
     p: &mut Problems,
     path: &str,
@@ -198,6 +209,14 @@ fn duration(
                 path,
                 format!("must be >= 0s, got {}", d.0),
                 "use 0s for no allowance, or a positive duration",
+            );
+            None
+        }
+        Ok(ms) if ms > MAX_DURATION_MS => {
+            p.add(
+                path,
+                format!("must be at most 100 years (3153600000000ms), got {}", d.0),
+                "use a shorter duration: event times plus durations longer than that overflow",
             );
             None
         }
@@ -878,6 +897,22 @@ fn compile_window(p: &mut Problems, path: &str, w: &super::WindowDef) -> Option<
                         w.size.as_ref()?.0
                     ),
                     "use an advance no larger than the size; equal means tumbling",
+                );
+                return None;
+            }
+            if size / advance > MAX_WINDOWS_PER_EVENT {
+                p.add(
+                    &format!("{path}.advance"),
+                    format!(
+                        "puts every event in {} windows ({} / {}); at most {MAX_WINDOWS_PER_EVENT} are allowed",
+                        size / advance,
+                        w.size.as_ref()?.0,
+                        w.advance.as_ref()?.0
+                    ),
+                    format!(
+                        "use an advance of at least {}ms (size / {MAX_WINDOWS_PER_EVENT})",
+                        (size as u64).div_ceil(MAX_WINDOWS_PER_EVENT as u64)
+                    ),
                 );
                 return None;
             }
