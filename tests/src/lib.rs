@@ -44,6 +44,17 @@ pub fn text(b: &[u8]) -> String {
 }
 
 /// Non-empty lines of a file, parsed as JSON.
+/// Whether to rewrite expected files: only when `WEIR_BLESS=1` (any other value is no),
+/// and never under `CI=true`, where blessing would compare an output with itself.
+pub fn bless() -> bool {
+    let on = std::env::var("WEIR_BLESS").is_ok_and(|v| v == "1");
+    assert!(
+        !(on && std::env::var("CI").is_ok_and(|v| v == "true")),
+        "WEIR_BLESS=1 is refused under CI=true: expected files are reviewed, never written by CI"
+    );
+    on
+}
+
 pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()

@@ -1,10 +1,10 @@
 //! Pipeline definitions: every shipped pipeline validates, and invalid fixtures produce
 //! exactly the messages in their `.expected` files (wording is part of the interface).
-//! Set WEIR_BLESS=1 to rewrite the `.expected` files after a deliberate wording change,
-//! then review the diff.
+//! Set WEIR_BLESS=1 to rewrite the `.expected` files after a deliberate wording change:
+//! the test then fails, asking you to review the diff (never under CI=true).
 
 use std::process::Command;
-use weir_tests::{repo, text, weir_bin};
+use weir_tests::{bless, repo, text, weir_bin};
 
 #[test]
 fn every_shipped_pipeline_is_valid() {
@@ -30,7 +30,8 @@ fn every_shipped_pipeline_is_valid() {
 #[test]
 fn invalid_fixtures_report_every_problem_exactly() {
     let dir = repo().join("tests/fixtures/invalid");
-    let bless = std::env::var("WEIR_BLESS").is_ok();
+    let bless = bless();
+    let mut blessed = Vec::new();
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
@@ -47,9 +48,15 @@ fn invalid_fixtures_report_every_problem_exactly() {
         let got = text(&out.stdout);
         let expected_path = path.with_extension("expected");
         if bless {
-            std::fs::write(&expected_path, &got).unwrap();
+            if std::fs::read_to_string(&expected_path).ok().as_deref() != Some(got.as_str()) {
+                std::fs::write(&expected_path, &got).unwrap();
+                blessed.push(expected_path.display().to_string());
+            }
+            n += 1;
+            continue;
         }
-        let want = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        let want = std::fs::read_to_string(&expected_path)
+            .unwrap_or_else(|e| panic!("{}: {e}", expected_path.display()));
         assert_eq!(
             got,
             want,
@@ -58,6 +65,11 @@ fn invalid_fixtures_report_every_problem_exactly() {
         );
         n += 1;
     }
+    assert!(
+        blessed.is_empty(),
+        "WEIR_BLESS=1 rewrote {}: review the diff (git diff tests/fixtures), then run again without WEIR_BLESS",
+        blessed.join(", ")
+    );
     assert!(n >= 4);
 }
 

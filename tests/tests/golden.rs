@@ -5,6 +5,8 @@
 //! records, SIGKILL in the middle, resume, and the output must be byte-identical to an
 //! uninterrupted run.
 
+use base64::Engine as _;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use weir::source::file::{FileSource, InputFormat};
@@ -21,6 +23,103 @@ fn input_of(dir: &Path) -> &'static str {
     } else {
         "input.jsonl"
     }
+}
+
+enum Want {
+    Bytes(Vec<u8>),
+    Json(serde_json::Value),
+    /// An Avro container datum: its bytes are the writer's encoding, not in the file.
+    NonEmpty,
+}
+
+struct Coordinates {
+    partition: u64,
+    offset: i64,
+    value: Want,
+}
+
+/// Where the record of input line `line` (1-based) is, and what bytes it has, read
+/// without Weir's source: a values file numbers its non-blank lines 0, 1, ...; a records
+/// file takes explicit offsets (the next one per partition follows), and a line that is not
+/// a valid record takes no offset (partition 0, the next offset there).
+fn coordinates(input: &Path, line: u64) -> Coordinates {
+    if input.extension().is_some_and(|e| e == "avro") {
+        return Coordinates {
+            partition: 0,
+            offset: line as i64 - 1,
+            value: Want::NonEmpty,
+        };
+    }
+    let data = std::fs::read(input).unwrap();
+    let lines: Vec<&[u8]> = data
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .collect();
+    let blank = |l: &[u8]| l.iter().all(u8::is_ascii_whitespace);
+    let object = |l: &[u8]| match serde_json::from_slice::<serde_json::Value>(l) {
+        Ok(serde_json::Value::Object(m)) => Some(m),
+        _ => None,
+    };
+    let records = lines
+        .iter()
+        .find(|l| !blank(l))
+        .and_then(|l| object(l))
+        .is_some_and(|m| m.contains_key("value") || m.contains_key("value_b64"));
+    let mut next: HashMap<u64, i64> = HashMap::new();
+    for (i, l) in lines.iter().enumerate() {
+        if blank(l) {
+            continue;
+        }
+        let this = i as u64 + 1 == line;
+        let whole = Coordinates {
+            partition: 0,
+            offset: *next.get(&0).unwrap_or(&0),
+            value: Want::Bytes(l.to_vec()),
+        };
+        if !records {
+            let off = next.entry(0).or_insert(0);
+            if this {
+                return Coordinates {
+                    offset: *off,
+                    ..whole
+                };
+            }
+            *off += 1;
+            continue;
+        }
+        let m = object(l);
+        let field = |k: &str| m.as_ref().and_then(|m| m.get(k));
+        let partition = match field("partition") {
+            None => Some(0),
+            Some(v) => v.as_u64().filter(|p| *p <= i32::MAX as u64),
+        };
+        let explicit = field("offset").map(|v| v.as_i64().filter(|o| *o >= 0));
+        let value = match (field("value"), field("value_b64").and_then(|v| v.as_str())) {
+            (Some(v), _) => Some(Want::Json(v.clone())),
+            (None, Some(b)) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .ok()
+                .map(Want::Bytes),
+            _ => None,
+        };
+        let ts_ok = field("timestamp").is_none_or(|t| t.is_i64());
+        match (m.is_some() && ts_ok, partition, explicit, value) {
+            (true, Some(p), e, Some(value)) if e != Some(None) => {
+                let off = e.flatten().unwrap_or(*next.get(&p).unwrap_or(&0));
+                next.insert(p, off + 1);
+                if this {
+                    return Coordinates {
+                        partition: p,
+                        offset: off,
+                        value,
+                    };
+                }
+            }
+            _ if this => return whole,
+            _ => {}
+        }
+    }
+    panic!("{}: no record on line {line}", input.display())
 }
 
 fn run(
@@ -56,6 +155,10 @@ fn golden(name: &str) {
     );
 
     let got = json_lines(&work.path().join("out.jsonl"));
+    assert!(
+        dir.join("expected.jsonl").is_file(),
+        "{name}: expected.jsonl is missing (an empty file says \"no results\")"
+    );
     let want = json_lines(&dir.join("expected.jsonl"));
     if got != want {
         let show = |v: &[serde_json::Value]| {
@@ -77,12 +180,36 @@ fn golden(name: &str) {
         .map(|d| serde_json::json!({"line": d["source"]["line"], "reason": d["reason"]}))
         .collect();
     assert_eq!(got_dead, want_dead, "{name}: dead letters differ: {dead:?}");
-    // Every dead letter carries its original bytes and coordinates.
+    // Every dead letter carries its original bytes and coordinates, as an independent
+    // reading of the input gives them.
+    let input = dir.join(input_of(&dir));
     for d in &dead {
-        assert!(
-            d["value_b64"].is_string() && d["source"]["offset"].is_i64() && d["error"].is_string(),
-            "{d}"
+        let line = d["source"]["line"].as_u64().unwrap_or(0);
+        let want = coordinates(&input, line);
+        let b64 = d["value_b64"].as_str().unwrap_or_default();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap_or_else(|e| panic!("{name}: value_b64 {b64:?}: {e}"));
+        assert_eq!(
+            (
+                d["source"]["partition"].as_u64(),
+                d["source"]["offset"].as_i64()
+            ),
+            (Some(want.partition), Some(want.offset)),
+            "{name}: coordinates of the dead letter of line {line}: {d}"
         );
+        match &want.value {
+            Want::Bytes(b) => assert_eq!(&bytes, b, "{name}: bytes of line {line}: {d}"),
+            Want::Json(j) => assert_eq!(
+                serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .as_ref(),
+                Some(j),
+                "{name}: value of line {line}: {d}"
+            ),
+            Want::NonEmpty => assert!(!bytes.is_empty(), "{name}: line {line}: {d}"),
+        }
+        assert!(d["error"].as_str().is_some_and(|e| !e.is_empty()), "{d}");
         assert_eq!(
             d["pipeline"],
             serde_json::json!(format!("golden-{}", name.replace('_', "-")))
@@ -90,7 +217,6 @@ fn golden(name: &str) {
     }
 
     // Restart variant.
-    let input = dir.join(input_of(&dir));
     let total = FileSource::open(&input, InputFormat::Auto, "t")
         .unwrap()
         .count();
@@ -166,6 +292,9 @@ golden_cases!(
     many_keys,
     complex_types,
     avro_raw,
+    event_time_range,
+    hostile_lines,
+    non_finite,
 );
 
 #[test]

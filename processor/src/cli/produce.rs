@@ -72,7 +72,8 @@ pub fn run(a: ProduceArgs) -> anyhow::Result<ExitCode> {
                 }
                 value.extend_from_slice(bytes);
             }
-            Payload::Json(b) | Payload::Bytes(b) => {
+            // A line that is no record is sent as it is: the pipeline dead-letters it.
+            Payload::Json(b) | Payload::Bytes(b) | Payload::Invalid { bytes: b, .. } => {
                 value.extend_from_slice(b);
                 if let (None, Some(field)) = (&key, &a.key_field) {
                     key = serde_json::from_slice::<serde_json::Value>(b)

@@ -97,6 +97,11 @@ pub fn to_avro(v: Cel, ty: &FieldType, text: &str) -> Result<Value, ExprError> {
         (Cel::Int(i), Kind::TimestampMillis) => Value::TimestampMillis(*i),
         (Cel::Timestamp(t), Kind::TimestampMillis) => Value::TimestampMillis(t.timestamp_millis()),
         (Cel::Int(i), Kind::Double) => Value::Double(*i as f64),
+        (Cel::Float(f), Kind::Double | Kind::Float) if !f.is_finite() => {
+            return Err(ExprError(format!(
+                "`{text}` returned {f}, and events carry finite numbers only"
+            )))
+        }
         (Cel::Float(f), Kind::Double) => Value::Double(*f),
         (Cel::Int(i), Kind::Float) => Value::Float(*i as f32),
         (Cel::Float(f), Kind::Float) => Value::Float(*f as f32),

@@ -9,8 +9,30 @@
 //!
 //! A window closes when the watermark reaches `end + grace`; an event whose every window
 //! is closed on arrival is late.
+//!
+//! Event times must lie in [`MIN_EVENT_TIME_MS`, `MAX_EVENT_TIME_MS`] (years 0001 to 9999,
+//! the range of an RFC 3339 timestamp). Durations are bounded at validation (100 years),
+//! so within that range `end + grace` and every other sum here cannot overflow. A record
+//! outside it is dead-lettered (`schema`) before it reaches a window or the watermark.
 
 use crate::pipeline::compile::WindowAssigner;
+
+/// 0001-01-01T00:00:00Z in epoch milliseconds.
+pub const MIN_EVENT_TIME_MS: i64 = -62_135_596_800_000;
+/// 9999-12-31T23:59:59.999Z in epoch milliseconds.
+pub const MAX_EVENT_TIME_MS: i64 = 253_402_300_799_999;
+
+/// Why `ts` cannot be an event time, if it cannot.
+pub fn check_event_time(ts: i64) -> Result<i64, String> {
+    if (MIN_EVENT_TIME_MS..=MAX_EVENT_TIME_MS).contains(&ts) {
+        Ok(ts)
+    } else {
+        Err(format!(
+            "event time {ts} ms is outside the supported range \
+             0001-01-01T00:00:00Z..9999-12-31T23:59:59.999Z ({MIN_EVENT_TIME_MS}..{MAX_EVENT_TIME_MS} ms)"
+        ))
+    }
+}
 
 /// Puts the aligned windows (start, end) containing `ts` in `out`, oldest first. None for
 /// sessions, which the state store assigns by merging.

@@ -8,7 +8,7 @@ use crate::operators::expr::Evaluator;
 use crate::operators::watermark::Watermarks;
 use crate::operators::{apply_row_steps, decode_key, key_of, Row, Scalar};
 use crate::pipeline::compile::{EventTime, OutSource, Plan, TimeUnit};
-use crate::schema::codec::{into_row, zigzag, DecodeError, Decoder};
+use crate::schema::codec::{into_row, non_finite_field, zigzag, DecodeError, Decoder};
 use crate::schema::json::{avro_to_json, parse_rfc3339_millis};
 use crate::schema::Kind;
 use crate::source::{Payload, SourceRecord};
@@ -111,6 +111,26 @@ impl<'p> Engine<'p> {
     }
 
     fn decode(&self, rec: &SourceRecord) -> Result<Row, (DeadLetterReason, String)> {
+        let row = self.decode_any(rec)?;
+        match non_finite_field(&row) {
+            None => Ok(row),
+            Some(i) => {
+                let name = match self.decoder.reader_schema() {
+                    Schema::Record(r) => r.fields.get(i).map(|f| f.name.as_str()),
+                    _ => None,
+                };
+                Err((
+                    DeadLetterReason::Schema,
+                    format!(
+                        "field `{}` holds NaN or an infinity; events carry finite numbers only (send null in a nullable field for a missing value)",
+                        name.unwrap_or("?")
+                    ),
+                ))
+            }
+        }
+    }
+
+    fn decode_any(&self, rec: &SourceRecord) -> Result<Row, (DeadLetterReason, String)> {
         let map = |e: DecodeError| match e {
             DecodeError::Decode(m) => (DeadLetterReason::Decode, m),
             DecodeError::Schema(m) => (DeadLetterReason::Schema, m),
@@ -121,6 +141,7 @@ impl<'p> Engine<'p> {
                 .decode_row(b, &self.plan.source.needed)
                 .map_err(map),
             Payload::Json(b) => self.decoder.decode_json_row(b).map_err(map),
+            Payload::Invalid { reason, .. } => Err((DeadLetterReason::Decode, reason.clone())),
             Payload::Avro { value, .. } => {
                 let v = match &self.container {
                     None => value.clone(),
@@ -247,7 +268,10 @@ impl<'p> Engine<'p> {
                 return Ok(());
             }
         };
-        let ts = match self.event_time(rec, &row) {
+        let ts = match self
+            .event_time(rec, &row)
+            .and_then(crate::operators::window::check_event_time)
+        {
             Ok(t) => t,
             Err(msg) => {
                 self.dead(rec, DeadLetterReason::Schema, msg, dead);

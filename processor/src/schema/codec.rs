@@ -179,6 +179,24 @@ impl Decoder {
 }
 
 /// The field values of a decoded record.
+/// The first field of a decoded row holding a NaN or an infinity (at any depth), if any.
+/// Avro can carry them, but Weir refuses them in events: one NaN makes every sum and
+/// average of its window NaN, and JSON has no number for either.
+pub fn non_finite_field(row: &[Value]) -> Option<usize> {
+    fn non_finite(v: &Value) -> bool {
+        match v {
+            Value::Double(f) => !f.is_finite(),
+            Value::Float(f) => !f.is_finite(),
+            Value::Union(_, inner) => non_finite(inner),
+            Value::Array(items) => items.iter().any(non_finite),
+            Value::Map(m) => m.values().any(non_finite),
+            Value::Record(fields) => fields.iter().any(|(_, v)| non_finite(v)),
+            _ => false,
+        }
+    }
+    row.iter().position(non_finite)
+}
+
 pub fn into_row(v: Value) -> Result<Vec<Value>, DecodeError> {
     match v {
         Value::Record(fields) => Ok(fields.into_iter().map(|(_, v)| v).collect()),

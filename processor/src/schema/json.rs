@@ -289,10 +289,17 @@ pub fn avro_to_json(v: &Value) -> Json {
     }
 }
 
+/// A double as JSON. JSON has no NaN or infinity: they are written as the strings `"NaN"`,
+/// `"Infinity"` and `"-Infinity"`, as Avro's Java JSON encoder (Jackson) and Protobuf's
+/// JSON mapping write them, and as PostgreSQL reads them into `double precision`. (Events
+/// never carry them; a `sum` or `avg` can overflow to an infinity.)
 fn float_json(f: f64) -> Json {
-    serde_json::Number::from_f64(f)
-        .map(Json::Number)
-        .unwrap_or(Json::Null)
+    match serde_json::Number::from_f64(f) {
+        Some(n) => Json::Number(n),
+        None if f.is_nan() => Json::String("NaN".into()),
+        None if f > 0.0 => Json::String("Infinity".into()),
+        None => Json::String("-Infinity".into()),
+    }
 }
 
 fn i128_of(bytes: &[u8]) -> i128 {

@@ -10,8 +10,13 @@
 //!   pipeline's format (`avro`, `avro-raw`, `json`). Every key but the value is optional;
 //!   offsets default to a per-partition counter.
 //!
-//! A line that is not JSON at all is still a record: its bytes go to the dead letter with
-//! reason `decode` and the file and line, and the run goes on.
+//! A line that is not a record is still read: a line that is not UTF-8, a line of a
+//! records file that is not a JSON object, and an envelope whose coordinates are not
+//! Kafka's (`partition` an integer in 0..=2147483647, `offset` an integer >= 0,
+//! `timestamp` an integer) go to the dead letter with reason `decode`, saying why, with
+//! their original bytes and the file and line, and the run goes on. Such a line takes no
+//! offset: the dead letter shows partition 0 and the offset the next record of partition 0
+//! would get.
 
 use super::{Payload, SourceError, SourceRecord};
 use apache_avro::Schema;
@@ -59,7 +64,7 @@ fn is_record_line(line: &str) -> bool {
 
 enum Inner {
     Lines {
-        lines: std::io::Lines<BufReader<File>>,
+        lines: std::io::Split<BufReader<File>>,
         records: bool,
     },
     Avro {
@@ -89,13 +94,14 @@ impl FileSource {
             InputFormat::Auto if path.extension().is_some_and(|e| e == "avro") => InputFormat::Avro,
             InputFormat::Auto => {
                 let mut first = String::new();
-                for l in BufReader::new(open()?).lines() {
+                for l in BufReader::new(open()?).split(b'\n') {
                     let l = l.map_err(|source| SourceError::Read {
                         path: name.clone(),
                         source,
                     })?;
+                    let l = String::from_utf8_lossy(&l);
                     if !l.trim().is_empty() {
-                        first = l;
+                        first = l.into_owned();
                         break;
                     }
                 }
@@ -122,7 +128,7 @@ impl FileSource {
                 }
             }
             f => Inner::Lines {
-                lines: BufReader::new(open()?).lines(),
+                lines: BufReader::new(open()?).split(b'\n'),
                 records: f == InputFormat::Records,
             },
         };
@@ -168,26 +174,51 @@ impl FileSource {
         }
     }
 
-    fn record(&mut self, text: String, records: bool) -> SourceRecord {
+    /// A line that cannot be a record: dead-lettered by the engine with `reason`.
+    fn invalid(&mut self, bytes: Vec<u8>, reason: String) -> SourceRecord {
+        let offset = self.next_offset.get(&0).copied().unwrap_or(0);
+        SourceRecord {
+            topic: self.topic.clone(),
+            partition: 0,
+            offset,
+            timestamp: None,
+            key: None,
+            value: Payload::Invalid { bytes, reason },
+            line: self.line,
+        }
+    }
+
+    fn record(&mut self, bytes: Vec<u8>, records: bool) -> SourceRecord {
         let line = self.line;
-        let raw = |t: String| Payload::Bytes(t.into_bytes());
+        let text = match String::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                let why = format!("line {line} is not valid UTF-8: {}", e.utf8_error());
+                return self.invalid(e.into_bytes(), why);
+            }
+        };
         if !records {
             return self.bare(Payload::Json(text.into_bytes()));
         }
-        let parsed: Option<serde_json::Map<String, Json>> =
-            match serde_json::from_str::<Json>(&text) {
-                Ok(Json::Object(m)) => Some(m),
-                _ => None,
-            };
-        let Some(m) = parsed else {
-            return self.bare(raw(text));
+        let m = match serde_json::from_str::<Json>(&text) {
+            Ok(Json::Object(m)) => m,
+            Ok(_) => {
+                let why = format!("line {line} is not a record: not a JSON object");
+                return self.invalid(text.into_bytes(), why);
+            }
+            Err(e) => {
+                let why = format!("line {line} is not a record: not JSON ({e})");
+                return self.invalid(text.into_bytes(), why);
+            }
+        };
+        let (partition, explicit_offset, timestamp) = match envelope(&m) {
+            Ok(c) => c,
+            Err(why) => return self.invalid(text.into_bytes(), format!("line {line}: {why}")),
         };
         let b64 = |v: Option<&Json>| {
             v.and_then(Json::as_str)
                 .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
         };
-        let partition = m.get("partition").and_then(Json::as_u64).unwrap_or(0) as u32;
-        let offset = self.offset(partition, m.get("offset").and_then(Json::as_i64));
         let key = match m.get("key") {
             Some(Json::String(s)) => Some(s.clone().into_bytes()),
             _ => b64(m.get("key_b64")),
@@ -197,11 +228,18 @@ impl FileSource {
             (None, Some(Json::String(s))) => {
                 match base64::engine::general_purpose::STANDARD.decode(s) {
                     Ok(b) => Payload::Bytes(b),
-                    Err(_) => raw(text.clone()),
+                    Err(e) => {
+                        let why = format!("line {line}: `value_b64` is not base64 ({e})");
+                        return self.invalid(text.into_bytes(), why);
+                    }
                 }
             }
-            _ => raw(text.clone()),
+            _ => {
+                let why = format!("line {line}: the record has no `value` or `value_b64` string");
+                return self.invalid(text.into_bytes(), why);
+            }
         };
+        let offset = self.offset(partition, explicit_offset);
         SourceRecord {
             topic: m
                 .get("topic")
@@ -210,12 +248,51 @@ impl FileSource {
                 .to_string(),
             partition,
             offset,
-            timestamp: m.get("timestamp").and_then(Json::as_i64),
+            timestamp,
             key,
             value,
             line,
         }
     }
+}
+
+/// The coordinates of a record envelope: partition, explicit offset, timestamp. Values
+/// Kafka cannot carry are refused, never remapped.
+fn envelope(m: &serde_json::Map<String, Json>) -> Result<(u32, Option<i64>, Option<i64>), String> {
+    let partition = match m.get("partition") {
+        None | Some(Json::Null) => 0,
+        Some(v) => match v.as_u64() {
+            Some(p) if p <= i32::MAX as u64 => p as u32,
+            _ => {
+                return Err(format!(
+                    "`partition` {v} is not a Kafka partition (an integer in 0..=2147483647)"
+                ))
+            }
+        },
+    };
+    let offset = match m.get("offset") {
+        None | Some(Json::Null) => None,
+        Some(v) => match v.as_i64() {
+            Some(o) if o >= 0 => Some(o),
+            _ => {
+                return Err(format!(
+                    "`offset` {v} is not a Kafka offset (an integer >= 0)"
+                ))
+            }
+        },
+    };
+    let timestamp = match m.get("timestamp") {
+        None | Some(Json::Null) => None,
+        Some(v) => match v.as_i64() {
+            Some(t) => Some(t),
+            None => {
+                return Err(format!(
+                    "`timestamp` {v} is not a timestamp (integer epoch milliseconds)"
+                ))
+            }
+        },
+    };
+    Ok((partition, offset, timestamp))
 }
 
 impl Iterator for FileSource {
@@ -236,7 +313,11 @@ impl Iterator for FileSource {
                         }
                     };
                     self.line += 1;
-                    if l.trim().is_empty() {
+                    let mut l = l;
+                    if l.last() == Some(&b'\r') {
+                        l.pop();
+                    }
+                    if l.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
                     return Some(Ok(self.record(l, records)));

@@ -31,13 +31,17 @@ pub enum Payload {
     /// A datum of an Avro container file, decoded with the file's writer schema;
     /// `bytes` is its Avro binary encoding.
     Avro { value: Value, bytes: Vec<u8> },
+    /// A line of an event log that cannot be a record (not UTF-8, not JSON in a records
+    /// file, an envelope with impossible coordinates): `bytes` is the whole line, and the
+    /// engine dead-letters it with reason `decode` and `reason` as the error.
+    Invalid { bytes: Vec<u8>, reason: String },
 }
 
 impl Payload {
     pub fn bytes(&self) -> &[u8] {
         match self {
             Payload::Bytes(b) | Payload::Json(b) => b,
-            Payload::Avro { bytes, .. } => bytes,
+            Payload::Avro { bytes, .. } | Payload::Invalid { bytes, .. } => bytes,
         }
     }
 }

@@ -181,7 +181,7 @@ impl WindowState {
     /// and are read on demand. Sessions are loaded whole.
     pub fn restore(&mut self, meta: WindowMeta, store: &Store) -> Result<(), StateError> {
         for (id, _) in meta.open {
-            self.closing.insert((id.end + self.grace, id));
+            self.closing.insert((id.end.saturating_add(self.grace), id));
             self.slots.insert(
                 id,
                 Slot {
@@ -203,8 +203,12 @@ impl WindowState {
             let list: Vec<Session> =
                 bincode::deserialize(&v).map_err(|e| StateError::Corrupt(e.to_string()))?;
             for s in &list {
-                self.session_timers
-                    .insert((s.end + self.grace, partition, key.clone(), s.start));
+                self.session_timers.insert((
+                    s.end.saturating_add(self.grace),
+                    partition,
+                    key.clone(),
+                    s.start,
+                ));
             }
             self.sessions.insert((partition, key), list);
         }
@@ -280,7 +284,7 @@ impl WindowState {
             let slot = match self.slots.entry(id) {
                 std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::btree_map::Entry::Vacant(v) => {
-                    self.closing.insert((end + self.grace, id));
+                    self.closing.insert((end.saturating_add(self.grace), id));
                     // Size a new window's cache like the last one that closed: no rehashing.
                     let cap = self.last_slot_len.min(self.capacity);
                     v.insert(Slot {
@@ -356,8 +360,12 @@ impl WindowState {
             return Added::Late;
         }
         for s in absorbed {
-            self.session_timers
-                .remove(&(s.end + grace, partition, key.to_vec(), s.start));
+            self.session_timers.remove(&(
+                s.end.saturating_add(grace),
+                partition,
+                key.to_vec(),
+                s.start,
+            ));
             match merged.as_mut() {
                 None => merged = Some(s.acc),
                 Some(m) => m.merge(s.acc),
@@ -369,7 +377,7 @@ impl WindowState {
         keep.sort_by_key(|s| s.start);
         *list = keep;
         self.session_timers
-            .insert((end + grace, partition, key.to_vec(), start));
+            .insert((end.saturating_add(grace), partition, key.to_vec(), start));
         self.dirty_sessions.insert(k.clone());
         if let EmitPlan::Update { .. } = self.emit {
             self.pending_sessions.insert(k);
