@@ -41,6 +41,7 @@ pub mod faults;
 pub mod monitor;
 pub mod operators;
 pub mod pipeline;
+pub mod redact;
 pub mod runtime;
 pub mod schema;
 pub mod server;

@@ -492,6 +492,44 @@ pub fn produce_at(
 }
 
 /// Every record of `topic`, from the beginning to the high watermark at the time of call.
+/// The offsets `group` has committed for partitions `0..partitions` of `topic` (-1: none).
+pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c
+        .committed_offsets(tpl, Duration::from_secs(30))
+        .expect("committed offsets");
+    got.elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => -1,
+        })
+        .collect()
+}
+
+/// The log end (high watermark) of partitions `0..partitions` of `topic`.
+pub fn log_ends(bootstrap: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("consumer");
+    (0..partitions)
+        .map(|p| {
+            c.fetch_watermarks(topic, p, Duration::from_secs(30))
+                .expect("watermarks")
+                .1
+        })
+        .collect()
+}
+
 pub fn read_all(bootstrap: &str, topic: &str, extra: &[(&str, &str)]) -> Vec<Record> {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", bootstrap)

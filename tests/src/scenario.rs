@@ -279,6 +279,19 @@ dead_letter: {{type: kafka, topic: {dlq}}}
         a
     }
 
+    /// The group's committed offset of every source partition equals its log end: a
+    /// clean stop committed everything the pipeline processed, so lag is zero.
+    pub fn assert_no_lag(&self, broker: &Broker) {
+        let committed =
+            crate::kafka::committed(&broker.bootstrap, &self.group, &self.source, PARTITIONS);
+        let ends = crate::kafka::log_ends(&broker.bootstrap, &self.source, PARTITIONS);
+        assert_eq!(
+            committed, ends,
+            "committed offsets of group {} (left) against the log ends of {} (right)",
+            self.group, self.source
+        );
+    }
+
     pub fn create_topics(&self, broker: &Broker) {
         broker.create_topic(&self.source, PARTITIONS);
         if broker.mock().is_some() {

@@ -13,25 +13,7 @@ use std::time::Duration;
 use weir_tests::kafka::{produce, producer, read_all, real_broker};
 
 fn committed(bootstrap: &str, group: &str, topic: &str) -> Vec<i64> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..2 {
-        tpl.add_partition(topic, p);
-    }
-    let got = c
-        .committed_offsets(tpl, Duration::from_secs(30))
-        .expect("committed offsets");
-    got.elements()
-        .iter()
-        .map(|e| match e.offset() {
-            Offset::Offset(o) => o,
-            _ => -1,
-        })
-        .collect()
+    weir_tests::kafka::committed(bootstrap, group, topic, 2)
 }
 
 #[test]

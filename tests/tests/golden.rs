@@ -310,3 +310,63 @@ fn every_golden_folder_is_a_test() {
     cases.sort();
     assert_eq!(folders, cases, "add the new folder to golden_cases!");
 }
+
+/// The file sink buffers 64 KiB, so a kill between checkpoints usually finds the output
+/// file at its checkpointed length. Here far more than 64 KiB of results follow the last
+/// checkpoint before the kill: the file on disk is longer than the checkpoint says, and the
+/// resumed run must cut it back (a sink that appended would duplicate those results).
+#[test]
+fn restart_truncates_output_written_after_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let golden = case_dir("tumbling");
+    for f in ["input.avsc", "output.avsc"] {
+        std::fs::copy(golden.join(f), dir.path().join(f)).unwrap();
+    }
+    let yaml = std::fs::read_to_string(golden.join("pipeline.yaml"))
+        .unwrap()
+        .replace("size: 10s", "size: 1s");
+    std::fs::write(dir.path().join("pipeline.yaml"), yaml).unwrap();
+    // One event per second: each closes the previous second's window (one result).
+    let input: String = (0..6000)
+        .map(|i| {
+            format!(
+                "{{\"user\":\"user-{i:05}\",\"n\":{i},\"ts\":{}}}\n",
+                i * 1000
+            )
+        })
+        .collect();
+    std::fs::write(dir.path().join("input.jsonl"), input).unwrap();
+    let clean = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), clean.path(), None, "2000");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let full = std::fs::read(clean.path().join("out.jsonl")).unwrap();
+    assert_eq!(text(&full).lines().count(), 6000);
+
+    let crash = tempfile::tempdir().unwrap();
+    let killed = run(
+        dir.path(),
+        crash.path(),
+        Some(("WEIR_TEST_SIGKILL_AFTER", "3900")),
+        "2000",
+    );
+    assert!(!killed.status.success());
+    // The last checkpoint was after record 2000 (1999 results); the file holds more.
+    let partial = std::fs::read(crash.path().join("out.jsonl")).unwrap();
+    let lines = text(&partial).lines().count();
+    assert!(
+        lines > 2999,
+        "only {lines} results reached the file before the kill: the test no longer exercises truncation"
+    );
+    let resumed = run(dir.path(), crash.path(), None, "2000");
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    assert!(
+        text(&resumed.stderr).contains("resumed after record 2000"),
+        "{}",
+        text(&resumed.stderr)
+    );
+    let after = std::fs::read(crash.path().join("out.jsonl")).unwrap();
+    assert!(
+        after == full,
+        "output after the restart differs from a clean run"
+    );
+}

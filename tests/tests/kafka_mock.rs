@@ -21,8 +21,7 @@ fn kafka_in_kafka_and_postgres_out_on_the_mock_cluster() {
     );
     s.check_all(&broker, &rows);
     // A clean stop commits the state's offsets to the group: lag is zero.
-    let log = weir.log_text();
-    assert!(log.contains("stopped;"), "{log}");
+    s.assert_no_lag(&broker);
     s.drop_table();
 }
 

@@ -18,6 +18,10 @@ struct Served {
 }
 
 fn serve(broker: &Broker, data: &Path, log: PathBuf) -> Served {
+    serve_with(broker, data, log, &[])
+}
+
+fn serve_with(broker: &Broker, data: &Path, log: PathBuf, extra: &[&str]) -> Served {
     let port = free_port();
     let mut args: Vec<String> = vec![
         "serve".into(),
@@ -40,6 +44,7 @@ fn serve(broker: &Broker, data: &Path, log: PathBuf) -> Served {
         args.push("--kafka-config".into());
         args.push(format!("{k}={v}"));
     }
+    args.extend(extra.iter().map(|a| a.to_string()));
     let mut proc = WeirProcess::start(&args, log, &[]);
     let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -995,4 +1000,174 @@ fn produce_loads_json_lines_and_avro_container_files() {
     assert!(records
         .iter()
         .all(|r| r.value.starts_with(&[0, 0, 0, 0, 5])));
+}
+
+/// Secrets given to the hostile-server test; none may appear in any output.
+const SECRETS: &[&str] = &["pg-secret-1", "kafka-secret-2", "pg-secret-4"];
+
+fn assert_no_secret(what: &str, text: &str) {
+    for secret in SECRETS {
+        assert!(
+            !text.contains(secret),
+            "{what} shows the secret {secret}:\n{}",
+            text.lines()
+                .filter(|l| l.contains(secret))
+                .take(5)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
+
+/// One server, one healthy pipeline under traffic, and at the same time: hostile HTTP
+/// requests from Python (oversized, deeply nested, non-UTF-8 and malformed bodies, path
+/// tricks, every documented and undocumented route), every invalid fixture deployed, a
+/// pipeline redeployed and purged in a loop, and a pipeline whose sink cannot connect.
+/// The healthy pipeline's results must be complete and exact, the server must stay up, and
+/// the secrets given to it (a PostgreSQL password in the definition, `sasl.password` in
+/// `--kafka-config`) must appear in no log line, status, metric or error.
+#[test]
+fn serve_keeps_serving_under_hostile_requests_and_hides_secrets() {
+    let Some(broker) = real_broker() else { return };
+    let pg = format!("{} password={}", pg_url(), SECRETS[0]);
+    let s = Scenario::build("hostile", 4_000, 400, 0x5e7e_0003, 10, pg);
+    s.create_topics(&broker);
+    let data = s.dir.path().join("server");
+    let secret_setting = format!("sasl.password={}", SECRETS[1]);
+    let mut served = serve_with(
+        &broker,
+        &data,
+        s.log(),
+        &["--kafka-config", &secret_setting],
+    );
+    let url = served.url.clone();
+    let a_path = s.pipeline.to_str().expect("path").to_string();
+    assert!(ok(weir(&["deploy", &a_path, "--server", &url])).contains("hostile: created"));
+    wait_for(
+        "the pipeline to join its group",
+        Duration::from_secs(60),
+        &mut served,
+        || owns_partitions(&url, "hostile"),
+    );
+    let (flappy, flappy_table, _) = second_pipeline(&s);
+    // A pipeline whose PostgreSQL sink cannot connect (port 1), with a password in its URL.
+    let broken = s.dir.path().join("broken.yaml");
+    let broken_yaml = std::fs::read_to_string(&s.pipeline)
+        .expect("pipeline")
+        .replace("\nname: hostile\n", "\nname: hostile-broken\n")
+        .replace("group: weir-", "group: weir-broken-")
+        .replace(
+            &format!("url: \"{}\"", s.pg),
+            &format!(
+                "url: \"postgres://postgres:{}@127.0.0.1:1/test\"",
+                SECRETS[2]
+            ),
+        )
+        .replace(
+            &format!("topic: {}", s.out_topic),
+            &format!("topic: {}-broken", s.out_topic),
+        )
+        .replace(
+            &format!("topic: {}", s.dlq),
+            &format!("topic: {}-broken", s.dlq),
+        );
+    assert!(broken_yaml.contains(SECRETS[2]), "{broken_yaml}");
+    std::fs::write(&broken, broken_yaml).expect("broken");
+    let mut outputs = String::new();
+    std::thread::scope(|scope| {
+        let producer = scope.spawn(|| {
+            s.produce(
+                &broker.bootstrap,
+                0..s.batches.len(),
+                Duration::from_millis(300),
+            )
+        });
+        let python = std::env::var("WEIR_PYTHON").unwrap_or_else(|_| "python3".into());
+        let hostile = std::process::Command::new(python)
+            .arg(weir_tests::repo().join("tests/python/hostile_http.py"))
+            .arg(&url)
+            .arg("hostile")
+            .output()
+            .expect("python3");
+        assert!(
+            hostile.status.success(),
+            "hostile requests:\n{}\n{}",
+            text(&hostile.stdout),
+            text(&hostile.stderr)
+        );
+        outputs.push_str(&text(&hostile.stdout));
+        // Every invalid fixture, deployed: refused with its problems, the server unmoved.
+        let fixtures = weir_tests::repo().join("tests/fixtures/invalid");
+        let mut n = 0;
+        for e in std::fs::read_dir(&fixtures).expect("fixtures") {
+            let path = e.expect("entry").path();
+            if path.extension().is_some_and(|x| x == "yaml") {
+                let out = weir(&["deploy", path.to_str().expect("path"), "--server", &url]);
+                assert_eq!(
+                    out.status.code(),
+                    Some(1),
+                    "{}: {}",
+                    path.display(),
+                    text(&out.stderr)
+                );
+                outputs.push_str(&text(&out.stderr));
+                n += 1;
+            }
+        }
+        assert!(n >= 8, "{n} fixtures");
+        // The broken pipeline: deployed (or refused), but never taking the server down.
+        let out = weir(&["deploy", broken.to_str().expect("path"), "--server", &url]);
+        outputs.push_str(&text(&out.stdout));
+        outputs.push_str(&text(&out.stderr));
+        // Redeployed and purged in a loop.
+        let f = flappy.to_str().expect("path");
+        for i in 0..4 {
+            let out = ok(weir(&["deploy", f, "--server", &url]));
+            assert!(out.contains("hostile-b: created"), "round {i}: {out}");
+            ok(weir(&["stop", "hostile-b", "--purge", "--server", &url]));
+        }
+        producer.join().expect("producer");
+    });
+    let rows = s.wait_for_table(Duration::from_secs(180), &mut || {
+        served.proc.exited().is_none()
+    });
+    s.check_all(&broker, &rows);
+    assert!(served.proc.exited().is_none(), "weir serve exited");
+    let broken_status = weir(&[
+        "status",
+        "hostile-broken",
+        "--server",
+        &url,
+        "--output",
+        "json",
+    ]);
+    outputs.push_str(&text(&broken_status.stdout));
+    outputs.push_str(&text(&broken_status.stderr));
+    // The definition shown by status carries the PostgreSQL URL, masked.
+    let status = ok(weir(&[
+        "status", "hostile", "--server", &url, "--output", "json",
+    ]));
+    assert!(status.contains("password=***"), "{status}");
+    outputs.push_str(&status);
+    outputs.push_str(&ok(weir(&[
+        "pipelines",
+        "--server",
+        &url,
+        "--output",
+        "json",
+    ])));
+    outputs.push_str(&http_get(&format!("{url}/metrics")));
+    outputs.push_str(&ok(weir(&[
+        "offsets",
+        "--pipeline",
+        "hostile",
+        "--server",
+        &url,
+    ])));
+    assert_no_secret("the server's answers", &outputs);
+    assert!(served.proc.stop());
+    assert_no_secret("the server's log", &served.proc.log_text());
+    s.drop_table();
+    let _ = postgres::Client::connect(&pg_url(), postgres::NoTls)
+        .map(|mut c| c.batch_execute(&format!("DROP TABLE IF EXISTS {flappy_table}")));
 }

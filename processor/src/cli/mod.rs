@@ -58,13 +58,29 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Standard error, with secrets masked ([`crate::redact`]): the log formatter writes each
+/// event in one call.
+struct RedactingStderr;
+
+impl std::io::Write for RedactingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        std::io::stderr().write_all(crate::redact::redact(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 fn init_logs(f: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(|| RedactingStderr);
     match f {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -104,7 +120,7 @@ pub fn main() -> ExitCode {
                     msg.push_str(&c);
                 }
             }
-            eprintln!("error: {msg}");
+            eprintln!("error: {}", crate::redact::redact(&msg));
             ExitCode::from(2)
         }
     }

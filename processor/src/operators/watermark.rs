@@ -138,4 +138,38 @@ mod tests {
         strict.observe(1, 4000, 5000);
         assert_eq!(strict.advance(5000), 4000);
     }
+
+    proptest::proptest! {
+        /// Whatever the partitions show, in any order: the watermark never goes back, and
+        /// without idleness it is the smallest partition maximum minus the out-of-orderness
+        /// (an independent fold over the same events).
+        #[test]
+        fn the_watermark_is_monotonic_and_the_min_of_partition_maxima(
+            events in proptest::collection::vec((0u32..4, -1_000_000i64..1_000_000), 1..200),
+            ooo in 0i64..10_000,
+            idle in proptest::option::of(1i64..50_000),
+        ) {
+            let mut w = Watermarks::new(ooo, idle);
+            let mut strict = Watermarks::new(ooo, None);
+            let (mut clock, mut last, mut max) = (i64::MIN, i64::MIN, BTreeMap::new());
+            let mut strict_last = i64::MIN;
+            for (p, ts) in events {
+                clock = clock.max(ts);
+                w.observe(p, ts, clock);
+                strict.observe(p, ts, clock);
+                let wm = w.advance(clock);
+                proptest::prop_assert!(wm >= last, "went back from {} to {}", last, wm);
+                proptest::prop_assert!(wm <= clock - ooo, "ahead of the clock");
+                last = wm;
+                let m = max.entry(p).or_insert(i64::MIN);
+                *m = (*m).max(ts);
+                let want = max.values().min().copied().unwrap_or(i64::MIN) - ooo;
+                // Without idleness the watermark is the fold, or an earlier (higher) value
+                // it must not give back (a partition seen late can lower the fold).
+                let s = strict.advance(clock);
+                proptest::prop_assert_eq!(s, want.max(strict_last));
+                strict_last = s;
+            }
+        }
+    }
 }

@@ -96,4 +96,34 @@ mod tests {
             vec![(10, 40), (20, 50), (30, 60)]
         );
     }
+
+    proptest::proptest! {
+        /// Every aligned window holding `ts`, found by brute force over window indices,
+        /// and nothing else, oldest first.
+        #[test]
+        fn assignment_matches_brute_force(
+            ts in super::MIN_EVENT_TIME_MS..=super::MAX_EVENT_TIME_MS,
+            advance in 1i64..100_000,
+            k in 1i64..=50,
+            tumbling in proptest::bool::ANY,
+        ) {
+            let size = if tumbling { advance } else { advance * k };
+            let a = if tumbling {
+                WindowAssigner::Tumbling { size }
+            } else {
+                WindowAssigner::Hopping { size, advance }
+            };
+            let got = assign(a, ts);
+            let mut want = Vec::new();
+            let first = (ts - size).div_euclid(advance) - 1;
+            for i in first..=ts.div_euclid(advance) + 1 {
+                let start = i * advance;
+                if start <= ts && ts < start + size {
+                    want.push((start, start + size));
+                }
+            }
+            proptest::prop_assert_eq!(&got, &want);
+            proptest::prop_assert_eq!(got.len() as i64, size / advance);
+        }
+    }
 }

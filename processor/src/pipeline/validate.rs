@@ -78,7 +78,16 @@ pub struct Loaded {
 
 pub fn load_file(path: &Path, schemas_dir: Option<&Path>) -> Loaded {
     let file = path.display().to_string();
-    match std::fs::read_to_string(path) {
+    // Read at most one byte past the bound: a huge file is refused, not loaded.
+    let read = || -> std::io::Result<String> {
+        use std::io::Read;
+        let mut text = String::new();
+        std::fs::File::open(path)?
+            .take(MAX_DEFINITION_BYTES as u64 + 1)
+            .read_to_string(&mut text)?;
+        Ok(text)
+    };
+    match read() {
         Ok(text) => load_str(
             &text,
             &file,
@@ -182,14 +191,84 @@ fn section<T: DeserializeOwned>(p: &mut Problems, path: &str, v: &Yaml) -> Optio
     }
 }
 
+/// The largest definition Weir reads (a real one is a few KiB).
+pub const MAX_DEFINITION_BYTES: usize = 1 << 20;
+/// The deepest flow nesting (`[` and `{`) a definition may have. Real definitions nest 3
+/// or 4 levels; the YAML parser takes quadratic time on deep nesting (a 200 KB file of `[`
+/// took 18 s), so the text is measured in one linear pass before it is parsed.
+pub const MAX_FLOW_DEPTH: usize = 64;
+
+/// Why a definition is too big or too deep to parse: (line, message, fix).
+fn too_big(text: &str) -> Option<(usize, String, String)> {
+    if text.len() > MAX_DEFINITION_BYTES {
+        return Some((
+            1,
+            format!("the definition is larger than {MAX_DEFINITION_BYTES} bytes, the limit"),
+            "split it into several pipelines, or move long lists into schemas".into(),
+        ));
+    }
+    let (mut depth, mut line) = (0usize, 1usize);
+    let (mut single, mut double, mut comment, mut escaped) = (false, false, false, false);
+    let mut prev = b'\n';
+    for &b in text.as_bytes() {
+        if b == b'\n' {
+            line += 1;
+            comment = false;
+        } else if comment {
+        } else if double {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => double = false,
+                _ => {}
+            }
+        } else if single {
+            single = b != b'\'';
+        } else {
+            match b {
+                b'#' if prev.is_ascii_whitespace() => comment = true,
+                b'"' => double = true,
+                b'\'' => single = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > MAX_FLOW_DEPTH {
+                        return Some((
+                            line,
+                            format!("`[` and `{{` nest more than {MAX_FLOW_DEPTH} levels deep"),
+                            "a definition nests a few levels: close the brackets you opened".into(),
+                        ));
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        prev = b;
+    }
+    None
+}
+
 /// Loads a definition from text. `file` names it in problems.
 pub fn load_str(text: &str, file: &str, resolver: &SchemaResolver) -> Loaded {
-    let mut p = Problems::new(file, text);
     let fail = |p: Problems| Loaded {
         def: None,
         plan: None,
         problems: p.list,
     };
+    if let Some((line, message, fix)) = too_big(text) {
+        return Loaded {
+            def: None,
+            plan: None,
+            problems: vec![Problem {
+                file: file.to_string(),
+                line: Some(line),
+                path: String::new(),
+                message,
+                fix,
+            }],
+        };
+    }
+    let mut p = Problems::new(file, text);
     let doc: Yaml = match serde_yaml::from_str(text) {
         Ok(d) => d,
         Err(e) => {

@@ -511,3 +511,171 @@ pub fn fmt_ms(ms: i64) -> String {
         .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_else(|| ms.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::load_str;
+    use crate::schema::SchemaResolver;
+    use proptest::prelude::*;
+
+    fn plan(gap_ms: i64, ooo_ms: i64) -> Plan {
+        let yaml = format!(
+            "apiVersion: weir/v1
+name: prop-sessions
+source:
+  topics: [events]
+  format: json
+  schema: input.avsc
+  event_time: {{field: ts}}
+  watermark: {{max_out_of_orderness: {ooo_ms}ms}}
+steps:
+  - key_by: [user]
+  - window: {{type: session, gap: {gap_ms}ms}}
+  - aggregate:
+      outputs:
+        events: {{fn: count}}
+        total: {{fn: sum, field: n}}
+output:
+  schema: output.avsc
+"
+        );
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/session_merge");
+        let loaded = load_str(&yaml, "prop.yaml", &SchemaResolver::in_dir(&dir));
+        assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+        loaded.plan.expect("plan")
+    }
+
+    fn record(i: usize, user: u8, n: i64, ts: i64) -> SourceRecord {
+        SourceRecord {
+            topic: "events".into(),
+            partition: 0,
+            offset: i as i64,
+            timestamp: None,
+            key: None,
+            value: Payload::Json(
+                format!("{{\"user\":\"u{user}\",\"n\":{n},\"ts\":{ts}}}").into_bytes(),
+            ),
+            line: i as u64 + 1,
+        }
+    }
+
+    /// (user, start, end, events, total) of every emitted session, in emission order.
+    type Rows = Vec<(String, i64, i64, i64, i64)>;
+
+    fn row(e: Emitted) -> (String, i64, i64, i64, i64) {
+        let user = match &e.key[0] {
+            Scalar::Str(s) => s.to_string(),
+            other => format!("{other:?}"),
+        };
+        let int = |s: &Scalar| match s {
+            Scalar::Int(i) => *i,
+            _ => -1,
+        };
+        (user, e.start, e.end, int(&e.results[0]), int(&e.results[1]))
+    }
+
+    /// Runs `events` through a fresh engine; with `split`, checkpoints after that many
+    /// records and continues in a new engine restored from the checkpoint (as a restart
+    /// does), through a bincode round trip of everything the checkpoint record holds.
+    fn run(plan: &Plan, events: &[(u8, i64, i64)], split: Option<usize>) -> (Rows, u64) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut store = Store::open(dir.path(), &plan.state).expect("store");
+        let mut rows = Rows::new();
+        let mut engine = Engine::new(plan, None);
+        for (i, &(user, n, ts)) in events.iter().enumerate() {
+            if split == Some(i) {
+                let mut batch = rocksdb::WriteBatch::default();
+                engine
+                    .windows
+                    .checkpoint_into(&mut batch)
+                    .expect("checkpoint");
+                store.write(batch).expect("write");
+                let bytes = bincode::serialize(&(
+                    engine.windows.meta(),
+                    &engine.watermarks,
+                    &engine.counters,
+                    engine.clock,
+                ))
+                .expect("serialize");
+                let (meta, w, c, clock): (
+                    crate::state::windows::WindowMeta,
+                    Watermarks,
+                    Counters,
+                    i64,
+                ) = bincode::deserialize(&bytes).expect("deserialize");
+                engine = Engine::new(plan, None);
+                engine.restore(w, c, clock);
+                engine.windows.restore(meta, &store).expect("restore");
+            }
+            let mut dead = Vec::new();
+            engine
+                .process(
+                    &store,
+                    &record(i, user, n, ts),
+                    &mut |e| rows.push(row(e)),
+                    &mut dead,
+                )
+                .expect("process");
+        }
+        engine
+            .finish(&store, &mut |e| rows.push(row(e)))
+            .expect("finish");
+        (rows, engine.counters.dead_late)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// With no event late, sessions are independent of arrival order: an event joins
+        /// every session it overlaps or touches ([first, last + gap)). The expectation is a
+        /// sort-and-sweep over the same events, written without the state store.
+        #[test]
+        fn sessions_merge_as_a_sort_and_sweep_says(
+            events in proptest::collection::vec((0u8..3, 1i64..100, 0i64..100_000), 1..80),
+            gap in 1i64..10_000,
+        ) {
+            let plan = plan(gap, 86_400_000);
+            let (mut got, late) = run(&plan, &events, None);
+            prop_assert_eq!(late, 0);
+            let mut want = Rows::new();
+            for user in 0u8..3 {
+                let mut mine: Vec<(i64, i64)> =
+                    events.iter().filter(|e| e.0 == user).map(|e| (e.2, e.1)).collect();
+                mine.sort();
+                let mut cur: Option<(i64, i64, i64, i64)> = None; // start, last, count, sum
+                for (ts, n) in mine {
+                    cur = match cur {
+                        Some((s, last, c, t)) if ts <= last + gap => Some((s, ts, c + 1, t + n)),
+                        Some((s, last, c, t)) => {
+                            want.push((format!("u{user}"), s, last + gap, c, t));
+                            Some((ts, ts, 1, n))
+                        }
+                        None => Some((ts, ts, 1, n)),
+                    };
+                }
+                if let Some((s, last, c, t)) = cur {
+                    want.push((format!("u{user}"), s, last + gap, c, t));
+                }
+            }
+            got.sort();
+            want.sort();
+            prop_assert_eq!(got, want);
+        }
+
+        /// A checkpoint taken anywhere and restored into a new engine gives exactly the
+        /// results and late counts of an uninterrupted run, late events included.
+        #[test]
+        fn a_restored_checkpoint_changes_nothing(
+            events in proptest::collection::vec((0u8..3, 1i64..100, 0i64..100_000), 2..80),
+            gap in 1i64..10_000,
+            ooo in 0i64..20_000,
+            at in 0usize..80,
+        ) {
+            let plan = plan(gap, ooo);
+            let split = at % events.len();
+            prop_assert_eq!(run(&plan, &events, None), run(&plan, &events, Some(split)));
+        }
+    }
+}

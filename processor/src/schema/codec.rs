@@ -178,7 +178,6 @@ impl Decoder {
     }
 }
 
-/// The field values of a decoded record.
 /// The first field of a decoded row holding a NaN or an infinity (at any depth), if any.
 /// Avro can carry them, but Weir refuses them in events: one NaN makes every sum and
 /// average of its window NaN, and JSON has no number for either.
@@ -197,6 +196,7 @@ pub fn non_finite_field(row: &[Value]) -> Option<usize> {
     row.iter().position(non_finite)
 }
 
+/// The field values of a decoded record.
 pub fn into_row(v: Value) -> Result<Vec<Value>, DecodeError> {
     match v {
         Value::Record(fields) => Ok(fields.into_iter().map(|(_, v)| v).collect()),

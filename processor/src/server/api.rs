@@ -105,6 +105,9 @@ struct StopQuery {
     purge: bool,
 }
 
+/// The largest request body the server reads.
+pub const MAX_BODY_BYTES: usize = 8 << 20;
+
 pub fn router(server: Arc<Server>, token: Option<String>) -> Router {
     let st = AppState { server, token };
     Router::new()
@@ -211,8 +214,36 @@ pub fn router(server: Arc<Server>, token: Option<String>) -> Router {
                 },
             ),
         )
+        // A deploy carries a definition (at most 1 MiB, see `MAX_DEFINITION_BYTES`) and its
+        // schemas; a bigger body is refused (400, "length limit exceeded") unread.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(st.clone(), auth))
+        .layer(middleware::from_fn(redact_secrets))
         .with_state(st)
+}
+
+/// Masks secrets ([`crate::redact`]) in every textual response: a definition shown by
+/// `weir status`, an error quoting a connection string, a label in `/metrics`.
+async fn redact_secrets(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let textual = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json") || t.starts_with("text/plain"));
+    if !textual {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::Internal(format!("cannot read the response: {e}")).into_response()
+        }
+    };
+    let text = crate::redact::redact(&String::from_utf8_lossy(&bytes));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(text))
 }
 
 #[cfg(test)]

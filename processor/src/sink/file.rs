@@ -130,3 +130,36 @@ impl Sink for StdoutSink {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::FileSink;
+
+    /// A resumed sink cuts the file back to its checkpointed length: what was written after
+    /// the checkpoint (and reached the disk before a crash) is gone, then re-emitted.
+    #[test]
+    fn resume_truncates_what_followed_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let p = path.to_str().unwrap();
+        std::fs::write(&path, "a\nb\nwritten after the checkpoint\n").unwrap();
+        let mut s = FileSink::open(p, Some(4)).unwrap();
+        s.write_line("c").unwrap();
+        assert_eq!(crate::sink::Sink::flush(&mut s).unwrap(), Some(6));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a\nb\nc\n");
+        // A fresh run (no checkpoint) starts the file empty.
+        let mut s = FileSink::open(p, None).unwrap();
+        s.write_line("z").unwrap();
+        crate::sink::Sink::flush(&mut s).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "z\n");
+    }
+
+    /// A file shorter than its checkpoint lost acknowledged output: refused, not padded.
+    #[test]
+    fn resume_refuses_a_file_shorter_than_its_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        std::fs::write(&path, "a\n").unwrap();
+        assert!(FileSink::open(path.to_str().unwrap(), Some(10)).is_err());
+    }
+}

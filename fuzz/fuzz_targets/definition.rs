@@ -1,0 +1,22 @@
+//! The pipeline definition loader: any text, YAML to Plan. Never a panic; a definition
+//! either compiles with no problem or reports at least one, each with a message and a fix.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use std::path::Path;
+use weir::pipeline::load_str;
+use weir::schema::SchemaResolver;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas");
+    let loaded = load_str(text, "fuzz.yaml", &SchemaResolver::in_dir(&schemas));
+    if loaded.problems.is_empty() {
+        assert!(loaded.plan.is_some(), "no problem and no plan");
+    }
+    for p in &loaded.problems {
+        assert!(!p.message.is_empty() && !p.fix.is_empty(), "{p:?}");
+    }
+});
