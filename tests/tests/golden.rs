@@ -295,6 +295,9 @@ golden_cases!(
     event_time_range,
     hostile_lines,
     non_finite,
+    filtered_time,
+    session_order,
+    late_partition,
 );
 
 #[test]

@@ -1133,22 +1133,33 @@ fn serve_keeps_serving_under_hostile_requests_and_hides_secrets() {
     });
     s.check_all(&broker, &rows);
     assert!(served.proc.exited().is_none(), "weir serve exited");
-    let broken_status = weir(&[
-        "status",
-        "hostile-broken",
-        "--server",
-        &url,
-        "--output",
-        "json",
-    ]);
-    outputs.push_str(&text(&broken_status.stdout));
-    outputs.push_str(&text(&broken_status.stderr));
-    // The definition shown by status carries the PostgreSQL URL, masked.
-    let status = ok(weir(&[
+    // The broken pipeline fails on connecting, and says so: with its URL, masked.
+    let mut broken_status = String::new();
+    wait_for(
+        "the broken pipeline to report its error",
+        Duration::from_secs(60),
+        &mut served,
+        || {
+            let out = weir(&[
+                "status",
+                "hostile-broken",
+                "--server",
+                &url,
+                "--output",
+                "json",
+            ]);
+            broken_status = format!("{}{}", text(&out.stdout), text(&out.stderr));
+            broken_status.contains("127.0.0.1:1")
+        },
+    );
+    assert!(
+        broken_status.contains("postgres://postgres:***@127.0.0.1:1/test"),
+        "{broken_status}"
+    );
+    outputs.push_str(&broken_status);
+    outputs.push_str(&ok(weir(&[
         "status", "hostile", "--server", &url, "--output", "json",
-    ]));
-    assert!(status.contains("password=***"), "{status}");
-    outputs.push_str(&status);
+    ])));
     outputs.push_str(&ok(weir(&[
         "pipelines",
         "--server",

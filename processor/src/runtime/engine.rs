@@ -281,8 +281,11 @@ impl<'p> Engine<'p> {
         let row = match apply_row_steps(self.plan, &self.eval, row) {
             Ok(Some(r)) => r,
             Ok(None) => {
+                // A filtered event still moves time, as a Flink source watermark or Kafka
+                // Streams' stream time would see it: the watermark does not depend on
+                // what the filter keeps.
                 self.counters.filtered += 1;
-                return Ok(());
+                return self.advance_time(store, rec.partition, ts, out);
             }
             Err(e) => {
                 self.dead(rec, DeadLetterReason::Expression, e.0, dead);
@@ -312,8 +315,20 @@ impl<'p> Engine<'p> {
                 self.dead(rec, DeadLetterReason::Late, msg, dead);
             }
         }
+        self.advance_time(store, rec.partition, ts, out)
+    }
+
+    /// A valid event's time reaches the clock and its partition's watermark; windows the
+    /// pipeline watermark has passed close.
+    fn advance_time(
+        &mut self,
+        store: &Store,
+        partition: u32,
+        ts: i64,
+        out: &mut dyn FnMut(Emitted),
+    ) -> Result<(), StateError> {
         self.clock = self.clock.max(ts);
-        self.watermarks.observe(rec.partition, ts, self.clock);
+        self.watermarks.observe(partition, ts, self.clock);
         let wm = self.watermarks.advance(self.clock);
         self.emit(store, wm, out)
     }

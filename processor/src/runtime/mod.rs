@@ -285,6 +285,9 @@ pub fn run_file(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
             }
         }
     }
+    for p in FileSource::open(&opts.input, opts.input_format, &topic)?.partitions()? {
+        engine.watermarks.register(p);
+    }
     let kill = kill_after();
     let mut processed_here = 0u64;
     let mut since_checkpoint = 0u64;

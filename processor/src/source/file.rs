@@ -153,6 +153,25 @@ impl FileSource {
         }
     }
 
+    /// Every partition the input has records of: `{0}` for a values or container file; a
+    /// records file is read through once. The file replay registers them all before the
+    /// first record, as the Kafka path registers its assigned partitions, so a partition
+    /// that starts late in a dump holds the watermark back just as it would live.
+    pub fn partitions(mut self) -> Result<std::collections::BTreeSet<u32>, SourceError> {
+        let mut set = std::collections::BTreeSet::from([0]);
+        if !matches!(self.inner, Inner::Lines { records: true, .. }) {
+            return Ok(set);
+        }
+        set.clear();
+        for r in &mut self {
+            let r = r?;
+            if !matches!(r.value, Payload::Invalid { .. }) {
+                set.insert(r.partition);
+            }
+        }
+        Ok(set)
+    }
+
     fn offset(&mut self, partition: u32, explicit: Option<i64>) -> i64 {
         let next = self.next_offset.entry(partition).or_insert(0);
         let off = explicit.unwrap_or(*next);

@@ -139,7 +139,8 @@ pub struct WindowState {
     closed_persisted: Vec<WindowId>,
     pending: BTreeSet<(WindowId, Vec<u8>)>,
     sessions: FxHashMap<(u32, Vec<u8>), Vec<Session>>,
-    session_timers: BTreeSet<(i64, u32, Vec<u8>, i64)>,
+    /// (close time, partition, start, key): sessions close in the README's order.
+    session_timers: BTreeSet<(i64, u32, i64, Vec<u8>)>,
     dirty_sessions: FxHashSet<(u32, Vec<u8>)>,
     pending_sessions: BTreeSet<(u32, Vec<u8>)>,
     last_update_wm: i64,
@@ -206,8 +207,8 @@ impl WindowState {
                 self.session_timers.insert((
                     s.end.saturating_add(self.grace),
                     partition,
-                    key.clone(),
                     s.start,
+                    key.clone(),
                 ));
             }
             self.sessions.insert((partition, key), list);
@@ -363,8 +364,8 @@ impl WindowState {
             self.session_timers.remove(&(
                 s.end.saturating_add(grace),
                 partition,
-                key.to_vec(),
                 s.start,
+                key.to_vec(),
             ));
             match merged.as_mut() {
                 None => merged = Some(s.acc),
@@ -377,7 +378,7 @@ impl WindowState {
         keep.sort_by_key(|s| s.start);
         *list = keep;
         self.session_timers
-            .insert((end.saturating_add(grace), partition, key.to_vec(), start));
+            .insert((end.saturating_add(grace), partition, start, key.to_vec()));
         self.dirty_sessions.insert(k.clone());
         if let EmitPlan::Update { .. } = self.emit {
             self.pending_sessions.insert(k);
@@ -462,7 +463,7 @@ impl WindowState {
                 }
             }
         }
-        while let Some((close, partition, key, start)) = self.session_timers.first().cloned() {
+        while let Some((close, partition, start, key)) = self.session_timers.first().cloned() {
             if close > watermark {
                 break;
             }
