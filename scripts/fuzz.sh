@@ -32,7 +32,7 @@ export CARGO_TARGET_DIR="$WEIR_CACHE/fuzz-target"
 cd "$repo/fuzz"
 echo "== cargo fuzz build (log: $WEIR_CACHE/fuzz-build.log)"
 if ! cargo +nightly fuzz build -O >"$WEIR_CACHE/fuzz-build.log" 2>&1; then
-    tail -40 "$WEIR_CACHE/fuzz-build.log" >&2
+    tail -n 40 "$WEIR_CACHE/fuzz-build.log" >&2
     exit 1
 fi
 for t in "${targets[@]}"; do
@@ -44,9 +44,9 @@ for t in "${targets[@]}"; do
     if ! cargo +nightly fuzz run -O "$t" "$work" "corpus/$t" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -max_len=65536 \
         -artifact_prefix="$artifacts/" -print_final_stats=1 >"$log" 2>&1; then
-        tail -60 "$log" >&2
+        tail -n 60 "$log" >&2
         echo "fuzz.sh: $t found a problem; the input is in $artifacts/" >&2
         exit 1
     fi
-    grep -E "^#[0-9]+.*(DONE|pulse)|stat::number_of_executed_units|cov:" "$log" | tail -2
+    grep -E "^#[0-9]+.*(DONE|pulse)|stat::number_of_executed_units|cov:" "$log" | tail -n 2
 done

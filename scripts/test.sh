@@ -62,6 +62,14 @@ echo "== cargo build (the weir binary the CLI and crash tests run)"
 cargo build --release --workspace --bins
 echo "== cargo test (real-broker suite on WEIR_TEST_KAFKA=$WEIR_TEST_KAFKA, fast suite on the mock cluster)"
 cargo test --release --workspace
-rc=$?
+echo "== fuzz targets, ${WEIR_FUZZ_SECONDS:-30} s each (when nightly Rust and cargo-fuzz are installed)"
+fuzz_rc=0
+bash scripts/fuzz.sh "${WEIR_FUZZ_SECONDS:-30}" || fuzz_rc=$?
+if [ "$fuzz_rc" -eq 3 ]; then
+    echo "test.sh: fuzzing skipped (see above); scripts/fuzz.sh runs it once they are installed"
+elif [ "$fuzz_rc" -ne 0 ]; then
+    exit "$fuzz_rc"
+fi
+rc=0
 echo "== test.sh took $((SECONDS - started)) s"
 exit $rc

@@ -11,6 +11,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub const PARTITIONS: i32 = 4;
+/// The scenario pipeline's tumbling window.
+pub const WINDOW_MS: i64 = 10_000;
 const USERS: u64 = 40;
 const T0: i64 = 1_700_000_000_000;
 const WINDOW: i64 = 10_000;
@@ -366,8 +368,10 @@ dead_letter: {{type: kafka, topic: {dlq}}}
         );
     }
 
-    /// The last value per (user, window) in the output topic, checking the frame and that
-    /// every `weir-event-id` always carries the same value.
+    /// The value per (user, window) in the output topic, checking the frame, that every
+    /// `weir-event-id` always carries the same value, that `window_end` is the window's
+    /// end, and (the pipeline emits `final`) that every record of a window carries one
+    /// value and one event id: a repeat is an at-least-once redelivery, nothing else.
     pub fn topic_results(&self, broker: &Broker) -> (Aggregates, TopicCounts) {
         let schema = Schema::parse_str(TOTALS).expect("totals schema");
         let records = read_all(
@@ -379,6 +383,7 @@ dead_letter: {{type: kafka, topic: {dlq}}}
         let mut repeated = 0;
         // (user, window) -> (partition, offset, (events, total)) of the latest record.
         type Latest = (i32, i64, (i64, i64));
+        let mut ids_of_window: BTreeMap<(String, i64), BTreeSet<String>> = BTreeMap::new();
         let mut last: BTreeMap<(String, i64), Latest> = BTreeMap::new();
         for r in &records {
             assert_eq!(r.value[0], 0, "magic byte");
@@ -400,17 +405,24 @@ dead_letter: {{type: kafka, topic: {dlq}}}
             let (
                 Some(Value::String(user)),
                 Some(Value::TimestampMillis(start)),
+                Some(Value::TimestampMillis(end)),
                 Some(Value::Long(events)),
                 Some(Value::Long(total)),
             ) = (
                 get("user"),
                 get("window_start"),
+                get("window_end"),
                 get("events"),
                 get("total"),
             )
             else {
                 panic!("unexpected output record {f:?}")
             };
+            assert_eq!(
+                end,
+                start + WINDOW_MS,
+                "window_end of {user}'s window at {start}"
+            );
             let key: serde_json::Value =
                 serde_json::from_slice(r.key.as_deref().unwrap_or(b"null")).expect("key is JSON");
             assert_eq!(
@@ -421,13 +433,30 @@ dead_letter: {{type: kafka, topic: {dlq}}}
             if user.starts_with("zz-") {
                 continue;
             }
+            ids_of_window
+                .entry((user.clone(), start))
+                .or_default()
+                .insert(id.clone());
             let slot = last
-                .entry((user, start))
+                .entry((user.clone(), start))
                 .or_insert((r.partition, -1, (0, 0)));
             assert_eq!(slot.0, r.partition, "one key, one partition");
+            assert!(
+                slot.1 < 0 || slot.2 == (events, total),
+                "emit final: {user}'s window at {start} carried {:?} and then {:?}",
+                slot.2,
+                (events, total)
+            );
             if r.offset > slot.1 {
                 *slot = (r.partition, r.offset, (events, total));
             }
+        }
+        for (w, ids) in &ids_of_window {
+            assert_eq!(
+                ids.len(),
+                1,
+                "emit final: window {w:?} has event ids {ids:?}"
+            );
         }
         let agg = last.into_iter().map(|(k, (_, _, v))| (k, v)).collect();
         let counts = TopicCounts {
@@ -456,6 +485,16 @@ dead_letter: {{type: kafka, topic: {dlq}}}
             );
             std::thread::sleep(Duration::from_secs(2));
         }
+        // Where each value is in the source topic: a dead letter's coordinates must point
+        // at its own record.
+        let mut at: BTreeMap<Vec<u8>, BTreeSet<(i32, i64)>> = BTreeMap::new();
+        for r in read_all(&broker.bootstrap, &self.source, &broker.client_settings()) {
+            if self.dead.contains_key(&r.value) {
+                at.entry(r.value)
+                    .or_default()
+                    .insert((r.partition, r.offset));
+            }
+        }
         let mut seen = BTreeSet::new();
         for r in &records {
             let Some((part, reason)) = self.dead.get(&r.value) else {
@@ -476,7 +515,13 @@ dead_letter: {{type: kafka, topic: {dlq}}}
                 Some(self.source.as_str())
             );
             assert_eq!(r.header("weir-source-partition"), Some(part.to_string()));
-            assert!(r.header("weir-source-offset").is_some());
+            let offset: Option<i64> = r.header("weir-source-offset").and_then(|o| o.parse().ok());
+            assert!(
+                offset.is_some_and(|o| at.get(&r.value).is_some_and(|c| c.contains(&(*part, o)))),
+                "dead letter at {part}:{offset:?} is not where its bytes are in {}: {:?}",
+                self.source,
+                at.get(&r.value)
+            );
             assert!(r.header("weir-error").is_some_and(|e| !e.is_empty()));
             assert_eq!(
                 r.header("weir-pipeline").as_deref(),
@@ -541,15 +586,22 @@ pub fn rows_in_db(pg: &str, table: &str) -> Result<Aggregates, String> {
     let rows = c
         .query(
             &format!(
-                "SELECT \"user\", (extract(epoch from window_start) * 1000)::bigint, events, total FROM {table} WHERE \"user\" NOT LIKE 'zz-%'"
+                "SELECT \"user\", (extract(epoch from window_start) * 1000)::bigint, events, total, (extract(epoch from window_end - window_start) * 1000)::bigint FROM {table} WHERE \"user\" NOT LIKE 'zz-%'"
             ),
             &[],
         )
         .map_err(|e| e.to_string())?;
-    Ok(rows
-        .iter()
-        .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3))))
-        .collect())
+    let mut out = Aggregates::new();
+    for r in &rows {
+        let (user, start): (String, i64) = (r.get(0), r.get(1));
+        let length: i64 = r.get(4);
+        assert_eq!(
+            length, WINDOW_MS,
+            "{table}: {user}'s window at {start}: window_end - window_start"
+        );
+        out.insert((user, start), (r.get(2), r.get(3)));
+    }
+    Ok(out)
 }
 
 /// Compares two aggregate maps and says where they differ.

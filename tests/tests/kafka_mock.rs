@@ -1,6 +1,8 @@
 //! The fast Kafka suite, on librdkafka's mock cluster (in this process, always available):
 //! Kafka in, Kafka and PostgreSQL out, dead letters to a topic, and injected broker errors.
 
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use std::time::Duration;
 use weir_tests::kafka::{mock_broker, WeirProcess};
@@ -53,5 +55,81 @@ fn produce_errors_are_retried_without_loss_or_duplicates() {
         weir.log_text()
     );
     s.check_all(&broker, &rows);
+    assert_errors_consumed(&broker.bootstrap, &s.source);
+    s.drop_table();
+}
+
+/// The mock cluster pops an injected error per request: once Weir has sent enough produce
+/// requests, a probe record produced without retries goes through. If it fails with an
+/// injected error, the test injected errors Weir never met.
+fn assert_errors_consumed(bootstrap: &str, topic: &str) {
+    let p: BaseProducer<Delivery> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "false")
+        .set("message.send.max.retries", "0")
+        .set("message.timeout.ms", "10000")
+        .create_with_context(Delivery::default())
+        .expect("probe producer");
+    p.send(
+        BaseRecord::to(topic)
+            .partition(0)
+            .key("probe")
+            .payload("probe"),
+    )
+    .map_err(|(e, _)| e)
+    .expect("send the probe");
+    p.flush(Duration::from_secs(15)).expect("flush the probe");
+    let result = p.context().0.lock().expect("lock").clone();
+    assert_eq!(
+        result,
+        Some(Ok(())),
+        "a probe record after the run was refused: injected errors were left unconsumed"
+    );
+}
+
+/// The delivery report of the probe record.
+#[derive(Default)]
+struct Delivery(std::sync::Mutex<Option<Result<(), String>>>);
+
+impl rdkafka::ClientContext for Delivery {}
+
+impl rdkafka::producer::ProducerContext for Delivery {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        *self.0.lock().expect("lock") =
+            Some(r.as_ref().map(|_| ()).map_err(|(e, _)| e.to_string()));
+    }
+}
+
+#[test]
+fn a_failed_delivery_fails_the_session_which_restarts_without_loss() {
+    let broker = mock_broker();
+    let s = Scenario::new("mockfatal", 10_000, 1_000, 0x5eed_0005);
+    s.create_topics(&broker);
+    s.produce(&broker.bootstrap, 0..s.batches.len(), Duration::ZERO);
+    // Three produce requests fail with an error no retry can fix: their records' deliveries
+    // fail, the checkpoint that waits for them fails, the session fails (no checkpoint may
+    // be written past a failed delivery) and restarts from the last good checkpoint.
+    let cluster = broker.mock().expect("mock");
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 3],
+    );
+    let args = s.args_with(&broker, &[("max.in.flight.requests.per.connection", "1")]);
+    let mut weir = WeirProcess::start(&args, s.log(), &[]);
+    let rows = s.wait_for_table(Duration::from_secs(180), &mut || weir.exited().is_none());
+    assert!(
+        weir.stop(),
+        "weir did not stop cleanly: {}",
+        weir.log_text()
+    );
+    let log = weir.log_text();
+    assert!(
+        log.contains("session failed") && log.contains("too large"),
+        "the injected errors never failed a session:\n{log}"
+    );
+    s.check_all(&broker, &rows);
+    s.assert_no_lag(&broker);
+    assert_errors_consumed(&broker.bootstrap, &s.source);
     s.drop_table();
 }

@@ -77,6 +77,20 @@ fn upserts_are_idempotent_and_mismatched_tables_are_refused() {
     let o = run();
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(rows(&mut c, &table), first);
+    // A row that disagrees with the results (left by an older run, or written by hand) is
+    // overwritten by the next delivery: an upsert, not "insert unless present".
+    c.batch_execute(&format!(
+        "UPDATE {table} SET views = 999, total_duration_ms = NULL WHERE user_id = 'alice' AND window_start = to_timestamp(1767225600)"
+    ))
+    .unwrap();
+    assert_ne!(rows(&mut c, &table), first);
+    let o = run();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(
+        rows(&mut c, &table),
+        first,
+        "the wrong row was not overwritten"
+    );
     // The primary key is (group key, window_start).
     let pk: Vec<String> = c
         .query(

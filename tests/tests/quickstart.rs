@@ -29,7 +29,8 @@ fn clickstream_example_runs_end_to_end() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert!(results.len() >= 6, "{stdout}");
+    // 16 (user, minute) windows: the README's quick start shows them.
+    assert_eq!(results.len(), 16, "{stdout}");
     for r in &results {
         assert_eq!(
             r["window_end"].as_i64().unwrap() - r["window_start"].as_i64().unwrap(),

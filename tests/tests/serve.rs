@@ -277,6 +277,14 @@ fn check_web_page(url: &str, names: &[&str], dir: &Path) {
     );
 }
 
+/// Warnings this test provokes on purpose or that a healthy cluster gives, with why:
+const EXPECTED_WARNINGS: &[&str] = &[
+    // After the SIGKILL restart, the idempotent producer asks for a producer id while the
+    // broker is still loading the transaction coordinator's state; librdkafka retries.
+    "Coordinator load in progress",
+    "Failed to acquire idempotence PID",
+];
+
 #[test]
 fn serve_deploy_watch_replay_refeed_restart() {
     let Some(broker) = real_broker() else { return };
@@ -870,6 +878,15 @@ fn serve_deploy_watch_replay_refeed_restart() {
         .filter(|l| (l.contains(" WARN ") || l.contains(" ERROR ")) && !l.contains("CONFWARN"))
         .collect();
     eprintln!("server warnings and errors:\n{}", warnings.join("\n"));
+    let unexpected: Vec<&&str> = warnings
+        .iter()
+        .filter(|l| !EXPECTED_WARNINGS.iter().any(|w| l.contains(w)))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "unexpected warnings or errors in the server's log (add one to EXPECTED_WARNINGS only with the reason it is benign):\n{}",
+        unexpected.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n")
+    );
     assert!(served.proc.stop());
     s.drop_table();
     let _ = postgres::Client::connect(&pg_url(), postgres::NoTls)

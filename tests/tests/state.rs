@@ -7,7 +7,10 @@ use weir::source::file::InputFormat;
 use weir::state::Store;
 use weir_tests::{json_lines, repo};
 
-fn run(cache_entries: usize, checkpoint_every: u64) -> (Vec<serde_json::Value>, tempfile::TempDir) {
+fn run(
+    cache_entries: usize,
+    checkpoint_every: u64,
+) -> (Vec<serde_json::Value>, tempfile::TempDir, u64) {
     let dir = repo().join("tests/golden/many_keys");
     let mut plan = load_file(&dir.join("pipeline.yaml"), None)
         .plan
@@ -25,12 +28,16 @@ fn run(cache_entries: usize, checkpoint_every: u64) -> (Vec<serde_json::Value>, 
     };
     let summary = run_file(&plan, &opts).unwrap();
     assert_eq!(summary.counters.events_in, 6000);
-    (json_lines(&work.path().join("out.jsonl")), work)
+    (
+        json_lines(&work.path().join("out.jsonl")),
+        work,
+        summary.evicted,
+    )
 }
 
 #[test]
 fn closed_windows_leave_no_state_behind() {
-    let (out, work) = run(1_000_000, 500);
+    let (out, work, _) = run(1_000_000, 500);
     assert!(out.len() > 1000);
     let plan = load_file(&repo().join("tests/golden/many_keys/pipeline.yaml"), None)
         .plan
@@ -51,8 +58,13 @@ fn closed_windows_leave_no_state_behind() {
 
 #[test]
 fn a_tiny_cache_spills_to_rocksdb_and_gives_the_same_results() {
-    let (big, _a) = run(1_000_000, 10_000);
-    let (tiny, _b) = run(10, 10_000);
+    let (big, _a, none) = run(1_000_000, 10_000);
+    let (tiny, _b, evicted) = run(10, 10_000);
+    assert_eq!(none, 0, "a cache bigger than the state never evicts");
+    assert!(
+        evicted > 1000,
+        "a 10-entry cache for thousands of keys evicted only {evicted} entries: nothing spilled"
+    );
     assert_eq!(big, tiny);
     assert_eq!(
         big,

@@ -115,6 +115,8 @@ pub struct Summary {
     pub resumed_from: Option<u64>,
     pub checkpoints: u64,
     pub state_writes: u64,
+    /// Window entries evicted from the write cache to RocksDB (read back on a miss).
+    pub evicted: u64,
     /// Kafka runs: from the first record processed to the last.
     pub active: Option<std::time::Duration>,
     /// Kafka runs with `sample_latency`: the time to process every 16th record, ns.
@@ -350,6 +352,7 @@ pub fn run_file(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
         resumed_from,
         checkpoints,
         state_writes: store.writes,
+        evicted: engine.windows.evicted,
         active: None,
         latencies_ns: Vec::new(),
     })

@@ -148,6 +148,8 @@ pub struct WindowState {
     last_slot_len: usize,
     /// Set by the engine for each record while a replay is in progress.
     pub replay: Option<ReplayFilter>,
+    /// Entries evicted from the cache so far (they live on in RocksDB).
+    pub evicted: u64,
 }
 
 fn decode_acc(v: &[u8]) -> Result<WindowAcc, StateError> {
@@ -175,6 +177,7 @@ impl WindowState {
             assign_buf: Vec::with_capacity(4),
             last_slot_len: 0,
             replay: None,
+            evicted: 0,
         }
     }
 
@@ -618,6 +621,7 @@ impl WindowState {
         if self.cached > self.capacity {
             for slot in self.slots.values_mut() {
                 if !slot.cache.is_empty() {
+                    self.evicted += slot.cache.len() as u64;
                     // A new map: `clear` would keep the memory.
                     slot.cache = FxHashMap::default();
                     slot.spilled = true;

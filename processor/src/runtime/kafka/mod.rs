@@ -632,6 +632,7 @@ fn run_session(
             resumed_from,
             checkpoints: p.checkpoints,
             state_writes: p.store.writes,
+            evicted: p.engine.windows.evicted,
             active: p.first_record.zip(p.last_record).map(|(a, b)| b - a),
             latencies_ns: p.latencies.take().unwrap_or_default(),
         }
