@@ -232,3 +232,43 @@ fn a_run_resolves_unknown_writer_ids_through_the_registry() {
     assert_eq!(dead.len(), 1, "id 99 is unknown to the registry too");
     assert_eq!(dead[0]["reason"], "schema");
 }
+
+/// A registry URL with credentials: when the registry cannot be reached the run stops
+/// (an outside failure, not the record's fault) and says where it failed, with the
+/// password masked.
+#[test]
+fn a_registry_password_never_reaches_the_error_or_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("click.avsc"), CLICK_V1).unwrap();
+    std::fs::write(
+        dir.path().join("out.avsc"),
+        r#"{"type":"record","name":"Out","fields":[{"name":"user","type":"string"},{"name":"window_start","type":{"type":"long","logicalType":"timestamp-millis"}},{"name":"window_end","type":{"type":"long","logicalType":"timestamp-millis"}},{"name":"total","type":"long"}]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        "apiVersion: weir/v1\nname: reg\nsource:\n  topics: [t]\n  format: avro\n  schema: click.avsc\n  event_time: {record_timestamp: true}\nsteps:\n  - key_by: [user]\n  - window: {type: tumbling, size: 10s}\n  - aggregate:\n      outputs:\n        total: {fn: sum, field: amount}\noutput:\n  schema: out.avsc\n",
+    )
+    .unwrap();
+    // One framed record with an id the pipeline does not know: the registry is asked.
+    let line = serde_json::json!({"timestamp": 1000, "value_b64": "AAAAABUCYQo="}).to_string();
+    std::fs::write(dir.path().join("in.jsonl"), line + "\n").unwrap();
+    let o = std::process::Command::new(weir_tests::weir_bin())
+        .args([
+            "run",
+            dir.path().join("p.yaml").to_str().unwrap(),
+            "--input",
+            dir.path().join("in.jsonl").to_str().unwrap(),
+            "--output",
+            dir.path().join("out.jsonl").to_str().unwrap(),
+            "--schema-registry",
+            "http://reg-user:reg-secret-3@127.0.0.1:1",
+        ])
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    let err = weir_tests::text(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("http://reg-user:***@127.0.0.1:1"), "{err}");
+    assert!(!err.contains("reg-secret-3"), "{err}");
+}
