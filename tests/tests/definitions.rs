@@ -146,3 +146,46 @@ fn huge_and_deep_definitions_are_refused_before_parsing() {
         text(&out.stdout)
     );
 }
+
+/// Found by fuzzing: cel-parser's ANTLR runtime panics on `page !=<<<…< '/health'`. The
+/// definition gets a problem instead, and the parser still works afterwards in the same
+/// process (as in `weir serve`, which compiles every deploy). Deep brackets are refused
+/// before the parser's recursion sees them.
+#[test]
+fn a_cel_expression_that_crashes_the_parser_is_a_problem() {
+    let path = repo().join("pipelines/clickstream.yaml");
+    let good = std::fs::read_to_string(&path).unwrap();
+    let resolver = weir::schema::SchemaResolver::for_pipeline(&path, None);
+    let filter = "filter: \"page != '/health'\"";
+    assert!(
+        good.contains(filter),
+        "the shipped pipeline's filter changed"
+    );
+    let cases = [
+        (
+            format!("filter: \"page !={} '/health'\"", "<".repeat(72)),
+            "the CEL parser cannot read it",
+        ),
+        (
+            format!("filter: \"{}true{}\"", "(".repeat(40), ")".repeat(40)),
+            "nested more than 32 brackets deep",
+        ),
+        (
+            format!("filter: \"{}\"", "x == 1 && ".repeat(500) + "true"),
+            "bytes long",
+        ),
+    ];
+    for (bad, want) in cases {
+        let text = good.replace(filter, &bad);
+        let loaded = weir::pipeline::load_str(&text, "bad.yaml", &resolver);
+        let problems: Vec<String> = loaded.problems.iter().map(|p| p.to_string()).collect();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains(want) && p.contains("steps[0].filter")),
+            "{want}: {problems:?}"
+        );
+        let again = weir::pipeline::load_str(&good, "good.yaml", &resolver);
+        assert!(again.problems.is_empty(), "{:?}", again.problems);
+    }
+}

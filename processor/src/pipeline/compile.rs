@@ -224,15 +224,71 @@ fn duration(
     }
 }
 
+/// The longest CEL expression, and its deepest bracket nesting: the parser recurses per
+/// level, so a deep expression could exhaust the stack.
+pub const MAX_EXPR_BYTES: usize = 4096;
+pub const MAX_EXPR_DEPTH: usize = 32;
+
+fn expr_too_big(text: &str) -> Option<String> {
+    if text.len() > MAX_EXPR_BYTES {
+        return Some(format!("{} bytes long", text.len()));
+    }
+    let (mut depth, mut quote, mut escaped) = (0usize, None::<char>, false);
+    for c in text.chars() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None => match c {
+                '"' | '\'' => quote = Some(c),
+                '(' | '[' | '{' => {
+                    depth += 1;
+                    if depth > MAX_EXPR_DEPTH {
+                        return Some(format!("nested more than {MAX_EXPR_DEPTH} brackets deep"));
+                    }
+                }
+                ')' | ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+    }
+    None
+}
+
 fn compile_expr(
     p: &mut Problems,
     path: &str,
     text: &str,
     row: &[(String, FieldType)],
 ) -> Option<Expr> {
-    let program = match Program::compile(text) {
-        Ok(prog) => prog,
-        Err(e) => {
+    if let Some(why) = expr_too_big(text) {
+        p.add(
+            path,
+            format!("the CEL expression is {why}"),
+            format!("write a shorter expression (at most {MAX_EXPR_BYTES} bytes, {MAX_EXPR_DEPTH} levels of brackets)"),
+        );
+        return None;
+    }
+    // cel-parser's ANTLR runtime panics on some malformed input (fuzzing found
+    // `page !=<<<<…< '/health'`): a definition must get a problem, never a crash.
+    let compiled = std::panic::catch_unwind(|| Program::compile(text));
+    let program = match compiled {
+        Err(_) => {
+            p.add(
+                path,
+                format!("invalid CEL expression `{text}`: the CEL parser cannot read it"),
+                "see https://github.com/google/cel-spec for the syntax; field names are variables",
+            );
+            return None;
+        }
+        Ok(Ok(prog)) => prog,
+        Ok(Err(e)) => {
             let msg = e.to_string().lines().next().unwrap_or_default().to_string();
             p.add(
                 path,
