@@ -7,7 +7,14 @@ use std::path::Path;
 use weir::pipeline::load_str;
 use weir::schema::SchemaResolver;
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(
+    init: {
+        // libfuzzer-sys aborts on every panic from its hook, even one Weir catches: the
+        // loader catches cel-parser's panics on purpose. An uncaught panic still aborts (the
+        // harness's own catch_unwind), and is reported as a crash.
+        std::panic::set_hook(Box::new(|info| eprintln!("panic (caught or not): {info}")));
+    },
+    |data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
@@ -19,4 +26,5 @@ fuzz_target!(|data: &[u8]| {
     for p in &loaded.problems {
         assert!(!p.message.is_empty() && !p.fix.is_empty(), "{p:?}");
     }
-});
+    }
+);

@@ -133,3 +133,78 @@ fn a_failed_delivery_fails_the_session_which_restarts_without_loss() {
     assert_errors_consumed(&broker.bootstrap, &s.source);
     s.drop_table();
 }
+
+/// The Kafka path's file sink (`--output`): SIGKILLed mid-stream and restarted, it resumes
+/// at its checkpointed length (a sink that emptied the file, as this path once did, loses
+/// the windows the checkpoint covers; one that appended past it repeats them): every window
+/// exactly once, with its final value. Truncation itself: `sink::file`'s unit tests and the
+/// golden restart with more than 64 KiB after the checkpoint.
+#[test]
+fn a_kafka_run_into_a_file_resumes_at_its_checkpointed_length() {
+    let broker = mock_broker();
+    // 10 ms apart: 100 s of event time, so windows close (and reach the file) all along.
+    let s = Scenario::with_step("mockfile", 10_000, 1_000, 0x5eed_0006, 10);
+    s.create_topics(&broker);
+    s.produce(&broker.bootstrap, 0..s.batches.len(), Duration::ZERO);
+    let out = s.dir.path().join("out.jsonl");
+    let mut args = s.args(&broker);
+    args.push("--output".into());
+    args.push(out.display().to_string());
+    // Checkpoints every 5,000 records (and 200 ms); the kill falls between two.
+    let mut weir = WeirProcess::start(&args, s.log(), &[("WEIR_TEST_SIGKILL_AFTER", "7500")]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while weir.exited().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no kill: {}",
+            weir.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = std::fs::read_to_string(&out)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    let mut weir = WeirProcess::start(&args, s.log(), &[]);
+    let want = s.expected.len();
+    let rows = |text: &str| -> Vec<serde_json::Value> {
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+            .filter(|v| !v["user"].as_str().unwrap_or("").starts_with("zz-"))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        if rows(&text).len() >= want {
+            break;
+        }
+        assert!(weir.exited().is_none(), "{}", weir.log_text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {want} windows in {}",
+            rows(&text).len(),
+            out.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(weir.stop(), "{}", weir.log_text());
+    let got = rows(&std::fs::read_to_string(&out).unwrap());
+    let mut seen = weir_tests::scenario::Aggregates::new();
+    for r in &got {
+        let key = (
+            r["user"].as_str().unwrap().to_string(),
+            r["window_start"].as_i64().unwrap(),
+        );
+        let v = (r["events"].as_i64().unwrap(), r["total"].as_i64().unwrap());
+        assert!(
+            seen.insert(key.clone(), v).is_none(),
+            "{key:?} twice in the file"
+        );
+    }
+    weir_tests::scenario::assert_same("the file", &seen, &s.expected);
+    assert!(
+        before > 0,
+        "the kill came before any result reached the file"
+    );
+}
