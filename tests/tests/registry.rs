@@ -158,15 +158,9 @@ fn registers_after_a_compatibility_check() {
     assert_eq!(body["schema"].as_str().unwrap(), schema.canonical_form());
 }
 
-#[test]
-fn a_run_resolves_unknown_writer_ids_through_the_registry() {
-    // A pipeline with no writer_schemas: every id comes from the registry.
-    let rec = serve(vec![(
-        "GET",
-        "/schemas/ids/21".into(),
-        200,
-        schema_answer(CLICK_V1),
-    )]);
+/// A pipeline with no writer_schemas (every id comes from the registry), in a temp dir:
+/// `p.yaml`, `click.avsc`, `out.avsc`.
+fn registry_pipeline() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("click.avsc"), CLICK_V1).unwrap();
     std::fs::write(
@@ -179,6 +173,19 @@ fn a_run_resolves_unknown_writer_ids_through_the_registry() {
         "apiVersion: weir/v1\nname: reg\nsource:\n  topics: [t]\n  format: avro\n  schema: click.avsc\n  event_time: {record_timestamp: true}\nsteps:\n  - key_by: [user]\n  - window: {type: tumbling, size: 10s}\n  - aggregate:\n      outputs:\n        total: {fn: sum, field: amount}\noutput:\n  schema: out.avsc\n",
     )
     .unwrap();
+    dir
+}
+
+#[test]
+fn a_run_resolves_unknown_writer_ids_through_the_registry() {
+    // A pipeline with no writer_schemas: every id comes from the registry.
+    let rec = serve(vec![(
+        "GET",
+        "/schemas/ids/21".into(),
+        200,
+        schema_answer(CLICK_V1),
+    )]);
+    let dir = registry_pipeline();
     let schema = Schema::parse_str(CLICK_V1).unwrap();
     let mut lines = String::new();
     use base64::Engine;
@@ -238,18 +245,7 @@ fn a_run_resolves_unknown_writer_ids_through_the_registry() {
 /// password masked.
 #[test]
 fn a_registry_password_never_reaches_the_error_or_the_log() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("click.avsc"), CLICK_V1).unwrap();
-    std::fs::write(
-        dir.path().join("out.avsc"),
-        r#"{"type":"record","name":"Out","fields":[{"name":"user","type":"string"},{"name":"window_start","type":{"type":"long","logicalType":"timestamp-millis"}},{"name":"window_end","type":{"type":"long","logicalType":"timestamp-millis"}},{"name":"total","type":"long"}]}"#,
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("p.yaml"),
-        "apiVersion: weir/v1\nname: reg\nsource:\n  topics: [t]\n  format: avro\n  schema: click.avsc\n  event_time: {record_timestamp: true}\nsteps:\n  - key_by: [user]\n  - window: {type: tumbling, size: 10s}\n  - aggregate:\n      outputs:\n        total: {fn: sum, field: amount}\noutput:\n  schema: out.avsc\n",
-    )
-    .unwrap();
+    let dir = registry_pipeline();
     // One framed record with an id the pipeline does not know: the registry is asked.
     let line = serde_json::json!({"timestamp": 1000, "value_b64": "AAAAABUCYQo="}).to_string();
     std::fs::write(dir.path().join("in.jsonl"), line + "\n").unwrap();
