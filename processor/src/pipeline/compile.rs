@@ -3,7 +3,7 @@
 //! declared output schema. Every problem found is collected; a plan exists only when there
 //! are none.
 
-use super::validate::Problems;
+use super::problems::Problems;
 use super::{
     AggFn, EmitMode, EventTimeDef, KeyByDef, MapFieldDef, PipelineDef, SinkDef, StateDef,
     ValueFormat, WindowKind,

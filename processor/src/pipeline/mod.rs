@@ -9,13 +9,15 @@
 
 pub mod compile;
 pub mod locate;
+pub mod problems;
 pub mod validate;
 
 use indexmap::IndexMap;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
-pub use validate::{load_file, load_str, Loaded, Problem};
+pub use problems::Problem;
+pub use validate::{load_file, load_str, Loaded};
 
 /// The definition format version. New versions are added as variants, so old files keep parsing.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -7,67 +7,12 @@
 //! its wording is tested (`tests/fixtures/invalid`): it is part of the interface.
 
 use super::compile::{compile, Plan};
-use super::locate::LineIndex;
+use super::problems::{Problem, Problems};
 use super::{ApiVersion, PipelineDef, StateDef, StepDef, TOP_LEVEL_KEYS};
 use crate::schema::SchemaResolver;
 use serde::de::DeserializeOwned;
 use serde_yaml::Value as Yaml;
-use std::fmt;
 use std::path::Path;
-
-/// One thing wrong with a definition.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Problem {
-    pub file: String,
-    pub line: Option<usize>,
-    pub path: String,
-    pub message: String,
-    pub fix: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(l) => write!(f, "{}:{}: ", self.file, l)?,
-            None => write!(f, "{}: ", self.file)?,
-        }
-        if !self.path.is_empty() {
-            write!(f, "{}: ", self.path)?;
-        }
-        write!(f, "{}\n  fix: {}", self.message, self.fix)
-    }
-}
-
-/// Collects problems for one file.
-pub struct Problems {
-    file: String,
-    lines: LineIndex,
-    list: Vec<Problem>,
-}
-
-impl Problems {
-    fn new(file: &str, text: &str) -> Problems {
-        Problems {
-            file: file.to_string(),
-            lines: LineIndex::new(text),
-            list: Vec::new(),
-        }
-    }
-
-    pub fn add(&mut self, path: &str, message: impl Into<String>, fix: impl Into<String>) {
-        self.list.push(Problem {
-            file: self.file.clone(),
-            line: self.lines.line(path),
-            path: path.to_string(),
-            message: message.into(),
-            fix: fix.into(),
-        });
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
-    }
-}
 
 /// The result of loading: the plan when there is no problem, else every problem found.
 pub struct Loaded {
