@@ -74,18 +74,8 @@ pub struct SourceDef {
     pub watermark: WatermarkDef,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-pub enum ValueFormat {
-    /// Confluent wire format: magic byte 0, 4-byte big-endian schema id, Avro binary.
-    #[serde(rename = "avro")]
-    Avro,
-    /// A bare Avro binary datum written with the reader schema.
-    #[serde(rename = "avro-raw")]
-    AvroRaw,
-    /// A JSON object validated against the Avro schema.
-    #[serde(rename = "json")]
-    Json,
-}
+/// How source values are encoded; defined next to the codecs that read them.
+pub use crate::schema::ValueFormat;
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

@@ -11,7 +11,7 @@
 //! value on every call.
 
 use super::json::{json_to_avro, Names};
-use crate::pipeline::ValueFormat;
+use super::ValueFormat;
 use apache_avro::schema::Schema;
 use apache_avro::types::Value;
 use std::collections::HashMap;

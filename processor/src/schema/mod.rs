@@ -11,8 +11,23 @@ pub mod json;
 pub mod registry;
 
 use apache_avro::Schema;
+use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
+
+/// How a source's values are encoded (`source.format` in a definition).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum ValueFormat {
+    /// Confluent wire format: magic byte 0, 4-byte big-endian schema id, Avro binary.
+    #[serde(rename = "avro")]
+    Avro,
+    /// A bare Avro binary datum written with the reader schema.
+    #[serde(rename = "avro-raw")]
+    AvroRaw,
+    /// A JSON object validated against the Avro schema.
+    #[serde(rename = "json")]
+    Json,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
