@@ -278,39 +278,26 @@ impl FileSource {
 /// The coordinates of a record envelope: partition, explicit offset, timestamp. Values
 /// Kafka cannot carry are refused, never remapped.
 fn envelope(m: &serde_json::Map<String, Json>) -> Result<(u32, Option<i64>, Option<i64>), String> {
-    let partition = match m.get("partition") {
-        None | Some(Json::Null) => 0,
-        Some(v) => match v.as_u64() {
-            Some(p) if p <= i32::MAX as u64 => p as u32,
-            _ => {
-                return Err(format!(
-                    "`partition` {v} is not a Kafka partition (an integer in 0..=2147483647)"
-                ))
-            }
-        },
-    };
-    let offset = match m.get("offset") {
-        None | Some(Json::Null) => None,
+    // An absent or null key is None; a present one must be an integer that `ok` accepts.
+    let int = |key: &str, ok: fn(i64) -> bool, what: &str| match m.get(key) {
+        None | Some(Json::Null) => Ok(None),
         Some(v) => match v.as_i64() {
-            Some(o) if o >= 0 => Some(o),
-            _ => {
-                return Err(format!(
-                    "`offset` {v} is not a Kafka offset (an integer >= 0)"
-                ))
-            }
+            Some(i) if ok(i) => Ok(Some(i)),
+            _ => Err(format!("`{key}` {v} is not {what}")),
         },
     };
-    let timestamp = match m.get("timestamp") {
-        None | Some(Json::Null) => None,
-        Some(v) => match v.as_i64() {
-            Some(t) => Some(t),
-            None => {
-                return Err(format!(
-                    "`timestamp` {v} is not a timestamp (integer epoch milliseconds)"
-                ))
-            }
-        },
-    };
+    let partition = int(
+        "partition",
+        |p| (0..=i32::MAX as i64).contains(&p),
+        "a Kafka partition (an integer in 0..=2147483647)",
+    )?
+    .unwrap_or(0) as u32;
+    let offset = int("offset", |o| o >= 0, "a Kafka offset (an integer >= 0)")?;
+    let timestamp = int(
+        "timestamp",
+        |_| true,
+        "a timestamp (integer epoch milliseconds)",
+    )?;
     Ok((partition, offset, timestamp))
 }
 
