@@ -6,7 +6,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use std::time::Duration;
 use weir_tests::kafka::{mock_broker, WeirProcess};
-use weir_tests::scenario::Scenario;
+use weir_tests::scenario::{Scenario, PARTITIONS};
 
 #[test]
 fn kafka_in_kafka_and_postgres_out_on_the_mock_cluster() {
@@ -101,23 +101,62 @@ impl rdkafka::producer::ProducerContext for Delivery {
     }
 }
 
+/// Three produce requests fail with an error no retry can fix: their records' deliveries
+/// fail, the checkpoint that waits for them fails, the session fails (no checkpoint may be
+/// written past a failed delivery) and restarts from the last good checkpoint.
+///
+/// Which record is late depends on the order partitions are read in, so the errors come
+/// only once a checkpoint holds every partition's watermark: the first half (no late
+/// records) is produced and checkpointed, the second half is produced while Weir stalls on
+/// its first record, and the errors are injected then (the mock cluster's error stack is
+/// cluster-wide: the test's own producer must be done by then). The restart re-reads the
+/// second half from the checkpoint, where every late record is late in any order.
 #[test]
-#[ignore = "flaky (1 of 4 runs): the session fails before any checkpoint, the restart re-reads the pre-produced partitions in another interleaving, and a record late the first time may not be late then; run with --ignored until the injection waits for a checkpoint (issue 10 note)"]
 fn a_failed_delivery_fails_the_session_which_restarts_without_loss() {
     let broker = mock_broker();
     let s = Scenario::new("mockfatal", 10_000, 1_000, 0x5eed_0005);
     s.create_topics(&broker);
-    s.produce(&broker.bootstrap, 0..s.batches.len(), Duration::ZERO);
-    // Three produce requests fail with an error no retry can fix: their records' deliveries
-    // fail, the checkpoint that waits for them fails, the session fails (no checkpoint may
-    // be written past a failed delivery) and restarts from the last good checkpoint.
+    let half = s.batches.len() / 2;
+    let first: usize = s.batches[..half].iter().map(Vec::len).sum();
+    s.produce(&broker.bootstrap, 0..half, Duration::ZERO);
+    let args = s.args_with(&broker, &[("max.in.flight.requests.per.connection", "1")]);
+    let stall = format!("{}:4000", first + 1);
+    let mut weir = WeirProcess::start(&args, s.log(), &[("WEIR_TEST_STALL_AT", &stall)]);
+    let ends = weir_tests::kafka::log_ends(&broker.bootstrap, &s.source, PARTITIONS);
+    assert!(
+        ends.iter().all(|e| *e > 0),
+        "a partition without records: {ends:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let committed =
+            weir_tests::kafka::committed(&broker.bootstrap, &s.group, &s.source, PARTITIONS);
+        if committed == ends {
+            break;
+        }
+        assert!(weir.exited().is_none(), "{}", weir.log_text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first half was never checkpointed: committed {committed:?}, ends {ends:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.produce(&broker.bootstrap, half..s.batches.len(), Duration::ZERO);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !weir.log_text().contains("test hook: stalling") {
+        assert!(weir.exited().is_none(), "{}", weir.log_text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no stall: {}",
+            weir.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let cluster = broker.mock().expect("mock");
     cluster.request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 3],
     );
-    let args = s.args_with(&broker, &[("max.in.flight.requests.per.connection", "1")]);
-    let mut weir = WeirProcess::start(&args, s.log(), &[]);
     let rows = s.wait_for_table(Duration::from_secs(180), &mut || weir.exited().is_none());
     assert!(
         weir.stop(),

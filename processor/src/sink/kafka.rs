@@ -77,8 +77,9 @@ fn kafka_err(name: &str, e: impl std::fmt::Display) -> SinkError {
     }
 }
 
-/// Creates `topic` when it does not exist. Brokers without auto-creation work; a broker
-/// whose admin API refuses (librdkafka's mock cluster) is accepted when the topic exists.
+/// Creates `topic` when it does not exist (an existing topic is taken as it is). Brokers
+/// without auto-creation work; a broker whose admin API refuses (librdkafka's mock cluster)
+/// is accepted when the topic exists.
 pub async fn ensure_topic(
     brokers: &str,
     topic: &str,
@@ -87,8 +88,15 @@ pub async fn ensure_topic(
 ) -> Result<(), SinkError> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
+        // The metadata lookup below must not create the topic with the broker's defaults.
+        .set("allow.auto.create.topics", "false")
         .create()
         .map_err(|e| kafka_err(topic, e))?;
+    // Looked up first: a broker whose admin API does not answer (the mock cluster) would
+    // otherwise hold every session start for the 10 s operation timeout.
+    if topic_exists(&admin, topic) {
+        return Ok(());
+    }
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
     let opts = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(10)))
