@@ -3,7 +3,8 @@
 //! logical types and all.
 
 use weir::pipeline::load_file;
-use weir::runtime::engine::{Engine, ResultFormat};
+use weir::runtime::engine::Engine;
+use weir::sink::encode::ResultFormat;
 use weir::source::file::{FileSource, InputFormat};
 use weir::state::Store;
 use weir_tests::repo;

@@ -5,7 +5,8 @@
 
 use crate::monitor::peak_rss_bytes;
 use crate::pipeline::load_file;
-use crate::runtime::engine::{Emitted, Engine, ResultFormat};
+use crate::runtime::engine::Engine;
+use crate::sink::encode::{Emitted, ResultFormat};
 use crate::source::{Payload, SourceRecord};
 use crate::state::{Store, META_KEY};
 use anyhow::Context;

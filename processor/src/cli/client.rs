@@ -1,7 +1,7 @@
 //! The commands that talk to `weir serve`: deploy, pipelines, status, pause, resume, stop,
 //! replay, replay-dlq.
 
-use crate::runtime::engine::fmt_ms;
+use crate::schema::json::fmt_ms;
 use crate::schema::SchemaResolver;
 use crate::server::{referenced_schemas, DeployRequest, ReplayRequest};
 use anyhow::{bail, Context};

@@ -1,8 +1,8 @@
 use crate::pipeline::load_file;
-use crate::runtime::engine::fmt_ms;
 use crate::runtime::kafka::{run_kafka, KafkaOptions};
 use crate::runtime::outputs::Connections;
 use crate::runtime::{run_file, RunOptions};
+use crate::schema::json::fmt_ms;
 use crate::source::file::InputFormat;
 use anyhow::Context;
 use clap::Args;

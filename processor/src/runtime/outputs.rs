@@ -1,10 +1,10 @@
 //! Opening the pipeline's sinks and dead letter, and writing each result to every sink.
 //! Shared by the file replay and the Kafka runtime.
 
-use super::engine::{DeadLetter, Emitted, ResultFormat};
 use crate::pipeline::compile::Plan;
 use crate::pipeline::{SinkDef, SinkKind};
 use crate::schema::registry::Registry;
+use crate::sink::encode::{DeadLetter, Emitted, ResultFormat};
 use crate::sink::file::{FileSink, StdoutSink};
 use crate::sink::kafka::{ensure_topic, KafkaDeadLetter, KafkaSink};
 use crate::sink::postgres::{PostgresSink, DEFAULT_URL};

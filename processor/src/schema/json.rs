@@ -314,6 +314,19 @@ fn i128_of(bytes: &[u8]) -> i128 {
     v
 }
 
+/// Milliseconds as RFC 3339, for messages.
+pub fn fmt_ms(ms: i64) -> String {
+    if ms == i64::MIN {
+        return "-inf".into();
+    }
+    if ms == i64::MAX {
+        return "+inf".into();
+    }
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,8 +10,8 @@
 //! [`KafkaSink::flush`] waits for every delivery report; a failed delivery fails the flush,
 //! so a checkpoint is never written past a record the broker did not acknowledge.
 
+use super::encode::DeadLetter;
 use super::{Output, Sink, SinkError};
-use crate::runtime::engine::DeadLetter;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;

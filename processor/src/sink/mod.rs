@@ -12,6 +12,7 @@
 //! A sink's [`Sink::flush`] returns only when everything written so far is durable, and
 //! returns the position to record in the checkpoint.
 
+pub mod encode;
 pub mod file;
 pub mod kafka;
 pub mod postgres;

@@ -38,7 +38,7 @@ mod redrive;
 
 pub use redrive::{redrive, RedriveReport};
 
-use super::engine::{DeadLetter, Engine};
+use super::engine::Engine;
 use super::outputs::{open_sinks, AnySink, Connections, DeadLetters, ResultWriter};
 use super::replay::{load_guard, REPLAY_KEY};
 use super::{kill_after, open_state, resolve_writer, Checkpoint, RunError, Summary};
@@ -46,6 +46,7 @@ use crate::faults::{reached, stall_after, Point};
 use crate::monitor::telemetry::{Live, RunState, Telemetry};
 use crate::pipeline::compile::Plan;
 use crate::schema::registry::Registry;
+use crate::sink::encode::DeadLetter;
 use crate::source::kafka::{consumer_config, record_of};
 use crate::source::SourceRecord;
 use crate::state::{StateError, Store, META_KEY};

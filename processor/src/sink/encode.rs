@@ -1,0 +1,202 @@
+//! What leaves the pipeline: a derived result ([`Emitted`]) and its encodings for the sinks
+//! ([`ResultFormat`]: Avro values, Avro binary, JSON, key and event id), and an event that
+//! left it ([`DeadLetter`], with its JSON envelope). The engine produces both; every sink
+//! and the dead letter read them from here.
+
+use crate::monitor::DeadLetterReason;
+use crate::operators::Scalar;
+use crate::pipeline::compile::{OutSource, Plan};
+use crate::schema::codec::zigzag;
+use crate::schema::json::avro_to_json;
+use crate::schema::Kind;
+use apache_avro::types::Value;
+use apache_avro::Schema;
+use base64::Engine as _;
+
+/// A derived result with its key decoded.
+pub struct Emitted {
+    pub partition: u32,
+    pub key: Vec<Scalar>,
+    pub start: i64,
+    pub end: i64,
+    pub results: Vec<Scalar>,
+    pub seq: u32,
+}
+
+/// An event that left the pipeline, with everything needed to find and replay it.
+pub struct DeadLetter {
+    pub pipeline: String,
+    pub reason: DeadLetterReason,
+    pub error: String,
+    pub topic: String,
+    pub partition: u32,
+    pub offset: i64,
+    pub line: u64,
+    pub timestamp: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+}
+
+impl DeadLetter {
+    /// The dead-letter envelope as one JSON line. `file` is the input file, if any.
+    pub fn to_json(&self, file: &str) -> String {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let mut source = serde_json::json!({
+            "topic": self.topic, "partition": self.partition, "offset": self.offset,
+        });
+        if !file.is_empty() {
+            source["file"] = serde_json::json!(file);
+            source["line"] = serde_json::json!(self.line);
+        }
+        serde_json::json!({
+            "pipeline": self.pipeline,
+            "reason": self.reason.as_str(),
+            "error": self.error,
+            "source": source,
+            "timestamp": self.timestamp,
+            "key_b64": self.key.as_deref().map(b64),
+            "value_b64": b64(&self.value),
+        })
+        .to_string()
+    }
+}
+
+/// Turns results into derived events of the output schema: Avro values, Avro binary, JSON.
+/// Separate from the engine so a sink can encode while the engine is busy emitting.
+#[derive(Clone, Copy)]
+pub struct ResultFormat<'p> {
+    plan: &'p Plan,
+}
+
+impl<'p> ResultFormat<'p> {
+    pub fn new(plan: &'p Plan) -> ResultFormat<'p> {
+        ResultFormat { plan }
+    }
+
+    /// The derived event as an Avro record of the output schema (nullable fields as
+    /// explicit `Value::Union`s, as apache-avro's encoder needs them).
+    pub fn output_value(&self, e: &Emitted) -> Value {
+        let fields = self
+            .plan
+            .output
+            .fields
+            .iter()
+            .map(|f| {
+                let v = match f.source {
+                    OutSource::Key(i) => e
+                        .key
+                        .get(i)
+                        .cloned()
+                        .unwrap_or(Scalar::Null)
+                        .to_value(&f.ty),
+                    OutSource::WindowStart => bound(e.start, &f.ty.kind),
+                    OutSource::WindowEnd => bound(e.end, &f.ty.kind),
+                    OutSource::Agg(i) => e
+                        .results
+                        .get(i)
+                        .cloned()
+                        .unwrap_or(Scalar::Null)
+                        .to_value(&f.ty),
+                };
+                let v = match &f.schema {
+                    Schema::Union(u) => {
+                        let null = v == Value::Null;
+                        let branch = u
+                            .variants()
+                            .iter()
+                            .position(|b| (*b == Schema::Null) == null)
+                            .unwrap_or(0);
+                        Value::Union(branch as u32, Box::new(v))
+                    }
+                    _ => v,
+                };
+                (f.name.clone(), v)
+            })
+            .collect();
+        Value::Record(fields)
+    }
+
+    /// The derived event in Avro binary (output schema), written straight from the result
+    /// without building a `Value` record. Output fields are scalars or nullable scalars
+    /// (validation guarantees it).
+    pub fn encode_avro(&self, e: &Emitted, out: &mut Vec<u8>) {
+        for f in &self.plan.output.fields {
+            let s = match f.source {
+                OutSource::Key(i) => e.key.get(i),
+                OutSource::Agg(i) => e.results.get(i),
+                OutSource::WindowStart | OutSource::WindowEnd => None,
+            };
+            if let Schema::Union(u) = &f.schema {
+                let is_null = matches!(s, None | Some(Scalar::Null))
+                    && !matches!(f.source, OutSource::WindowStart | OutSource::WindowEnd);
+                let branch = u
+                    .variants()
+                    .iter()
+                    .position(|b| (*b == Schema::Null) == is_null)
+                    .unwrap_or(0);
+                zigzag(branch as i64, out);
+                if is_null {
+                    continue;
+                }
+            }
+            match (f.source, s) {
+                (OutSource::WindowStart, _) => zigzag(e.start, out),
+                (OutSource::WindowEnd, _) => zigzag(e.end, out),
+                (_, Some(Scalar::Int(i))) => match f.ty.kind {
+                    Kind::Float => out.extend_from_slice(&(*i as f32).to_le_bytes()),
+                    Kind::Double => out.extend_from_slice(&(*i as f64).to_le_bytes()),
+                    _ => zigzag(*i, out),
+                },
+                (_, Some(Scalar::Float(x))) => match f.ty.kind {
+                    Kind::Float => out.extend_from_slice(&(*x as f32).to_le_bytes()),
+                    _ => out.extend_from_slice(&x.to_le_bytes()),
+                },
+                (_, Some(Scalar::Bool(b))) => out.push(u8::from(*b)),
+                (_, Some(Scalar::Str(x))) => {
+                    zigzag(x.len() as i64, out);
+                    out.extend_from_slice(x.as_bytes());
+                }
+                (_, Some(Scalar::Bytes(x))) => {
+                    zigzag(x.len() as i64, out);
+                    out.extend_from_slice(x);
+                }
+                (_, Some(Scalar::Null) | None) => {}
+            }
+        }
+    }
+
+    /// The group key as a JSON object of the key fields (the Kafka record key and the
+    /// key half of a PostgreSQL row's identity).
+    pub fn key_json(&self, e: &Emitted, buf: &mut String) {
+        let mut obj = serde_json::Map::new();
+        for (i, k) in self.plan.output.key_fields.iter().enumerate() {
+            let v = e
+                .key
+                .get(i)
+                .cloned()
+                .unwrap_or(Scalar::Null)
+                .to_value(&k.ty);
+            obj.insert(k.name.clone(), avro_to_json(&v));
+        }
+        buf.push_str(&serde_json::Value::Object(obj).to_string());
+    }
+
+    /// `pipeline/key/window start/sequence`: what identifies one emission, so a consumer
+    /// can drop a re-emission after a crash.
+    pub fn event_id(&self, key_json: &str, e: &Emitted, buf: &mut String) {
+        use std::fmt::Write;
+        let _ = write!(buf, "{}/{}/{}/{}", self.plan.name, key_json, e.start, e.seq);
+    }
+
+    /// The derived event as one line of JSON, fields in output-schema order.
+    pub fn output_json(&self, e: &Emitted, buf: &mut String) {
+        buf.push_str(&avro_to_json(&self.output_value(e)).to_string());
+    }
+}
+
+fn bound(t: i64, k: &Kind) -> Value {
+    match k {
+        Kind::TimestampMillis => Value::TimestampMillis(t),
+        _ => Value::Long(t),
+    }
+}
