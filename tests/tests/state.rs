@@ -53,7 +53,10 @@ fn closed_windows_leave_no_state_behind() {
         0,
         "session entries left in RocksDB"
     );
-    assert!(store.get(weir::state::META_KEY).unwrap().is_some());
+    assert!(store
+        .get(weir::state::checkpoint::META_KEY)
+        .unwrap()
+        .is_some());
 }
 
 #[test]

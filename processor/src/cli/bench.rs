@@ -4,16 +4,19 @@
 //! processing time, RocksDB writes per event and peak RSS.
 
 use crate::monitor::peak_rss_bytes;
+use crate::monitor::telemetry::Live;
 use crate::pipeline::load_file;
-use crate::runtime::engine::Engine;
-use crate::sink::encode::{Emitted, ResultFormat};
+use crate::runtime::driver::{drive, lock, Cadence, Driver, DriverOptions, Polled, Source};
+use crate::runtime::outputs::Connections;
+use crate::runtime::RunError;
 use crate::source::{Payload, SourceRecord};
-use crate::state::{Store, META_KEY};
+use crate::state::checkpoint::Checkpoint;
 use anyhow::Context;
 use clap::Args;
-use rocksdb::WriteBatch;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Benchmark the offline path at a given number of distinct keys.
@@ -140,88 +143,56 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         .state_dir
         .clone()
         .unwrap_or_else(|| tmp.path().to_path_buf());
-    let mut store = Store::open(&dir, &plan.state).context("opening the state store")?;
-    let mut engine = Engine::new(&plan, None);
     let keys = a.keys.max(1);
     let per_window = a.events_per_window.unwrap_or(keys * 2).max(1);
-    // Event time advances 10 s per `per_window` events, in microsecond steps.
-    let step_us = 10_000_000f64 / per_window as f64;
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let base: i64 = 1_767_225_600_000;
-
-    const CHUNK: usize = 65_536;
-    let mut pool: Vec<SourceRecord> = Vec::with_capacity(CHUNK);
-    let mut buf = Vec::with_capacity(128);
-    let mut dead = Vec::new();
-    let format = ResultFormat::new(&plan);
-    let mut out_bytes = 0u64;
-    let mut enc_buf = Vec::with_capacity(256);
-    let mut encode = |e: Emitted| {
-        enc_buf.clear();
-        format.encode_avro(&e, &mut enc_buf);
-        out_bytes += enc_buf.len() as u64;
+    let conn = Connections::default();
+    let driver = Driver::open(
+        &plan,
+        DriverOptions {
+            state_dir: &dir,
+            conn: &conn,
+            output: None,
+            discard: true,
+            dead_letter: None,
+            default_dead_letter: dir.join("dead-letter.jsonl").display().to_string(),
+            input_name: "",
+            container_schema: None,
+            live: Arc::new(Live::new(&plan.name)),
+            sample_latency: true,
+        },
+    )
+    .context("opening the state store")?;
+    let mut source = Bids {
+        rng: Rng(0x9E37_79B9_7F4A_7C15),
+        keys,
+        // Event time advances 10 s per `per_window` events, in microsecond steps.
+        step_us: 10_000_000f64 / per_window as f64,
+        events: a.events,
+        next_seq: 0,
+        pool: Vec::new(),
+        bytes_in: 0,
+        generating: Duration::ZERO,
     };
-    let mut samples: Vec<u32> = Vec::with_capacity((a.events / 64 + 1) as usize);
-    let mut checkpoint_times = Vec::new();
-    let mut busy = Duration::ZERO;
-    let mut since_cp = 0u64;
-    let mut produced = 0u64;
-    let mut bytes_in = 0u64;
-
-    while produced < a.events {
-        // Generate a chunk (not timed).
-        pool.clear();
-        let n = CHUNK.min((a.events - produced) as usize);
-        for i in 0..n {
-            let seq = produced + i as u64;
-            let t = base + ((seq as f64 * step_us) / 1000.0) as i64;
-            bid(&mut rng, keys, t, &mut buf);
-            bytes_in += buf.len() as u64;
-            pool.push(SourceRecord {
-                topic: "nexmark-bids".into(),
-                partition: 0,
-                offset: seq as i64,
-                timestamp: None,
-                key: None,
-                value: Payload::Bytes(buf.clone()),
-                line: seq,
-            });
-        }
-        let started = Instant::now();
-        for (i, rec) in pool.iter().enumerate() {
-            let sample = i % 64 == 0;
-            let t0 = sample.then(Instant::now);
-            engine.process(&store, rec, &mut encode, &mut dead)?;
-            if let Some(t0) = t0 {
-                samples.push(t0.elapsed().as_nanos().min(u32::MAX as u128) as u32);
-            }
-            since_cp += 1;
-            if since_cp >= a.checkpoint_every || engine.windows.over_capacity() {
-                let c0 = Instant::now();
-                let mut batch = WriteBatch::default();
-                engine.windows.checkpoint_into(&mut batch)?;
-                batch.put(META_KEY, (rec.offset + 1).to_be_bytes());
-                store.write(batch)?;
-                engine.windows.after_checkpoint();
-                checkpoint_times.push(c0.elapsed());
-                since_cp = 0;
-            }
-        }
-        busy += started.elapsed();
-        let before = produced;
-        produced += n as u64;
-        if produced / 1_000_000 != before / 1_000_000 {
-            eprintln!(
-                "  ... {produced} events, {:.0} events/s so far, RSS {:.0} MiB",
-                produced as f64 / busy.as_secs_f64(),
-                current_rss_mib()
-            );
-        }
-    }
+    let cadence = Cadence {
+        every: a.checkpoint_every,
+        interval: None,
+        stop_after: None,
+    };
+    let driver = Mutex::new(driver);
     let started = Instant::now();
-    engine.finish(&store, &mut encode)?;
-    busy += started.elapsed();
+    let mut s = drive(
+        &driver,
+        &mut source,
+        &cadence,
+        &AtomicBool::new(false),
+        &mut false,
+    )?;
+    // The generator's time is not the pipeline's.
+    let busy = started.elapsed().saturating_sub(source.generating);
+    let d = lock(&driver);
+    let events = s.counters.events_in;
 
+    let samples = &mut s.latencies_ns;
     samples.sort_unstable();
     let pct = |p: f64| {
         samples
@@ -229,6 +200,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
             .copied()
             .unwrap_or(0)
     };
+    let checkpoint_times = &mut s.checkpoint_times;
     checkpoint_times.sort();
     let cp99 = checkpoint_times
         .get(((checkpoint_times.len() as f64 - 1.0) * 0.99).max(0.0) as usize)
@@ -237,15 +209,15 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let secs = busy.as_secs_f64();
     println!(
         "weir bench: {} events, {} distinct keys, {} events per 10 s window, cache {} entries",
-        a.events, keys, per_window, plan.state.cache_entries
+        events, keys, per_window, plan.state.cache_entries
     );
     println!(
         "  throughput      {:.0} events/s ({:.1} MB/s of Avro in) on one thread",
-        a.events as f64 / secs,
-        bytes_in as f64 / secs / 1e6
+        events as f64 / secs,
+        source.bytes_in as f64 / secs / 1e6
     );
     println!(
-        "  per event       p50 {} ns, p99 {} ns, max {} ns (1 in 64 sampled)",
+        "  per event       p50 {} ns, p99 {} ns, max {} ns (1 in 16 sampled)",
         pct(0.5),
         pct(0.99),
         samples.last().copied().unwrap_or(0)
@@ -257,14 +229,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     );
     println!(
         "  rocksdb writes  {:.3} per input event ({} in all)",
-        store.writes as f64 / a.events as f64,
-        store.writes
+        s.state_writes as f64 / events.max(1) as f64,
+        s.state_writes
     );
     println!(
         "  results         {} ({} bytes of Avro), dead letters {}",
-        engine.counters.results_out,
-        out_bytes,
-        engine.counters.dead_total()
+        s.counters.results_out,
+        s.discarded_bytes,
+        s.counters.dead_total()
     );
     println!(
         "  peak RSS        {:.1} MiB",
@@ -272,20 +244,100 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     );
     println!(
         "  state on disk   {:.1} MiB",
-        store.size_bytes() as f64 / 1048576.0
+        d.store.size_bytes() as f64 / 1048576.0
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The generator as a [`Source`]: bids in chunks, the time spent generating them kept apart.
+/// Its position is the bid's sequence number, so a resumed `--state-dir` goes on after it.
+struct Bids {
+    rng: Rng,
+    keys: u64,
+    step_us: f64,
+    events: u64,
+    next_seq: u64,
+    /// The current chunk, reversed (popped from the end).
+    pool: Vec<SourceRecord>,
+    bytes_in: u64,
+    generating: Duration,
+}
+
+impl Bids {
+    const BASE: i64 = 1_767_225_600_000;
+    const CHUNK: u64 = 65_536;
+
+    fn bid_at(&mut self, seq: u64, buf: &mut Vec<u8>) {
+        let t = Self::BASE + ((seq as f64 * self.step_us) / 1000.0) as i64;
+        bid(&mut self.rng, self.keys, t, buf);
+    }
+
+    fn refill(&mut self) {
+        let t0 = Instant::now();
+        let n = Self::CHUNK.min(self.events - self.next_seq);
+        let mut buf = Vec::with_capacity(128);
+        for i in 0..n {
+            let seq = self.next_seq + i;
+            self.bid_at(seq, &mut buf);
+            self.bytes_in += buf.len() as u64;
+            self.pool.push(SourceRecord {
+                topic: "nexmark-bids".into(),
+                partition: 0,
+                offset: seq as i64,
+                timestamp: None,
+                key: None,
+                value: Payload::Bytes(buf.clone()),
+                line: seq,
+            });
+        }
+        self.pool.reverse();
+        let before = self.next_seq;
+        self.next_seq += n;
+        if self.next_seq / 1_000_000 != before / 1_000_000 {
+            eprintln!(
+                "  ... {} events, RSS {:.0} MiB",
+                self.next_seq,
+                current_rss_mib()
+            );
+        }
+        self.generating += t0.elapsed();
+    }
+}
+
+impl Source for Bids {
+    fn positioned(&self) -> bool {
+        false
+    }
+
+    fn seek(&mut self, driver: &mut Driver<'_>) -> Result<(), RunError> {
+        // The generator is deterministic: regenerate what the checkpoint covers.
+        let mut buf = Vec::new();
+        while self.next_seq < driver.position().min(self.events) {
+            self.bid_at(self.next_seq, &mut buf);
+            self.next_seq += 1;
+        }
+        Ok(())
+    }
+
+    fn next(&mut self, _timeout: Duration) -> Result<Polled, RunError> {
+        if self.pool.is_empty() {
+            if self.next_seq >= self.events {
+                return Ok(Polled::End);
+            }
+            self.refill();
+        }
+        Ok(self.pool.pop().map_or(Polled::End, Polled::Record))
+    }
+
+    fn after_checkpoint(&mut self, _cp: &Checkpoint, _last: bool) {}
 }
 
 /// The Kafka path: the same pipeline fed by a consumer group, against a raw consumer.
 fn bench_kafka(a: &BenchArgs, brokers: &str) -> anyhow::Result<ExitCode> {
     use crate::runtime::kafka::{run_kafka, KafkaOptions};
-    use crate::runtime::outputs::Connections;
     use crate::sink::kafka::{ensure_topic, Sender};
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Message, OwnedHeaders};
-    use std::sync::atomic::AtomicBool;
-    use std::sync::Arc;
 
     let loaded = load_file(&a.pipeline, None);
     let Some(mut plan) = loaded.plan else {
@@ -394,6 +446,7 @@ fn bench_kafka(a: &BenchArgs, brokers: &str) -> anyhow::Result<ExitCode> {
         stop_after: Some(a.events),
         live: None,
         sample_latency: true,
+        discard: false,
     };
     let mut s = run_kafka(plan, &opts, Arc::new(AtomicBool::new(false)))?;
     let weir_secs = s.active.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN);

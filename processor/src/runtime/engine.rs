@@ -30,7 +30,7 @@ pub struct Engine<'p> {
     pub clock: i64,
     key_buf: Vec<u8>,
     /// A replay in progress (records below its positions were counted before the rewind).
-    pub replay: Option<super::replay::ReplayGuard>,
+    pub replay: Option<crate::state::checkpoint::ReplayGuard>,
 }
 
 impl<'p> Engine<'p> {

@@ -4,6 +4,7 @@
 use crate::pipeline::compile::Plan;
 use crate::pipeline::{SinkDef, SinkKind};
 use crate::schema::registry::Registry;
+use crate::sink::discard::DiscardSink;
 use crate::sink::encode::{DeadLetter, Emitted, ResultFormat};
 use crate::sink::file::{FileSink, StdoutSink};
 use crate::sink::kafka::{ensure_topic, KafkaDeadLetter, KafkaSink};
@@ -53,6 +54,7 @@ pub enum AnySink {
     Stdout(StdoutSink),
     Kafka(KafkaSink),
     Postgres(Box<PostgresSink>),
+    Discard(DiscardSink),
 }
 
 impl AnySink {
@@ -62,6 +64,7 @@ impl AnySink {
             AnySink::Stdout(s) => s,
             AnySink::Kafka(k) => k,
             AnySink::Postgres(p) => p.as_mut(),
+            AnySink::Discard(d) => d,
         }
     }
 
@@ -72,6 +75,7 @@ impl AnySink {
             AnySink::Stdout(_) => "stdout",
             AnySink::Kafka(_) => "kafka",
             AnySink::Postgres(_) => "postgres",
+            AnySink::Discard(_) => "discard",
         };
         let name = self.as_sink().name();
         if name.starts_with(&format!("{kind}:")) {
@@ -278,6 +282,8 @@ impl DeadLetters {
 pub struct ResultWriter<'p> {
     format: ResultFormat<'p>,
     wants_avro: bool,
+    wants_json: bool,
+    wants_key: bool,
     json: String,
     key: String,
     id: String,
@@ -292,6 +298,8 @@ impl<'p> ResultWriter<'p> {
         ResultWriter {
             format: ResultFormat::new(plan),
             wants_avro: sinks.iter_mut().any(|s| s.as_sink().wants_avro()),
+            wants_json: sinks.iter_mut().any(|s| s.as_sink().wants_json()),
+            wants_key: sinks.iter_mut().any(|s| s.as_sink().wants_key()),
             json: String::new(),
             key: String::new(),
             id: String::new(),
@@ -309,9 +317,13 @@ impl<'p> ResultWriter<'p> {
         self.key.clear();
         self.id.clear();
         self.avro.clear();
-        self.format.output_json(e, &mut self.json);
-        self.format.key_json(e, &mut self.key);
-        self.format.event_id(&self.key, e, &mut self.id);
+        if self.wants_json {
+            self.format.output_json(e, &mut self.json);
+        }
+        if self.wants_key {
+            self.format.key_json(e, &mut self.key);
+            self.format.event_id(&self.key, e, &mut self.id);
+        }
         if self.wants_avro {
             self.format.encode_avro(e, &mut self.avro);
         }

@@ -19,11 +19,11 @@
 //! Streams' application reset). `--from partition:offset,...` rewinds those partitions; `T`
 //! is then the smallest record timestamp at those offsets.
 
-use super::{open_state_with, Checkpoint, RunError};
+use super::RunError;
 use crate::pipeline::compile::Plan;
-use crate::source::SourceRecord;
-use crate::state::windows::{discard_sessions, ReplayFilter};
-use crate::state::{window_prefix, StateError, Store, META_KEY};
+use crate::state::checkpoint::{self, Checkpoint, ReplayGuard};
+use crate::state::windows::discard_sessions;
+use crate::state::{window_prefix, Store};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
@@ -32,8 +32,6 @@ use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-pub const REPLAY_KEY: &[u8] = b"m|replay";
 
 /// Where a replay starts.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,62 +79,6 @@ impl ReplayFrom {
         parse_time(s).map(ReplayFrom::Time).map_err(|_| {
             format!("--from `{s}`: expected an RFC 3339 time (2026-11-22T08:00:00Z), `earliest`, or partition:offset,... (0:120,1:98)")
         })
-    }
-}
-
-/// Kept in the state (`m|replay`) while records counted before a rewind are reprocessed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReplayGuard {
-    pub floor: i64,
-    pub ceil: i64,
-    /// The watermark before the rewind: windows starting before `floor` close by it.
-    pub old_watermark: i64,
-    /// (topic, partition, offset): records below were counted before the rewind.
-    pub until: Vec<(String, u32, i64)>,
-}
-
-impl ReplayGuard {
-    /// Whether `rec` was counted before the rewind; forgets partitions it has passed.
-    pub fn replayed(&mut self, rec: &SourceRecord) -> bool {
-        let Some(i) = self
-            .until
-            .iter()
-            .position(|(t, p, _)| *p == rec.partition && *t == rec.topic)
-        else {
-            return false;
-        };
-        if rec.offset < self.until[i].2 {
-            if rec.offset + 1 >= self.until[i].2 {
-                self.until.remove(i);
-            }
-            true
-        } else {
-            self.until.remove(i);
-            false
-        }
-    }
-
-    pub fn filter(&self, replayed: bool) -> ReplayFilter {
-        ReplayFilter {
-            floor: self.floor,
-            ceil: self.ceil,
-            old_watermark: self.old_watermark,
-            replayed,
-        }
-    }
-
-    /// Every replayed record is past and the watermark is back where it was.
-    pub fn done(&self, watermark: i64) -> bool {
-        self.until.is_empty() && watermark >= self.old_watermark
-    }
-}
-
-pub fn load_guard(store: &Store) -> Result<Option<ReplayGuard>, StateError> {
-    match store.get(REPLAY_KEY)? {
-        None => Ok(None),
-        Some(b) => bincode::deserialize(&b)
-            .map(Some)
-            .map_err(|e| StateError::Corrupt(e.to_string())),
     }
 }
 
@@ -330,26 +272,9 @@ fn start_state(
     state_dir: &Path,
     offsets: &[(String, i32, i64)],
 ) -> Result<(), RunError> {
-    let (mut store, _) = super::open_state(plan, state_dir)?;
-    let cp = Checkpoint {
-        pipeline: plan.name.clone(),
-        position: 0,
-        offsets: offsets.to_vec(),
-        watermarks: crate::operators::watermark::Watermarks::new(
-            plan.source.max_out_of_orderness_ms,
-            plan.source.idle_timeout_ms,
-        ),
-        windows: Default::default(),
-        counters: Default::default(),
-        sinks: Vec::new(),
-        dead_letter: None,
-        clock: i64::MIN,
-    };
+    let mut store = checkpoint::open(plan, state_dir, false)?.store;
     let mut batch = WriteBatch::default();
-    batch.put(
-        META_KEY,
-        bincode::serialize(&cp).map_err(|e| StateError::Corrupt(e.to_string()))?,
-    );
+    checkpoint::put(&mut batch, &Checkpoint::start(plan, offsets.to_vec()), None)?;
     store.write(batch)?;
     Ok(())
 }
@@ -397,8 +322,8 @@ pub fn plan_replay(
         group_offsets_moved: false,
     };
     let (store, cp) = if state_dir.join("CURRENT").exists() {
-        let (s, cp) = open_state_with(plan, state_dir, dry_run)?;
-        (Some(s), cp)
+        let opened = checkpoint::open(plan, state_dir, dry_run)?;
+        (Some(opened.store), opened.checkpoint)
     } else {
         (None, None)
     };
@@ -517,10 +442,7 @@ pub fn plan_replay(
         }
     }
     meta.watermarks.rewind(floor.saturating_sub(1));
-    let bytes = bincode::serialize(&meta).map_err(|e| StateError::Corrupt(e.to_string()))?;
-    batch.put(META_KEY, bytes);
-    let gbytes = bincode::serialize(&guard).map_err(|e| StateError::Corrupt(e.to_string()))?;
-    batch.put(REPLAY_KEY, gbytes);
+    checkpoint::put(&mut batch, &meta, Some(&guard))?;
     store.write(batch)?;
     cp = meta;
     drop(store);
@@ -549,30 +471,5 @@ mod tests {
         );
         assert!(ReplayFrom::parse("yesterday").is_err());
         assert!(ReplayFrom::parse("0:-1").is_err());
-    }
-
-    #[test]
-    fn a_guard_forgets_partitions_it_has_passed() {
-        let mut g = ReplayGuard {
-            floor: 0,
-            ceil: i64::MAX,
-            old_watermark: 100,
-            until: vec![("t".into(), 0, 10)],
-        };
-        let rec = |offset| SourceRecord {
-            topic: "t".into(),
-            partition: 0,
-            offset,
-            timestamp: None,
-            key: None,
-            value: crate::source::Payload::Bytes(Vec::new()),
-            line: 0,
-        };
-        assert!(g.replayed(&rec(5)));
-        assert!(!g.done(100));
-        assert!(g.replayed(&rec(9)));
-        assert!(!g.replayed(&rec(10)));
-        assert!(g.done(100));
-        assert!(!g.done(99));
     }
 }

@@ -272,6 +272,7 @@ impl Server {
             stop_after: None,
             live: Some(live),
             sample_latency: false,
+            discard: false,
         }
     }
 

@@ -278,6 +278,11 @@ impl Sink for KafkaSink {
         true
     }
 
+    /// The record is Avro; the JSON line is not needed.
+    fn wants_json(&self) -> bool {
+        false
+    }
+
     fn write(&mut self, out: &Output<'_>) -> Result<(), SinkError> {
         self.buf.clear();
         self.buf.extend_from_slice(&self.frame);

@@ -12,6 +12,7 @@
 //! A sink's [`Sink::flush`] returns only when everything written so far is durable, and
 //! returns the position to record in the checkpoint.
 
+pub mod discard;
 pub mod encode;
 pub mod file;
 pub mod kafka;
@@ -55,6 +56,14 @@ pub trait Sink {
     /// Whether [`Output::avro`] must be filled in.
     fn wants_avro(&self) -> bool {
         false
+    }
+    /// Whether [`Output::json`] must be filled in.
+    fn wants_json(&self) -> bool {
+        true
+    }
+    /// Whether [`Output::key`] and [`Output::event_id`] must be filled in.
+    fn wants_key(&self) -> bool {
+        true
     }
     fn write(&mut self, out: &Output<'_>) -> Result<(), SinkError>;
     /// Makes every write durable; returns the position to checkpoint, if the sink has one.

@@ -10,8 +10,10 @@
 //! Key layout (all integers big-endian; times offset by 2^63 so they sort):
 //! - `w | partition u32 | start | end | group key` -> accumulators of an aligned window
 //! - `s | partition u32 | group key` -> the open sessions of a key
-//! - `m | checkpoint` -> the runtime's checkpoint record (positions, watermarks, counters)
+//! - `m | checkpoint`, `m | replay` -> the checkpoint record and the replay guard
+//!   ([`checkpoint`], which reads and writes them)
 
+pub mod checkpoint;
 pub mod windows;
 
 use crate::pipeline::StateDef;
@@ -33,6 +35,14 @@ pub enum StateError {
     Write(rocksdb::Error),
     #[error("state store holds an entry that does not decode ({0}); was it written by another pipeline?")]
     Corrupt(String),
+    #[error("the checkpoint in {0} does not decode; remove the state directory to start over")]
+    BadCheckpoint(String),
+    #[error("the state directory {dir} belongs to pipeline `{found}`, not `{expected}`; use another --state-dir")]
+    OtherPipeline {
+        dir: String,
+        found: String,
+        expected: String,
+    },
 }
 
 /// A key and its value, as stored.
@@ -40,8 +50,6 @@ pub type KeyValue = (Vec<u8>, Vec<u8>);
 
 /// A key and its value, as a RocksDB iterator yields them.
 pub type RawEntry = (Box<[u8]>, Box<[u8]>);
-
-pub const META_KEY: &[u8] = b"m|checkpoint";
 
 /// An aligned window of one source partition.
 #[derive(

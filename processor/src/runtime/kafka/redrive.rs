@@ -1,17 +1,20 @@
 //! Re-feeding dead letters (`weir replay-dlq`): the pipeline's own processor, fed from its
 //! dead-letter topic instead of its source.
 
-use super::{open_processor, KafkaOptions};
+use super::{open_driver, KafkaOptions};
 use crate::monitor::telemetry::Live;
 use crate::pipeline::compile::Plan;
 use crate::pipeline::SinkKind;
+use crate::runtime::driver::{drive, lock, Cadence, Driver, Polled, Source};
 use crate::runtime::RunError;
 use crate::source::{Payload, SourceRecord};
+use crate::state::checkpoint::Checkpoint;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// What `weir replay-dlq` did.
@@ -60,7 +63,6 @@ pub fn redrive(plan: Plan, opts: &KafkaOptions) -> Result<RedriveReport, RunErro
         .live
         .clone()
         .unwrap_or_else(|| Arc::new(Live::new(&plan.name)));
-    let (mut p, _, _) = open_processor(plan, opts, &live)?;
     let group = format!("{}-dlq-replay", plan.source.group);
     let mut cfg = rdkafka::config::ClientConfig::new();
     cfg.set("bootstrap.servers", opts.conn.brokers())
@@ -112,67 +114,141 @@ pub fn redrive(plan: Plan, opts: &KafkaOptions) -> Result<RedriveReport, RunErro
         failed_again: 0,
         results_out: 0,
     };
-    let results_before = p.engine.counters.results_out;
+    let driver = Mutex::new(open_driver(plan, opts, &live)?);
+    let (results_before, dead_before) = {
+        let d = lock(&driver);
+        (
+            d.engine.counters.results_out,
+            d.engine.counters.dead_total(),
+        )
+    };
     if !todo.is_empty() {
         c.assign(&assign)
             .map_err(|e| RunError::Kafka(format!("assign `{topic}`: {e}")))?;
         let total: i64 = todo.values().map(|(a, b)| b - a).sum();
-        // Bounded: a minute plus a millisecond per record.
-        let deadline =
-            Instant::now() + Duration::from_secs(60) + Duration::from_millis(total as u64);
-        let mut pos: BTreeMap<i32, i64> = todo.iter().map(|(k, v)| (*k, v.0)).collect();
-        while pos.iter().any(|(k, o)| *o < todo[k].1) {
-            if Instant::now() > deadline {
+        let mut source = DeadLetterSource {
+            pipeline: plan.name.clone(),
+            topic: topic.clone(),
+            pos: todo.iter().map(|(k, v)| (*k, v.0)).collect(),
+            todo,
+            consumer: c,
+            // Bounded: a minute plus a millisecond per record.
+            deadline: Instant::now()
+                + Duration::from_secs(60)
+                + Duration::from_millis(total as u64),
+            total,
+            report: &mut report,
+            commit_failed: None,
+        };
+        let cadence = Cadence {
+            every: opts.checkpoint_every,
+            interval: None,
+            stop_after: None,
+        };
+        drive(
+            &driver,
+            &mut source,
+            &cadence,
+            &AtomicBool::new(false),
+            &mut false,
+        )?;
+        if let Some(e) = source.commit_failed.take() {
+            return Err(RunError::Kafka(format!(
+                "cannot commit the re-feed's offsets: {e}"
+            )));
+        }
+    }
+    let d = lock(&driver);
+    report.results_out = d.engine.counters.results_out - results_before;
+    report.failed_again = d.engine.counters.dead_total() - dead_before;
+    d.publish();
+    tracing::info!(pipeline = %plan.name, refed = report.refed, failed_again = report.failed_again, "dead letters re-fed");
+    Ok(report)
+}
+
+/// The pipeline's records in its dead-letter topic, up to the end it had when the re-feed
+/// started, each with its original coordinates (not positions: the source offsets do not
+/// move). After a checkpoint, the dead-letter offsets read so far are committed.
+struct DeadLetterSource<'r> {
+    pipeline: String,
+    topic: String,
+    /// partition -> (first offset to read, end when the re-feed started)
+    todo: BTreeMap<i32, (i64, i64)>,
+    /// partition -> next offset to read
+    pos: BTreeMap<i32, i64>,
+    consumer: BaseConsumer,
+    deadline: Instant,
+    total: i64,
+    report: &'r mut RedriveReport,
+    commit_failed: Option<String>,
+}
+
+impl Source for DeadLetterSource<'_> {
+    fn positioned(&self) -> bool {
+        false
+    }
+
+    fn seek(&mut self, _driver: &mut Driver<'_>) -> Result<(), RunError> {
+        Ok(()) // assigned at the committed offsets
+    }
+
+    fn next(&mut self, timeout: Duration) -> Result<Polled, RunError> {
+        loop {
+            if !self.pos.iter().any(|(k, o)| *o < self.todo[k].1) {
+                return Ok(Polled::Stop);
+            }
+            if Instant::now() > self.deadline {
                 return Err(RunError::Kafka(format!(
-                    "timed out reading `{topic}` ({} of {total} records read)",
-                    report.read
+                    "timed out reading `{}` ({} of {} records read)",
+                    self.topic, self.report.read, self.total
                 )));
             }
-            let m = match c.poll(Duration::from_millis(200)) {
-                None => continue,
+            let m = match self.consumer.poll(timeout) {
+                None => return Ok(Polled::Idle),
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "dead-letter read error; retrying");
-                    continue;
+                    return Ok(Polled::Idle);
                 }
                 Some(Ok(m)) => m,
             };
-            let end = todo.get(&m.partition()).map(|t| t.1).unwrap_or(0);
-            pos.insert(m.partition(), m.offset() + 1);
+            let end = self.todo.get(&m.partition()).map(|t| t.1).unwrap_or(0);
+            self.pos.insert(m.partition(), m.offset() + 1);
             if m.offset() >= end {
                 continue; // written after the re-feed started (maybe by it)
             }
-            report.read += 1;
-            if header(&m, "weir-pipeline") != Some(plan.name.as_str()) {
-                report.other_pipelines += 1;
+            self.report.read += 1;
+            if header(&m, "weir-pipeline") != Some(self.pipeline.as_str()) {
+                self.report.other_pipelines += 1;
                 continue;
             }
-            let num = |h: &str| header(&m, h).and_then(|v| v.parse::<i64>().ok());
-            let rec = SourceRecord {
-                topic: header(&m, "weir-source-topic")
-                    .unwrap_or_default()
-                    .to_string(),
-                partition: num("weir-source-partition").unwrap_or(0) as u32,
-                offset: num("weir-source-offset").unwrap_or(-1),
-                timestamp: num("weir-source-timestamp").or(m.timestamp().to_millis()),
-                key: m.key().map(|k| k.to_vec()),
-                value: Payload::Bytes(m.payload().unwrap_or(&[]).to_vec()),
-                line: 0,
-            };
-            let dead_before = p.engine.counters.dead_total();
-            p.process_record(&rec)?;
-            report.failed_again += p.engine.counters.dead_total() - dead_before;
-            report.refed += 1;
+            self.report.refed += 1;
+            return Ok(Polled::Record(original(&m)));
         }
-        p.checkpoint(None)?;
-        let mut done = TopicPartitionList::new();
-        for (part, o) in &pos {
-            let _ = done.add_partition_offset(&topic, *part, Offset::Offset(*o));
-        }
-        c.commit(&done, CommitMode::Sync)
-            .map_err(|e| RunError::Kafka(format!("cannot commit the re-feed's offsets: {e}")))?;
     }
-    report.results_out = p.engine.counters.results_out - results_before;
-    p.publish();
-    tracing::info!(pipeline = %plan.name, refed = report.refed, failed_again = report.failed_again, "dead letters re-fed");
-    Ok(report)
+
+    fn after_checkpoint(&mut self, _cp: &Checkpoint, _last: bool) {
+        let mut done = TopicPartitionList::new();
+        for (part, o) in &self.pos {
+            let _ = done.add_partition_offset(&self.topic, *part, Offset::Offset(*o));
+        }
+        if let Err(e) = self.consumer.commit(&done, CommitMode::Sync) {
+            self.commit_failed = Some(e.to_string());
+        }
+    }
+}
+
+/// A dead letter as the record it was, with its original coordinates.
+fn original(m: &BorrowedMessage<'_>) -> SourceRecord {
+    let num = |h: &str| header(m, h).and_then(|v| v.parse::<i64>().ok());
+    SourceRecord {
+        topic: header(m, "weir-source-topic")
+            .unwrap_or_default()
+            .to_string(),
+        partition: num("weir-source-partition").unwrap_or(0) as u32,
+        offset: num("weir-source-offset").unwrap_or(-1),
+        timestamp: num("weir-source-timestamp").or(m.timestamp().to_millis()),
+        key: m.key().map(|k| k.to_vec()),
+        value: Payload::Bytes(m.payload().unwrap_or(&[]).to_vec()),
+        line: 0,
+    }
 }

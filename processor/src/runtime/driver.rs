@@ -1,0 +1,498 @@
+//! The driver: the one place that runs a pipeline. Every way of running one goes through
+//! it: file replay (`weir run --input`), Kafka (`weir run`, `weir serve`), the dead-letter
+//! re-feed and the benchmark. [`Driver::open`] opens the state and restores the engine from
+//! the last checkpoint; [`drive`] hands each record of a [`Source`] to the engine, its
+//! results to the sinks and its dead letters out, decides when a checkpoint is due, and
+//! writes it. A source plugs in through the small [`Source`] trait; what is Kafka's alone
+//! (rebalance callbacks, session retry and backoff) stays in [`super::kafka`].
+//!
+//! # Checkpoint protocol (the at-least-once argument)
+//! Every `checkpoint_every` records, every `checkpoint_interval` when one is set (Kafka),
+//! whenever the write cache is over its bound, when Kafka partitions are revoked, and at the
+//! end of a run:
+//! 1. **flush every sink and wait for every acknowledgement**: the Kafka producer's delivery
+//!    reports (a failed delivery fails the checkpoint), the PostgreSQL transaction's commit,
+//!    file `fsync`s (noting each file's length), the dead letter's;
+//! 2. **write, in one RocksDB `WriteBatch`** ([`crate::state::checkpoint::save`]): the dirty
+//!    window state, the deletions of closed windows, the source position (records consumed
+//!    from a file, or the next offset per Kafka partition), the watermarks, the counters,
+//!    the sink lengths from step 1 and the replay guard;
+//! 3. **tell the source** ([`Source::after_checkpoint`]): Kafka commits the same offsets to
+//!    the consumer group, so `kafka-consumer-groups` shows real lag.
+//!
+//! A crash (or a failure of any step) between two steps loses nothing and doubles nothing:
+//! - before 2, the previous checkpoint is in force. The restart truncates file sinks to the
+//!   lengths it records, positions the source after it and reprocesses; processing is
+//!   deterministic, so the same results are emitted again (same window, key and emission
+//!   sequence): a file gets the same bytes, the Kafka sink's records the same
+//!   `weir-event-id`, the PostgreSQL upsert the same row values;
+//! - between 2 and 3, the group's committed offset is behind the state's; the state's
+//!   offsets decide where a partition resumes, and records below them are skipped, so
+//!   nothing is counted twice in state.
+//!
+//! Once any step fails the driver is poisoned: no later checkpoint may be written past
+//! results that were not delivered (the Kafka consumer's close would otherwise checkpoint
+//! in its revoke callback). The session is restarted from the last checkpoint instead.
+
+use super::engine::Engine;
+use super::outputs::{open_sinks, AnySink, Connections, DeadLetters, ResultWriter};
+use super::{resolve_writer, RunError, Summary};
+use crate::faults::{reached, stall_after, Point};
+use crate::monitor::telemetry::{Live, Telemetry};
+use crate::pipeline::compile::Plan;
+use crate::schema::registry::Registry;
+use crate::sink::discard::DiscardSink;
+use crate::sink::encode::DeadLetter;
+use crate::source::SourceRecord;
+use crate::state::checkpoint::{self, Checkpoint};
+use crate::state::Store;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// What one call of [`Source::next`] gave.
+pub enum Polled {
+    Record(SourceRecord),
+    /// Nothing within the timeout (an unbounded source).
+    Idle,
+    /// The source has nothing more for this run; open windows stay open (the re-feed).
+    Stop,
+    /// The end of a bounded input: every window may close (file replay, the benchmark).
+    End,
+}
+
+/// Where records come from.
+pub trait Source {
+    /// Whether a record's (topic, partition, offset) is its position in this source, so the
+    /// driver tracks the next offset per partition and skips records below it (Kafka).
+    /// File and re-fed records carry coordinates, but are not positioned by them.
+    fn positioned(&self) -> bool;
+    /// Before the first record: place the source where the restored checkpoint left off.
+    fn seek(&mut self, driver: &mut Driver<'_>) -> Result<(), RunError>;
+    /// The next record, waiting at most `timeout`.
+    fn next(&mut self, timeout: Duration) -> Result<Polled, RunError>;
+    /// Step 3, after the state is written. `last`: the run's final checkpoint.
+    fn after_checkpoint(&mut self, cp: &Checkpoint, last: bool);
+}
+
+/// When checkpoints are due, and when a run stops by itself.
+#[derive(Clone, Copy)]
+pub struct Cadence {
+    pub every: u64,
+    /// Also checkpoint this often while records arrive (Kafka).
+    pub interval: Option<Duration>,
+    /// Stop (with a final checkpoint) after this many records (the benchmark).
+    pub stop_after: Option<u64>,
+}
+
+/// How to open the outputs and the state.
+pub struct DriverOptions<'a> {
+    pub state_dir: &'a Path,
+    pub conn: &'a Connections,
+    /// Overrides the pipeline's sinks with one file (`-` for stdout).
+    pub output: Option<&'a str>,
+    /// Replaces the sinks with one that keeps nothing (the benchmark).
+    pub discard: bool,
+    pub dead_letter: Option<&'a str>,
+    /// Where dead letters go when neither the pipeline nor `dead_letter` say.
+    pub default_dead_letter: String,
+    /// The input file named in each dead-letter envelope (empty for Kafka).
+    pub input_name: &'a str,
+    /// The writer schema of an Avro container input.
+    pub container_schema: Option<apache_avro::Schema>,
+    pub live: Arc<Live>,
+    /// Time every 16th record and every checkpoint (the benchmark).
+    pub sample_latency: bool,
+}
+
+/// Everything a running pipeline owns: the engine, the state, the sinks, the dead letter,
+/// and what the next checkpoint will record.
+pub struct Driver<'p> {
+    plan: &'p Plan,
+    pub engine: Engine<'p>,
+    pub store: Store,
+    sinks: Vec<AnySink>,
+    dead: DeadLetters,
+    writer: ResultWriter<'p>,
+    registry: Option<Registry>,
+    /// Records consumed from a file input (what a file resume skips).
+    position: u64,
+    /// The next offset to process per (topic, partition): what the state includes.
+    offsets: BTreeMap<(String, i32), i64>,
+    dead_letters: Vec<DeadLetter>,
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
+    checkpoints: u64,
+    /// Records processed in this session.
+    pub processed_here: u64,
+    kill: Option<u64>,
+    /// `writer.written` at the last checkpoint: results in flight when it is behind.
+    written_at_checkpoint: u64,
+    latencies: Option<Vec<u32>>,
+    checkpoint_times: Vec<Duration>,
+    live: Arc<Live>,
+    first_record: Option<Instant>,
+    last_record: Option<Instant>,
+    /// Set by any failure: the session is over, and no checkpoint may be written any more.
+    poisoned: bool,
+    dead_letter_path: String,
+    resumed: Option<Checkpoint>,
+}
+
+/// Test hook: `WEIR_TEST_SIGKILL_AFTER=N` makes the process SIGKILL itself after it has
+/// processed N records, so crash tests hit a precise point between checkpoints.
+fn kill_after() -> Option<u64> {
+    std::env::var("WEIR_TEST_SIGKILL_AFTER").ok()?.parse().ok()
+}
+
+impl<'p> Driver<'p> {
+    /// Opens the state, the sinks and the dead letter, and restores the engine from the last
+    /// checkpoint.
+    pub fn open(plan: &'p Plan, o: DriverOptions<'_>) -> Result<Driver<'p>, RunError> {
+        let opened = checkpoint::open(plan, o.state_dir, false)?;
+        let resume = opened.checkpoint;
+        let mut registry = o.conn.registry();
+        let lengths = resume.as_ref().map(|c| c.sinks.clone()).unwrap_or_default();
+        let mut sinks = if o.discard {
+            vec![AnySink::Discard(DiscardSink::default())]
+        } else {
+            open_sinks(plan, o.output, o.conn, &mut registry, &lengths)?
+        };
+        let (dead, dead_letter_path) = DeadLetters::open(
+            plan.dead_letter.as_ref(),
+            o.dead_letter,
+            &o.default_dead_letter,
+            o.conn,
+            resume.as_ref().and_then(|c| c.dead_letter),
+            o.input_name,
+        )?;
+        let mut engine = Engine::new(plan, o.container_schema);
+        let store = opened.store;
+        let mut position = 0;
+        let mut offsets = BTreeMap::new();
+        if let Some(c) = &resume {
+            engine.restore(c.watermarks.clone(), c.counters.clone(), c.clock);
+            engine.windows.restore(c.windows.clone(), &store)?;
+            engine.replay = opened.guard;
+            position = c.position;
+            for (t, p, o) in &c.offsets {
+                offsets.insert((t.clone(), *p), *o);
+            }
+        }
+        let writer = ResultWriter::new(plan, &mut sinks);
+        Ok(Driver {
+            plan,
+            engine,
+            store,
+            sinks,
+            dead,
+            writer,
+            registry,
+            position,
+            offsets,
+            dead_letters: Vec::new(),
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+            checkpoints: 0,
+            processed_here: 0,
+            kill: kill_after(),
+            written_at_checkpoint: 0,
+            latencies: o.sample_latency.then(Vec::new),
+            checkpoint_times: Vec::new(),
+            live: o.live,
+            first_record: None,
+            last_record: None,
+            poisoned: false,
+            dead_letter_path,
+            resumed: resume,
+        })
+    }
+
+    /// The checkpoint this session resumed from.
+    pub fn resumed(&self) -> Option<&Checkpoint> {
+        self.resumed.as_ref()
+    }
+
+    /// Records of a file input consumed as of the restored checkpoint.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Where the state says partition `(topic, partition)` resumes.
+    pub fn offset_of(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.offsets.get(&(topic.to_string(), partition)).copied()
+    }
+
+    /// One record of the source: through the engine, its results to the sinks, its dead
+    /// letters out; then its position is the state's. `positioned`: see [`Source`].
+    pub fn handle(&mut self, rec: &SourceRecord, positioned: bool) -> Result<(), RunError> {
+        let at = (rec.topic.clone(), rec.partition as i32);
+        if positioned && self.offsets.get(&at).is_some_and(|next| rec.offset < *next) {
+            return Ok(()); // already in the state (the committed offset was behind)
+        }
+        self.process_record(rec)?;
+        if positioned {
+            self.offsets.insert(at, rec.offset + 1);
+        }
+        if !positioned {
+            self.position += 1;
+        }
+        let now = Instant::now();
+        self.first_record.get_or_insert(now);
+        self.last_record = Some(now);
+        self.since_checkpoint += 1;
+        self.processed_here += 1;
+        stall_after(self.processed_here);
+        if self.kill == Some(self.processed_here) {
+            // SAFETY: plain libc calls on our own process id.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+        Ok(())
+    }
+
+    fn process_record(&mut self, rec: &SourceRecord) -> Result<(), RunError> {
+        resolve_writer(&mut self.engine, self.registry.as_mut(), rec.value.bytes())?;
+        let (writer, sinks) = (&mut self.writer, &mut self.sinks);
+        self.engine.process(
+            &self.store,
+            rec,
+            &mut |e| writer.write(&e, sinks),
+            &mut self.dead_letters,
+        )?;
+        self.writer.check()?;
+        for d in self.dead_letters.drain(..) {
+            self.dead.write(&d)?;
+        }
+        Ok(())
+    }
+
+    /// The end of a bounded input: every window closes and emits.
+    pub fn finish(&mut self) -> Result<(), RunError> {
+        let (writer, sinks) = (&mut self.writer, &mut self.sinks);
+        self.engine
+            .finish(&self.store, &mut |e| writer.write(&e, sinks))?;
+        self.writer.check()?;
+        Ok(())
+    }
+
+    fn due(&self, c: &Cadence) -> bool {
+        self.since_checkpoint >= c.every
+            || c.interval
+                .is_some_and(|i| self.since_checkpoint > 0 && self.last_checkpoint.elapsed() >= i)
+            || self.engine.windows.over_capacity()
+    }
+
+    /// Marks the session failed: no checkpoint may be written any more.
+    pub fn poison(&mut self) {
+        self.poisoned = true;
+    }
+
+    /// Steps 1-3 of the protocol; `after` is step 3.
+    pub fn checkpoint(&mut self, after: &mut dyn FnMut(&Checkpoint)) -> Result<(), RunError> {
+        if self.poisoned {
+            return Err(RunError::SessionFailed);
+        }
+        let r = self.checkpoint_inner(after);
+        self.poisoned |= r.is_err();
+        r
+    }
+
+    fn checkpoint_inner(&mut self, after: &mut dyn FnMut(&Checkpoint)) -> Result<(), RunError> {
+        let started = Instant::now();
+        // Crash points (tests): only checkpoints with results in flight count.
+        let in_flight = self.writer.written > self.written_at_checkpoint;
+        let point = |p: Point| {
+            if in_flight {
+                reached(p)
+            }
+        };
+        point(Point::CheckpointBegin);
+        let mut lengths = Vec::with_capacity(self.sinks.len());
+        for s in self.sinks.iter_mut() {
+            let t = Instant::now();
+            lengths.push(s.as_sink().flush()?);
+            let label = s.label();
+            self.live.record(Telemetry::SinkFlushed {
+                sink: &label,
+                took: t.elapsed(),
+            });
+        }
+        point(Point::SinksFlushed);
+        let t = Instant::now();
+        let dead_letter = self.dead.flush()?;
+        self.live.record(Telemetry::SinkFlushed {
+            sink: "dead_letter",
+            took: t.elapsed(),
+        });
+        point(Point::DeadLettersFlushed);
+        let cp = Checkpoint {
+            pipeline: self.plan.name.clone(),
+            position: self.position,
+            offsets: self.positions(),
+            watermarks: self.engine.watermarks.clone(),
+            windows: self.engine.windows.meta(),
+            counters: self.engine.counters.clone(),
+            sinks: lengths,
+            dead_letter,
+            clock: self.engine.clock,
+        };
+        checkpoint::save(
+            &mut self.store,
+            &mut self.engine.windows,
+            &cp,
+            self.engine.replay.as_ref(),
+        )?;
+        point(Point::StateWritten);
+        after(&cp);
+        point(Point::OffsetsCommitted);
+        self.written_at_checkpoint = self.writer.written;
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        self.checkpoints += 1;
+        let took = started.elapsed();
+        if self.latencies.is_some() {
+            self.checkpoint_times.push(took);
+        }
+        self.live.record(Telemetry::CheckpointWritten {
+            took,
+            state_bytes: self.store.size_bytes(),
+        });
+        Ok(())
+    }
+
+    fn positions(&self) -> Vec<(String, i32, i64)> {
+        self.offsets
+            .iter()
+            .map(|((t, p), o)| (t.clone(), *p, *o))
+            .collect()
+    }
+
+    /// The periodic snapshot for the live status.
+    pub fn publish(&self) {
+        let positions = self.positions();
+        let event_times: Vec<(u32, i64)> = self.engine.watermarks.partitions().collect();
+        self.live.record(Telemetry::Progress {
+            counters: &self.engine.counters,
+            watermark: self.engine.watermarks.current(),
+            positions: &positions,
+            event_times: &event_times,
+            max_out_of_orderness_ms: self.plan.source.max_out_of_orderness_ms,
+        });
+    }
+
+    /// What the session did.
+    pub fn summary(&mut self) -> Summary {
+        Summary {
+            counters: self.engine.counters.clone(),
+            watermark: self.engine.watermarks.current(),
+            dead_letter_path: self.dead_letter_path.clone(),
+            resumed_from: self.resumed.as_ref().map(|c| {
+                if c.offsets.is_empty() {
+                    c.position
+                } else {
+                    c.offsets.len() as u64
+                }
+            }),
+            checkpoints: self.checkpoints,
+            state_writes: self.store.writes,
+            evicted: self.engine.windows.evicted,
+            active: self.first_record.zip(self.last_record).map(|(a, b)| b - a),
+            latencies_ns: self.latencies.take().unwrap_or_default(),
+            checkpoint_times: std::mem::take(&mut self.checkpoint_times),
+            discarded_bytes: self
+                .sinks
+                .iter()
+                .map(|s| match s {
+                    AnySink::Discard(d) => d.bytes,
+                    _ => 0,
+                })
+                .sum(),
+        }
+    }
+}
+
+/// Locks the driver a source's callbacks share with the loop.
+pub fn lock<'a, 'p>(d: &'a Mutex<Driver<'p>>) -> MutexGuard<'a, Driver<'p>> {
+    // A panic while holding the lock aborts the session anyway; keep going with the data.
+    d.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How long one poll of the source waits.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Runs `source` through the driver until it ends, `cadence.stop_after` records, or `stop`
+/// is set; then writes a last checkpoint. Any failure poisons the driver first.
+/// `progressed`: set once a checkpoint was written (the Kafka backoff starts over).
+pub fn drive(
+    driver: &Mutex<Driver<'_>>,
+    source: &mut dyn Source,
+    cadence: &Cadence,
+    stop: &AtomicBool,
+    progressed: &mut bool,
+) -> Result<Summary, RunError> {
+    let r = drive_inner(driver, source, cadence, stop, progressed);
+    if r.is_err() {
+        lock(driver).poison();
+    }
+    r
+}
+
+fn drive_inner(
+    driver: &Mutex<Driver<'_>>,
+    source: &mut dyn Source,
+    cadence: &Cadence,
+    stop: &AtomicBool,
+    progressed: &mut bool,
+) -> Result<Summary, RunError> {
+    reached(Point::Restored);
+    let positioned = source.positioned();
+    {
+        let mut d = lock(driver);
+        source.seek(&mut d)?;
+        d.publish();
+    }
+    let mut last_publish = Instant::now();
+    let mut ended = false;
+    while !stop.load(Ordering::SeqCst) {
+        let polled = source.next(POLL)?;
+        let mut d = lock(driver);
+        match polled {
+            Polled::Record(rec) => {
+                let timed =
+                    (d.latencies.is_some() && d.processed_here % 16 == 0).then(Instant::now);
+                d.handle(&rec, positioned)?;
+                if let (Some(t), Some(l)) = (timed, d.latencies.as_mut()) {
+                    l.push(t.elapsed().as_nanos().min(u32::MAX as u128) as u32);
+                }
+            }
+            Polled::Idle => {}
+            Polled::Stop => break,
+            Polled::End => {
+                ended = true;
+                break;
+            }
+        }
+        if cadence.stop_after.is_some_and(|n| d.processed_here >= n) {
+            break;
+        }
+        if d.due(cadence) {
+            d.checkpoint(&mut |cp| source.after_checkpoint(cp, false))?;
+            *progressed = true;
+        }
+        if last_publish.elapsed() >= Duration::from_millis(250) {
+            d.publish();
+            last_publish = Instant::now();
+        }
+    }
+    let mut d = lock(driver);
+    if ended {
+        d.finish()?;
+    }
+    d.checkpoint(&mut |cp| source.after_checkpoint(cp, true))?;
+    d.publish();
+    Ok(d.summary())
+}
