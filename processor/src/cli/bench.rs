@@ -170,6 +170,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         events: a.events,
         next_seq: 0,
         pool: Vec::new(),
+        spent: Vec::new(),
         bytes_in: 0,
         generating: Duration::ZERO,
     };
@@ -259,6 +260,8 @@ struct Bids {
     next_seq: u64,
     /// The current chunk, reversed (popped from the end).
     pool: Vec<SourceRecord>,
+    /// Processed records, whose buffers the next chunk reuses.
+    spent: Vec<SourceRecord>,
     bytes_in: u64,
     generating: Duration,
 }
@@ -280,15 +283,25 @@ impl Bids {
             let seq = self.next_seq + i;
             self.bid_at(seq, &mut buf);
             self.bytes_in += buf.len() as u64;
-            self.pool.push(SourceRecord {
+            let mut rec = self.spent.pop().unwrap_or_else(|| SourceRecord {
                 topic: "nexmark-bids".into(),
                 partition: 0,
-                offset: seq as i64,
+                offset: 0,
                 timestamp: None,
                 key: None,
-                value: Payload::Bytes(buf.clone()),
-                line: seq,
+                value: Payload::Bytes(Vec::with_capacity(128)),
+                line: 0,
             });
+            rec.offset = seq as i64;
+            rec.line = seq;
+            match &mut rec.value {
+                Payload::Bytes(v) => {
+                    v.clear();
+                    v.extend_from_slice(&buf);
+                }
+                other => *other = Payload::Bytes(buf.clone()),
+            }
+            self.pool.push(rec);
         }
         self.pool.reverse();
         let before = self.next_seq;
@@ -330,6 +343,10 @@ impl Source for Bids {
     }
 
     fn after_checkpoint(&mut self, _cp: &Checkpoint, _last: bool) {}
+
+    fn recycle(&mut self, rec: SourceRecord) {
+        self.spent.push(rec);
+    }
 }
 
 /// The Kafka path: the same pipeline fed by a consumer group, against a raw consumer.
