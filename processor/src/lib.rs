@@ -1,43 +1,42 @@
 //! # Weir: a stateful stream processor for Kafka
 //!
-//! One event's path, top to bottom; each module reads only from the ones above it:
+//! The house from the door down; every import points down (or to a ground-floor module):
 //!
 //! ```text
-//!   pipelines/*.yaml ──► pipeline   definition types, validation (every problem, with path
-//!                          │          and fix), compile to a Plan
-//!   event log / Kafka ─► source     raw records with coordinates (topic/partition/offset,
-//!                          │          file/line); no decoding here
-//!                          ▼
-//!                        schema     bytes -> validated Avro record (Confluent wire, raw Avro,
-//!                          │          JSON), writer->reader resolution set up once; registry client
-//!                          ▼
-//!                        operators  filter/map (CEL), key_by, window assignment, watermarks,
-//!                          │          aggregate accumulators
-//!                          ▼
-//!                        state      write cache of window accumulators in front of RocksDB;
-//!                          │          one WriteBatch per checkpoint (state + positions)
-//!                          ▼
-//!                        sink       derived events (file, stdout, Kafka, PostgreSQL upsert)
-//!                          │          and dead letters (file, Kafka topic); the idempotency contract
-//!                          ▼
-//!                        monitor    counters, typed telemetry (one `Live` status per
-//!                                   pipeline), group offsets, Prometheus text
-//!
-//!   runtime  wires them per record and runs the checkpoint loop: `run_file` for event
-//!            logs, `kafka::run_kafka` for consumer groups (its docs state the at-least-once
-//!            argument), `replay` to rewind a stopped pipeline, `kafka::redrive` to re-feed
-//!            dead letters;
-//!   server   `weir serve`: many pipelines in one process, persisted deployments, the HTTP
-//!            API (axum), `/metrics` and the web page;
-//!   cli      is the door (`weir run|validate|produce|bench|serve|deploy|status|replay|...`).
-//!   faults   (the ground floor, imports nothing) named crash points for the crash tests.
+//!   cli        the door: `weir run|validate|produce|bench|serve|deploy|status|replay|...`
+//!   server     `weir serve`: many pipelines in one process, persisted deployments, the HTTP
+//!              API (axum), `/metrics` and the web page
+//!   runtime    runs a pipeline. `driver` is the one loop and checkpoint protocol (its docs
+//!              state the at-least-once argument); `file` and `kafka` are its sources
+//!              (`kafka` adds rebalances and session retry; `kafka::redrive` re-feeds dead
+//!              letters); `engine` takes one record through the pipeline; `outputs` opens the
+//!              sinks; `replay` rewinds a stopped pipeline's state
+//!   state      the write cache of window accumulators in front of RocksDB; `checkpoint`:
+//!              the checkpoint record and key layout, one WriteBatch per checkpoint
+//!   sink       derived events (`encode`: results and dead letters, encoded once) to file,
+//!              stdout, Kafka, PostgreSQL upsert; the idempotency contract
+//!   operators  filter/map (CEL), key_by, window assignment, watermarks, aggregates
+//!   pipeline   definition types, validation (every problem, with path and fix), the Plan
+//!   source     raw records with coordinates (topic/partition/offset, file/line)
+//!   schema     bytes -> validated Avro record (Confluent wire, raw Avro, JSON); registry
+//!   ground     monitor (counters, typed telemetry, group offsets, Prometheus text),
+//!              redact (secrets out of text), faults (crash points for tests)
 //! ```
+//!
+//! One Kafka record, in order: `runtime/kafka` polls it (`source/kafka.rs` makes the
+//! record) -> `runtime/driver.rs` hands it on -> `runtime/engine.rs`: `schema/codec.rs`
+//! decodes and validates, `operators/` filters, maps, keys and assigns windows,
+//! `state/windows.rs` accumulates, `operators/watermark.rs` closes windows -> each result
+//! (`sink/encode.rs`) through `runtime/outputs.rs` to `sink/kafka.rs` and
+//! `sink/postgres.rs` -> at a checkpoint, `runtime/driver.rs` flushes the sinks, writes
+//! `state/checkpoint.rs`'s batch, and `runtime/kafka` commits the offsets.
 //!
 //! Invalid events never stop a pipeline: they go to the dead letter with the reason
 //! (`decode`, `schema`, `expression`, `late`), their source coordinates and original bytes.
 
 pub mod cli;
 pub mod faults;
+pub mod kafka_client;
 pub mod monitor;
 pub mod operators;
 pub mod pipeline;

@@ -371,7 +371,13 @@ fn bench_kafka(a: &BenchArgs, brokers: &str) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let partitions = a.partitions.max(1);
-    rt.block_on(ensure_topic(brokers, &topic, partitions, 1))?;
+    rt.block_on(ensure_topic(
+        brokers,
+        &topic,
+        partitions,
+        1,
+        &a.kafka_config,
+    ))?;
     // The padding that makes a value about --value-bytes long (the rest is ~66 bytes).
     let mut probe = Vec::new();
     bid_padded(

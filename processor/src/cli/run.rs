@@ -1,7 +1,8 @@
+use crate::monitor::telemetry::Live;
 use crate::pipeline::load_file;
+use crate::runtime::file::{run_file_reporting, RunOptions};
 use crate::runtime::kafka::{run_kafka, KafkaOptions};
 use crate::runtime::outputs::Connections;
-use crate::runtime::{run_file, RunOptions};
 use crate::schema::json::fmt_ms;
 use crate::source::file::InputFormat;
 use anyhow::Context;
@@ -95,18 +96,67 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         checkpoint_every: a.checkpoint_every.max(1),
         conn,
     };
-    let s = run_file(&plan, &opts)
-        .with_context(|| format!("running {} over {}", a.pipeline.display(), input.display()))?;
+    let live = Arc::new(Live::new(&plan.name));
+    let progress = Progress::start(live.clone());
+    let s = run_file_reporting(&plan, &opts, live.clone());
+    progress.finish();
+    let s =
+        s.with_context(|| format!("running {} over {}", a.pipeline.display(), input.display()))?;
     let resumed = match s.resumed_from {
         Some(p) => format!(" (resumed after record {p})"),
         None => String::new(),
     };
+    // The summary is read from the same telemetry that feeds `/metrics` under `weir serve`.
+    let status = live.snapshot();
     eprintln!(
         "weir: {}: {}; dead letters in {}{}",
-        plan.name, s.counters, s.dead_letter_path, resumed
+        plan.name, status.counters, s.dead_letter_path, resumed
     );
-    tracing::info!(watermark = %fmt_ms(s.watermark), checkpoints = s.checkpoints, "run finished");
+    tracing::info!(watermark = %fmt_ms(s.watermark), checkpoints = status.checkpoints, "run finished");
     Ok(ExitCode::SUCCESS)
+}
+
+/// A live line on a terminal (none when stderr is not one): records in, results, dead
+/// letters, watermark and rate, from the pipeline's telemetry.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start(live: Arc<Live>) -> Progress {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = (!bar.is_hidden()).then(|| {
+            let (bar, stop) = (bar.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let s = live.snapshot();
+                    let wm = s.watermark.map(fmt_ms).unwrap_or_else(|| "-".into());
+                    bar.set_message(format!(
+                        "{} events in, {} results out, {} dead-lettered, watermark {wm}, {:.0} events/s",
+                        s.counters.events_in,
+                        s.counters.results_out,
+                        s.counters.dead_total(),
+                        s.events_per_second
+                    ));
+                    bar.tick();
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+            })
+        });
+        Progress { bar, stop, thread }
+    }
+
+    fn finish(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.bar.finish_and_clear();
+    }
 }
 
 fn run_against_kafka(

@@ -4,7 +4,7 @@
 //! describes the group (DescribeGroups; the consumer protocol's assignment is decoded).
 
 use super::telemetry::PartitionStatus;
-use rdkafka::config::ClientConfig;
+use crate::kafka_client::{self, Role};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
@@ -25,15 +25,8 @@ pub struct GroupOffsets {
 }
 
 fn client(brokers: &str, group: &str, extra: &[(String, String)]) -> Result<BaseConsumer, String> {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("reconnect.backoff.max.ms", "1000");
-    for (k, v) in extra {
-        c.set(k, v);
-    }
-    c.create()
+    kafka_client::config(brokers, Role::Tool { group }, extra)
+        .create()
         .map_err(|e| format!("cannot create a Kafka client for {brokers}: {e}"))
 }
 

@@ -21,6 +21,7 @@ use crate::sink::SinkError;
 use crate::source::SourceError;
 use crate::state::{checkpoint, StateError};
 use engine::Engine;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -34,8 +35,29 @@ pub enum RunError {
     TempDir(std::io::Error),
     #[error("the session failed; not checkpointing")]
     SessionFailed,
-    #[error("kafka: {0}")]
-    Kafka(String),
+    /// A call to the broker (through librdkafka) failed; `op` says which. The error keeps
+    /// librdkafka's code, which says whether a new session can help ([`RunError::kind`]).
+    #[error("kafka: {op}: {source}")]
+    Kafka {
+        op: String,
+        #[source]
+        source: KafkaError,
+    },
+    /// librdkafka put the consumer in a fatal state; a new session starts over.
+    #[error("kafka: fatal consumer error {code:?}: {reason}")]
+    KafkaFatal {
+        code: RDKafkaErrorCode,
+        reason: String,
+    },
+    /// A bounded wait on the broker ran out.
+    #[error("kafka: timed out {0}")]
+    TimedOut(String),
+    #[error("cannot {op}: {source}")]
+    Io {
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Registry(String),
     #[error("{0}")]
@@ -51,9 +73,13 @@ impl RunError {
             RunError::State(StateError::OtherPipeline { .. } | StateError::BadCheckpoint(_)) => {
                 ErrorKind::User
             }
+            RunError::Kafka { source, .. } if !broker_may_recover(source) => ErrorKind::User,
             RunError::Sink(_)
             | RunError::TempDir(_)
-            | RunError::Kafka(_)
+            | RunError::Kafka { .. }
+            | RunError::KafkaFatal { .. }
+            | RunError::TimedOut(_)
+            | RunError::Io { .. }
             | RunError::SessionFailed
             | RunError::Registry(_) => ErrorKind::External,
             RunError::State(StateError::Corrupt(_)) => ErrorKind::Internal,
@@ -63,6 +89,32 @@ impl RunError {
 
     pub fn is_retryable(&self) -> bool {
         self.kind() == ErrorKind::External
+    }
+}
+
+/// Whether a later attempt can succeed where this one failed: not for a client that cannot
+/// be created (a bad `--kafka-config`), nor when the broker refuses who we are.
+fn broker_may_recover(e: &KafkaError) -> bool {
+    if matches!(e, KafkaError::ClientCreation(_)) {
+        return false;
+    }
+    !matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::GroupAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+                | RDKafkaErrorCode::InvalidConfig
+        )
+    )
+}
+
+impl RunError {
+    /// A failed call to the broker: `op` names the operation.
+    pub fn kafka(op: impl Into<String>) -> impl FnOnce(KafkaError) -> RunError {
+        let op = op.into();
+        move |source| RunError::Kafka { op, source }
     }
 }
 

@@ -94,7 +94,11 @@ fn open_err(name: &str, e: impl std::fmt::Display) -> SinkError {
 }
 
 /// Creates the topic of a Kafka sink or dead letter when missing; returns its name.
-fn create_topic(brokers: &str, d: &SinkDef) -> Result<String, SinkError> {
+fn create_topic(
+    brokers: &str,
+    d: &SinkDef,
+    extra: &[(String, String)],
+) -> Result<String, SinkError> {
     let topic = d.topic.clone().unwrap_or_default();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -105,6 +109,7 @@ fn create_topic(brokers: &str, d: &SinkDef) -> Result<String, SinkError> {
         &topic,
         d.partitions.unwrap_or(1),
         d.replication_factor.unwrap_or(1),
+        extra,
     ))?;
     Ok(topic)
 }
@@ -144,7 +149,7 @@ pub fn open_sinks(
                 let brokers = conn.brokers();
                 let topic = d.topic.clone().unwrap_or_default();
                 let id = output_schema_id(plan, &topic, d, registry)?;
-                create_topic(&brokers, d)?;
+                create_topic(&brokers, d, &conn.kafka_config)?;
                 AnySink::Kafka(KafkaSink::new(&brokers, &topic, id, &conn.kafka_config)?)
             }
             SinkKind::Postgres => AnySink::Postgres(Box::new(PostgresSink::open(
@@ -229,7 +234,7 @@ impl DeadLetters {
         match def {
             Some(d) if d.kind == SinkKind::Kafka => {
                 let brokers = conn.brokers();
-                let topic = create_topic(&brokers, d)?;
+                let topic = create_topic(&brokers, d, &conn.kafka_config)?;
                 Ok((
                     DeadLetters::Kafka(KafkaDeadLetter::new(&brokers, &topic, &conn.kafka_config)?),
                     format!("kafka topic {topic}"),

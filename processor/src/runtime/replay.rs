@@ -20,11 +20,11 @@
 //! is then the smallest record timestamp at those offsets.
 
 use super::RunError;
+use crate::kafka_client::{self, Role};
 use crate::pipeline::compile::Plan;
 use crate::state::checkpoint::{self, Checkpoint, ReplayGuard};
 use crate::state::windows::discard_sessions;
 use crate::state::{window_prefix, Store};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -115,17 +115,9 @@ fn client(
     group: &str,
     extra: &[(String, String)],
 ) -> Result<BaseConsumer, RunError> {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("auto.offset.reset", "earliest");
-    for (k, v) in extra {
-        c.set(k, v);
-    }
-    c.create()
-        .map_err(|e| RunError::Kafka(format!("cannot create a Kafka client: {e}")))
+    kafka_client::config(brokers, Role::Tool { group }, extra)
+        .create()
+        .map_err(RunError::kafka("cannot create a Kafka client"))
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -135,7 +127,7 @@ fn all_partitions(c: &BaseConsumer, topics: &[String]) -> Result<Vec<(String, i3
     for t in topics {
         let md = c
             .fetch_metadata(Some(t), TIMEOUT)
-            .map_err(|e| RunError::Kafka(format!("metadata of `{t}`: {e}")))?;
+            .map_err(RunError::kafka(format!("metadata of `{t}`")))?;
         for mt in md.topics() {
             for p in mt.partitions() {
                 out.push((t.clone(), p.id()));
@@ -159,7 +151,7 @@ fn targets(
             for (t, p) in parts {
                 let (lo, _) = c
                     .fetch_watermarks(&t, p, TIMEOUT)
-                    .map_err(|e| RunError::Kafka(format!("offsets of {t}-{p}: {e}")))?;
+                    .map_err(RunError::kafka(format!("offsets of {t}-{p}")))?;
                 out.push((t, p, Some(lo)));
             }
         }
@@ -167,18 +159,22 @@ fn targets(
             let mut tpl = TopicPartitionList::new();
             for (t, p) in &parts {
                 tpl.add_partition_offset(t, *p, Offset::Offset(ts.saturating_sub(lookback_ms)))
-                    .map_err(|e| RunError::Kafka(e.to_string()))?;
+                    .map_err(RunError::kafka("offsets for time"))?;
             }
             let found = c
                 .offsets_for_times(tpl, TIMEOUT)
-                .map_err(|e| RunError::Kafka(format!("offsets for time: {e}")))?;
+                .map_err(RunError::kafka("offsets for time"))?;
             for e in found.elements() {
                 let o = match e.offset() {
                     Offset::Offset(o) if o >= 0 => o,
                     // No record at or after the time: the log end.
                     _ => {
                         c.fetch_watermarks(e.topic(), e.partition(), TIMEOUT)
-                            .map_err(|er| RunError::Kafka(er.to_string()))?
+                            .map_err(RunError::kafka(format!(
+                                "log end of {}-{}",
+                                e.topic(),
+                                e.partition()
+                            )))?
                             .1
                     }
                 };
@@ -192,7 +188,7 @@ fn targets(
             }
             for (lp, _) in list {
                 if !out.iter().any(|(_, p, _)| p == lp) {
-                    return Err(RunError::Kafka(format!(
+                    return Err(RunError::Usage(format!(
                         "partition {lp} does not exist in {topics:?}"
                     )));
                 }
@@ -213,9 +209,9 @@ fn timestamp_at(
     let c = client(brokers, "weir-replay-probe", extra)?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
-        .map_err(|e| RunError::Kafka(e.to_string()))?;
+        .map_err(RunError::kafka(format!("assign {topic}-{partition}")))?;
     c.assign(&tpl)
-        .map_err(|e| RunError::Kafka(format!("assign {topic}-{partition}: {e}")))?;
+        .map_err(RunError::kafka(format!("assign {topic}-{partition}")))?;
     let until = Instant::now() + TIMEOUT;
     while Instant::now() < until {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
@@ -235,7 +231,7 @@ fn commit(c: &BaseConsumer, offsets: &[(String, i32, i64)]) -> Result<(), RunErr
     let mut tpl = TopicPartitionList::new();
     for (t, p, o) in offsets {
         tpl.add_partition_offset(t, *p, Offset::Offset(*o))
-            .map_err(|e| RunError::Kafka(e.to_string()))?;
+            .map_err(RunError::kafka("cannot reset the group's offsets"))?;
     }
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -246,9 +242,9 @@ fn commit(c: &BaseConsumer, offsets: &[(String, i32, i64)]) -> Result<(), RunErr
                 std::thread::sleep(Duration::from_secs(1));
             }
             Err(e) => {
-                return Err(RunError::Kafka(format!(
-                "cannot reset the group's offsets ({e}); is another consumer still in the group?"
-            )))
+                return Err(RunError::kafka(
+                    "cannot reset the group's offsets (is another consumer still in the group?)",
+                )(e))
             }
         }
     }
@@ -348,8 +344,9 @@ pub fn plan_replay(
         if !dry_run {
             drop(store);
             if state_dir.exists() {
-                std::fs::remove_dir_all(state_dir).map_err(|e| {
-                    RunError::Kafka(format!("cannot remove {}: {e}", state_dir.display()))
+                std::fs::remove_dir_all(state_dir).map_err(|e| RunError::Io {
+                    op: format!("remove {}", state_dir.display()),
+                    source: e,
                 })?;
             }
             let offsets: Vec<(String, i32, i64)> = report
@@ -374,7 +371,7 @@ pub fn plan_replay(
                 }
             }
             min.ok_or_else(|| {
-                RunError::Kafka("no record at the given offsets to take a start time from".into())
+                RunError::Usage("no record at the given offsets to take a start time from".into())
             })?
         }
         ReplayFrom::Earliest => i64::MIN,

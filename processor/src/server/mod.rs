@@ -728,8 +728,5 @@ impl Server {
 }
 
 fn replay_err(e: RunError) -> ApiError {
-    match e {
-        RunError::Kafka(m) => ApiError::Internal(m),
-        other => ApiError::Internal(other.to_string()),
-    }
+    ApiError::Internal(e.to_string())
 }

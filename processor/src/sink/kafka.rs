@@ -12,6 +12,7 @@
 
 use super::encode::DeadLetter;
 use super::{Output, Sink, SinkError};
+use crate::kafka_client::{self, Role};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -52,22 +53,16 @@ impl ProducerContext for DeliveryCounter {
     }
 }
 
-/// Producer settings shared by result and dead-letter sinks.
+/// Producer settings shared by result and dead-letter sinks ([`Role::Producer`]).
 /// `extra` (from `--kafka-config`) overrides any of them.
 pub fn producer_config(brokers: &str, extra: &[(String, String)]) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        // Retry for as long as a flush waits: an outage shorter than this loses nothing.
-        .set("message.timeout.ms", FLUSH_TIMEOUT.as_millis().to_string())
-        .set("reconnect.backoff.max.ms", "2000");
-    for (k, v) in extra {
-        c.set(k, v);
-    }
-    c
+    kafka_client::config(
+        brokers,
+        Role::Producer {
+            timeout: FLUSH_TIMEOUT,
+        },
+        extra,
+    )
 }
 
 fn kafka_err(name: &str, e: impl std::fmt::Display) -> SinkError {
@@ -85,13 +80,12 @@ pub async fn ensure_topic(
     topic: &str,
     partitions: i32,
     replication: i32,
+    extra: &[(String, String)],
 ) -> Result<(), SinkError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        // The metadata lookup below must not create the topic with the broker's defaults.
-        .set("allow.auto.create.topics", "false")
-        .create()
-        .map_err(|e| kafka_err(topic, e))?;
+    let admin: AdminClient<DefaultClientContext> =
+        kafka_client::config(brokers, Role::Admin, extra)
+            .create()
+            .map_err(|e| kafka_err(topic, e))?;
     // Looked up first: a broker whose admin API does not answer (the mock cluster) would
     // otherwise hold every session start for the 10 s operation timeout.
     if topic_exists(&admin, topic) {

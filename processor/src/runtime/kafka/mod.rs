@@ -177,7 +177,7 @@ impl ConsumerContext for Ctx {
                     c.assign(tpl)
                 };
                 if let Err(e) = r {
-                    self.fail(RunError::Kafka(format!("assign: {e}")));
+                    self.fail(RunError::kafka("assign")(e));
                 }
                 reached(Point::Assigned);
             }
@@ -317,9 +317,7 @@ impl Source for KafkaSource {
             Some(Ok(m)) => Ok(Polled::Record(record_of(&m))),
             Some(Err(e)) => {
                 if let Some((code, reason)) = self.consumer.client().fatal_error() {
-                    return Err(RunError::Kafka(format!(
-                        "fatal consumer error {code:?}: {reason}"
-                    )));
+                    return Err(RunError::KafkaFatal { code, reason });
                 }
                 // Transient (broker down, topic not yet there): librdkafka retries; say so
                 // at most every 10 s per distinct error.
@@ -363,11 +361,11 @@ fn run_session(
         live: live.clone(),
         failed: Mutex::new(None),
     })
-    .map_err(|e| RunError::Kafka(format!("cannot create the consumer: {e}")))?;
+    .map_err(RunError::kafka("cannot create the consumer"))?;
     let topics: Vec<&str> = plan.source.topics.iter().map(|s| s.as_str()).collect();
     consumer
         .subscribe(&topics)
-        .map_err(|e| RunError::Kafka(format!("cannot subscribe to {topics:?}: {e}")))?;
+        .map_err(RunError::kafka(format!("cannot subscribe to {topics:?}")))?;
     tracing::info!(pipeline = %plan.name, group = %plan.source.group, ?topics, "consuming");
     live.record(Telemetry::StateChanged(RunState::Running));
     let mut source = KafkaSource {

@@ -2,6 +2,7 @@
 //! dead-letter topic instead of its source.
 
 use super::{open_driver, KafkaOptions};
+use crate::kafka_client::{self, Role};
 use crate::monitor::telemetry::Live;
 use crate::pipeline::compile::Plan;
 use crate::pipeline::SinkKind;
@@ -64,22 +65,17 @@ pub fn redrive(plan: Plan, opts: &KafkaOptions) -> Result<RedriveReport, RunErro
         .clone()
         .unwrap_or_else(|| Arc::new(Live::new(&plan.name)));
     let group = format!("{}-dlq-replay", plan.source.group);
-    let mut cfg = rdkafka::config::ClientConfig::new();
-    cfg.set("bootstrap.servers", opts.conn.brokers())
-        .set("group.id", &group)
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("auto.offset.reset", "earliest");
-    for (k, v) in &opts.kafka_config {
-        cfg.set(k, v);
-    }
-    let c: BaseConsumer = cfg
-        .create()
-        .map_err(|e| RunError::Kafka(format!("cannot create a consumer: {e}")))?;
+    let c: BaseConsumer = kafka_client::config(
+        &opts.conn.brokers(),
+        Role::Tool { group: &group },
+        &opts.kafka_config,
+    )
+    .create()
+    .map_err(RunError::kafka("cannot create a consumer"))?;
     let timeout = Duration::from_secs(10);
     let md = c
         .fetch_metadata(Some(&topic), timeout)
-        .map_err(|e| RunError::Kafka(format!("metadata of `{topic}`: {e}")))?;
+        .map_err(RunError::kafka(format!("metadata of `{topic}`")))?;
     let mut all = TopicPartitionList::new();
     for mt in md.topics() {
         for part in mt.partitions() {
@@ -88,14 +84,17 @@ pub fn redrive(plan: Plan, opts: &KafkaOptions) -> Result<RedriveReport, RunErro
     }
     let committed = c
         .committed_offsets(all, timeout)
-        .map_err(|e| RunError::Kafka(format!("committed offsets of `{group}`: {e}")))?;
+        .map_err(RunError::kafka(format!("committed offsets of `{group}`")))?;
     let mut assign = TopicPartitionList::new();
     // partition -> (next offset to read, end when the re-feed started)
     let mut todo: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
     for e in committed.elements() {
-        let (lo, hi) = c
-            .fetch_watermarks(&topic, e.partition(), timeout)
-            .map_err(|er| RunError::Kafka(format!("offsets of {topic}-{}: {er}", e.partition())))?;
+        let (lo, hi) =
+            c.fetch_watermarks(&topic, e.partition(), timeout)
+                .map_err(RunError::kafka(format!(
+                    "offsets of {topic}-{}",
+                    e.partition()
+                )))?;
         let from = match e.offset() {
             Offset::Offset(o) => o.max(lo),
             _ => lo,
@@ -124,7 +123,7 @@ pub fn redrive(plan: Plan, opts: &KafkaOptions) -> Result<RedriveReport, RunErro
     };
     if !todo.is_empty() {
         c.assign(&assign)
-            .map_err(|e| RunError::Kafka(format!("assign `{topic}`: {e}")))?;
+            .map_err(RunError::kafka(format!("assign `{topic}`")))?;
         let total: i64 = todo.values().map(|(a, b)| b - a).sum();
         let mut source = DeadLetterSource {
             pipeline: plan.name.clone(),
@@ -153,9 +152,7 @@ pub fn redrive(plan: Plan, opts: &KafkaOptions) -> Result<RedriveReport, RunErro
             &mut false,
         )?;
         if let Some(e) = source.commit_failed.take() {
-            return Err(RunError::Kafka(format!(
-                "cannot commit the re-feed's offsets: {e}"
-            )));
+            return Err(RunError::kafka("cannot commit the re-feed's offsets")(e));
         }
     }
     let d = lock(&driver);
@@ -180,7 +177,7 @@ struct DeadLetterSource<'r> {
     deadline: Instant,
     total: i64,
     report: &'r mut RedriveReport,
-    commit_failed: Option<String>,
+    commit_failed: Option<rdkafka::error::KafkaError>,
 }
 
 impl Source for DeadLetterSource<'_> {
@@ -198,8 +195,8 @@ impl Source for DeadLetterSource<'_> {
                 return Ok(Polled::Stop);
             }
             if Instant::now() > self.deadline {
-                return Err(RunError::Kafka(format!(
-                    "timed out reading `{}` ({} of {} records read)",
+                return Err(RunError::TimedOut(format!(
+                    "reading `{}` ({} of {} records read)",
                     self.topic, self.report.read, self.total
                 )));
             }
@@ -232,7 +229,7 @@ impl Source for DeadLetterSource<'_> {
             let _ = done.add_partition_offset(&self.topic, *part, Offset::Offset(*o));
         }
         if let Err(e) = self.consumer.commit(&done, CommitMode::Sync) {
-            self.commit_failed = Some(e.to_string());
+            self.commit_failed = Some(e);
         }
     }
 }
