@@ -161,7 +161,7 @@ impl Progress {
 
 fn run_against_kafka(
     a: RunArgs,
-    plan: crate::pipeline::compile::Plan,
+    plan: crate::pipeline::plan::Plan,
     conn: Connections,
 ) -> anyhow::Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));

@@ -4,7 +4,7 @@
 //! ties by source offset, so the result does not depend on arrival order.
 
 use super::{Row, Scalar};
-use crate::pipeline::compile::{AggPlan, Plan};
+use crate::pipeline::plan::{AggPlan, Plan};
 use crate::pipeline::AggFn;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;

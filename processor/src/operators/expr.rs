@@ -2,7 +2,7 @@
 //! references are converted into its context, and the function registry is built once.
 
 use super::{ExprError, Row, Scalar};
-use crate::pipeline::compile::Expr;
+use crate::pipeline::plan::Expr;
 use crate::schema::{FieldType, Kind};
 use apache_avro::types::Value;
 use cel_interpreter::objects::{Key, Map};

@@ -7,7 +7,7 @@ pub mod expr;
 pub mod watermark;
 pub mod window;
 
-use crate::pipeline::compile::{KeyPlan, MapOut, Plan, RowStep};
+use crate::pipeline::plan::{KeyPlan, MapOut, Plan, RowStep};
 use crate::schema::{FieldType, Kind};
 use apache_avro::types::Value;
 use serde::{Deserialize, Serialize};

@@ -15,7 +15,7 @@
 //! so within that range `end + grace` and every other sum here cannot overflow. A record
 //! outside it is dead-lettered (`schema`) before it reaches a window or the watermark.
 
-use crate::pipeline::compile::WindowAssigner;
+use crate::pipeline::plan::WindowAssigner;
 
 /// 0001-01-01T00:00:00Z in epoch milliseconds.
 pub const MIN_EVENT_TIME_MS: i64 = -62_135_596_800_000;
@@ -57,7 +57,7 @@ pub fn assign(a: WindowAssigner, ts: i64, out: &mut Vec<(i64, i64)>) {
 
 #[cfg(test)]
 mod tests {
-    use crate::pipeline::compile::WindowAssigner;
+    use crate::pipeline::plan::WindowAssigner;
 
     fn assign(a: WindowAssigner, ts: i64) -> Vec<(i64, i64)> {
         let mut v = Vec::new();

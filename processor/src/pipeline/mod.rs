@@ -2,13 +2,14 @@
 //!
 //! Owns: the versioned definition types (`apiVersion: weir/v1`), loading a file while
 //! collecting *every* problem with its path, line and a fix ([`validate`]), and turning a
-//! valid definition into an executable [`compile::Plan`].
+//! valid definition into an executable [`plan::Plan`].
 //!
 //! Guarantees: a definition that loads without problems compiles into a plan whose output
 //! records match the declared output schema exactly (names, types, nullability).
 
 pub mod compile;
 pub mod locate;
+pub mod plan;
 pub mod problems;
 pub mod validate;
 

@@ -6,7 +6,8 @@
 //! positive, the output schema matches. Each problem carries its path, line and a fix, and
 //! its wording is tested (`tests/fixtures/invalid`): it is part of the interface.
 
-use super::compile::{compile, Plan};
+use super::compile::compile;
+use super::plan::Plan;
 use super::problems::{Problem, Problems};
 use super::{ApiVersion, PipelineDef, StateDef, StepDef, TOP_LEVEL_KEYS};
 use crate::schema::SchemaResolver;

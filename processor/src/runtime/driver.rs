@@ -39,7 +39,7 @@ use super::outputs::{open_sinks, AnySink, Connections, DeadLetters, ResultWriter
 use super::{resolve_writer, RunError, Summary};
 use crate::faults::{reached, stall_after, Point};
 use crate::monitor::telemetry::{Live, Telemetry};
-use crate::pipeline::compile::Plan;
+use crate::pipeline::plan::Plan;
 use crate::schema::registry::Registry;
 use crate::sink::discard::DiscardSink;
 use crate::sink::encode::DeadLetter;

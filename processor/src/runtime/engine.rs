@@ -7,7 +7,7 @@ use crate::monitor::{Counters, DeadLetterReason};
 use crate::operators::expr::Evaluator;
 use crate::operators::watermark::Watermarks;
 use crate::operators::{apply_row_steps, decode_key, key_of, Row, Scalar};
-use crate::pipeline::compile::{EventTime, Plan, TimeUnit};
+use crate::pipeline::plan::{EventTime, Plan, TimeUnit};
 use crate::schema::codec::{into_row, non_finite_field, DecodeError, Decoder};
 use crate::schema::json::{fmt_ms, parse_rfc3339_millis};
 use crate::sink::encode::{DeadLetter, Emitted};

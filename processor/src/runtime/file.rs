@@ -6,7 +6,7 @@ use super::driver::{drive, Cadence, Driver, DriverOptions, Polled, Source};
 use super::outputs::Connections;
 use super::{RunError, Summary};
 use crate::monitor::telemetry::Live;
-use crate::pipeline::compile::Plan;
+use crate::pipeline::plan::Plan;
 use crate::source::file::{FileSource, InputFormat};
 use crate::state::checkpoint::Checkpoint;
 use std::path::PathBuf;

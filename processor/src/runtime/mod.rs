@@ -15,7 +15,7 @@ pub mod replay;
 pub use file::{run_file, RunOptions};
 
 use crate::monitor::Counters;
-use crate::pipeline::compile::Plan;
+use crate::pipeline::plan::Plan;
 use crate::schema::registry::{Registry, RegistryError};
 use crate::sink::SinkError;
 use crate::source::SourceError;

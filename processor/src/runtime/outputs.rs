@@ -1,7 +1,7 @@
 //! Opening the pipeline's sinks and dead letter, and writing each result to every sink.
 //! Shared by the file replay and the Kafka runtime.
 
-use crate::pipeline::compile::Plan;
+use crate::pipeline::plan::Plan;
 use crate::pipeline::{SinkDef, SinkKind};
 use crate::schema::registry::Registry;
 use crate::sink::discard::DiscardSink;

@@ -21,7 +21,7 @@
 
 use super::RunError;
 use crate::kafka_client::{self, Role};
-use crate::pipeline::compile::Plan;
+use crate::pipeline::plan::Plan;
 use crate::state::checkpoint::{self, Checkpoint, ReplayGuard};
 use crate::state::windows::discard_sessions;
 use crate::state::{window_prefix, Store};

@@ -26,7 +26,7 @@ pub use types::{
 
 use crate::monitor::offsets::group_offsets;
 use crate::monitor::telemetry::{Live, LiveStatus, RunState, Telemetry};
-use crate::pipeline::compile::Plan;
+use crate::pipeline::plan::Plan;
 use crate::pipeline::{load_str, Problem};
 use crate::runtime::kafka::{redrive, run_kafka, KafkaOptions, RedriveReport};
 use crate::runtime::outputs::Connections;

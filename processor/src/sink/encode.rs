@@ -5,7 +5,7 @@
 
 use crate::monitor::DeadLetterReason;
 use crate::operators::Scalar;
-use crate::pipeline::compile::{OutSource, Plan};
+use crate::pipeline::plan::{OutSource, Plan};
 use crate::schema::codec::zigzag;
 use crate::schema::json::avro_to_json;
 use crate::schema::Kind;

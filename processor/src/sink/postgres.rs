@@ -9,7 +9,7 @@
 //! field must be a column of a compatible type and the primary key must match.
 
 use super::{Output, Sink, SinkError};
-use crate::pipeline::compile::{OutSource, Plan};
+use crate::pipeline::plan::{OutSource, Plan};
 use crate::schema::Kind;
 use indexmap::IndexMap;
 use tokio::runtime::Runtime;

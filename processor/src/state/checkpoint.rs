@@ -17,7 +17,7 @@ use super::windows::{ReplayFilter, WindowMeta, WindowState};
 use super::{StateError, Store};
 use crate::monitor::Counters;
 use crate::operators::watermark::Watermarks;
-use crate::pipeline::compile::Plan;
+use crate::pipeline::plan::Plan;
 use crate::source::SourceRecord;
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};

@@ -10,7 +10,7 @@
 use super::{session_key, window_key, window_prefix, StateError, Store, WindowId};
 use crate::operators::aggregate::WindowAcc;
 use crate::operators::{window, Row, Scalar};
-use crate::pipeline::compile::{EmitPlan, Plan, WindowAssigner};
+use crate::pipeline::plan::{EmitPlan, Plan, WindowAssigner};
 use rocksdb::WriteBatch;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};

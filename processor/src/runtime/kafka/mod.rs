@@ -26,7 +26,7 @@ use super::outputs::Connections;
 use super::{RunError, Summary};
 use crate::faults::{reached, Point};
 use crate::monitor::telemetry::{Live, RunState, Telemetry};
-use crate::pipeline::compile::Plan;
+use crate::pipeline::plan::Plan;
 use crate::source::kafka::{consumer_config, record_of};
 use crate::state::checkpoint::Checkpoint;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};

@@ -4,7 +4,7 @@
 use super::{open_driver, KafkaOptions};
 use crate::kafka_client::{self, Role};
 use crate::monitor::telemetry::Live;
-use crate::pipeline::compile::Plan;
+use crate::pipeline::plan::Plan;
 use crate::pipeline::SinkKind;
 use crate::runtime::driver::{drive, lock, Cadence, Driver, Polled, Source};
 use crate::runtime::RunError;

@@ -1,0 +1,273 @@
+//! Definition -> plan. Resolves every name to an index and every duration to milliseconds,
+//! infers the type of each field through the steps, and checks the result against the
+//! declared output schema. Every problem found is collected; a plan exists only when there
+//! are none. One file per section: [`source`], the row steps here and in [`expr`],
+//! [`steps`] (`key_by`, `window`, `aggregate`), [`output`] (output schema and sinks), with
+//! the shared bounds in [`rules`].
+
+mod expr;
+mod output;
+mod rules;
+mod source;
+mod steps;
+
+pub use expr::{MAX_EXPR_BYTES, MAX_EXPR_DEPTH};
+pub use rules::{MAX_DURATION_MS, MAX_WINDOWS_PER_EVENT};
+pub use steps::fn_name;
+
+use crate::pipeline::plan::{
+    AggPlan, EmitPlan, EventTime, KeyField, KeyPlan, MapOut, Plan, RowStep, WindowPlan,
+};
+use crate::pipeline::problems::Problems;
+use crate::pipeline::{MapFieldDef, PipelineDef, SinkKind};
+use crate::schema::{record_fields, FieldType, SchemaResolver};
+use expr::{compile_expr, declared_type};
+use output::{check_output, check_sink};
+use source::compile_source;
+use steps::{compile_aggregate, compile_key, compile_window};
+
+/// The fields a row has at a step, with their types.
+type Row = Vec<(String, FieldType)>;
+
+/// Where the steps have got to: row steps (any number), then one `key_by`, one `window`,
+/// one `aggregate`, in that order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    Rows,
+    Keyed,
+    Windowed,
+    Aggregated,
+}
+
+impl Stage {
+    fn of(kind: &str) -> Stage {
+        match kind {
+            "filter" | "map" => Stage::Rows,
+            "key_by" => Stage::Keyed,
+            "window" => Stage::Windowed,
+            _ => Stage::Aggregated,
+        }
+    }
+
+    /// Row steps repeat; every other step comes once, right after the one before it.
+    fn may_go_to(self, next: Stage) -> bool {
+        (next == self && next == Stage::Rows) || next as u8 == self as u8 + 1
+    }
+
+    fn expected_next(self) -> &'static str {
+        match self {
+            Stage::Rows => "filter, map or key_by",
+            Stage::Keyed => "window",
+            Stage::Windowed => "aggregate",
+            Stage::Aggregated => "nothing",
+        }
+    }
+
+    /// The steps still missing after this one.
+    fn missing(self) -> String {
+        let all = ["key_by", "window", "aggregate"];
+        all[(self as usize).min(2)..].join(", ")
+    }
+}
+
+/// Compiles a structurally valid definition, adding every semantic problem to `p`.
+pub fn compile(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems) -> Option<Plan> {
+    let (source, reader) = compile_source(def, resolver, p);
+    let mut row: Vec<(String, FieldType)> =
+        reader.as_ref().and_then(record_fields).unwrap_or_default();
+    let schema_known = reader.is_some();
+
+    let mut row_steps = Vec::new();
+    let mut key: Option<(KeyPlan, Vec<KeyField>)> = None;
+    let mut window: Option<WindowPlan> = None;
+    let mut aggregate: Option<(Vec<AggPlan>, EmitPlan)> = None;
+    let mut stage = Stage::Rows;
+
+    if def.steps.is_empty() {
+        p.add(
+            "steps",
+            "no steps",
+            "add key_by, window and aggregate steps",
+        );
+    }
+    for (i, step) in def.steps.iter().enumerate() {
+        let path = format!("steps[{i}]");
+        let kinds = step.kinds();
+        if kinds.len() != 1 {
+            p.add(
+                &path,
+                if kinds.is_empty() {
+                    "empty step".to_string()
+                } else {
+                    format!("one step sets {} at once", kinds.join(" and "))
+                },
+                "give each step exactly one of: filter, map, key_by, window, aggregate",
+            );
+            continue;
+        }
+        let kind = kinds[0];
+        let want = Stage::of(kind);
+        if !stage.may_go_to(want) {
+            p.add(
+                &format!("{path}.{kind}"),
+                format!(
+                    "`{kind}` cannot come here; expected {}",
+                    stage.expected_next()
+                ),
+                "order the steps as: filter/map (any number), key_by, window, aggregate",
+            );
+            continue;
+        }
+        stage = want;
+        if let Some(f) = &step.filter {
+            if schema_known {
+                if let Some(e) = compile_expr(p, &format!("{path}.filter"), f, &row) {
+                    row_steps.push(RowStep::Filter(e));
+                }
+            }
+        }
+        if let Some(m) = &step.map {
+            if let Some((outs, next_row)) = compile_map(p, &path, m, &row, schema_known) {
+                row = next_row;
+                row_steps.push(RowStep::Map(outs));
+            }
+        }
+        if let Some(k) = &step.key_by {
+            key = compile_key(p, &format!("{path}.key_by"), k, &row, schema_known);
+        }
+        if let Some(w) = &step.window {
+            window = compile_window(p, &format!("{path}.window"), w);
+        }
+        if let Some(a) = &step.aggregate {
+            aggregate = compile_aggregate(p, &format!("{path}.aggregate"), a, &row, schema_known);
+        }
+    }
+    if stage != Stage::Aggregated && !def.steps.is_empty() {
+        let missing = stage.missing();
+        p.add(
+            "steps",
+            format!("the steps end before {missing}"),
+            "a pipeline needs key_by, window and aggregate steps, in that order",
+        );
+    }
+
+    let output_schema = match resolver.load(&def.output.schema) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            p.add(
+                "output.schema",
+                e.to_string(),
+                "put the .avsc file in schemas/ or fix the name",
+            );
+            None
+        }
+    };
+    let output = match (&output_schema, &key, &aggregate) {
+        (Some(s), Some((_, kf)), Some((aggs, _))) => check_output(p, s, kf, aggs),
+        _ => None,
+    };
+
+    for (i, s) in def.sinks.iter().enumerate() {
+        check_sink(p, &format!("sinks[{i}]"), s);
+    }
+    if let Some(d) = &def.dead_letter {
+        check_sink(p, "dead_letter", d);
+        if d.kind == SinkKind::Postgres {
+            p.add(
+                "dead_letter.type",
+                "dead letters go to a file, a Kafka topic or stdout, not to PostgreSQL",
+                "use type: kafka with a topic, or type: file with a path",
+            );
+        }
+    }
+    if def.state.cache_entries == 0 {
+        p.add(
+            "state.cache_entries",
+            "must be at least 1",
+            "the default is 1000000",
+        );
+    }
+
+    if !p.is_empty() {
+        return None;
+    }
+    let (key, _) = key?;
+    let (aggs, emit) = aggregate?;
+    let mut source = source?;
+    if row_steps.is_empty() {
+        // The row is the source record: only the fields read below need decoding.
+        let mut needed = vec![false; source.needed.len()];
+        let mut mark = |i: usize| {
+            if let Some(n) = needed.get_mut(i) {
+                *n = true;
+            }
+        };
+        if let EventTime::Field { index, .. } = &source.event_time {
+            mark(*index);
+        }
+        match &key {
+            KeyPlan::Fields(idx) => idx.iter().for_each(|i| mark(*i)),
+            KeyPlan::Expr(e) => e.vars.iter().for_each(|(_, i)| mark(*i)),
+        }
+        aggs.iter().filter_map(|a| a.field).for_each(&mut mark);
+        source.needed = needed;
+    }
+    Some(Plan {
+        name: def.name.clone(),
+        source,
+        row_steps,
+        key,
+        window: window?,
+        aggs,
+        emit,
+        output: output?,
+        sinks: def.sinks.clone(),
+        dead_letter: def.dead_letter.clone(),
+        state: def.state.clone(),
+    })
+}
+
+/// A `map` step: each output field a copied field or a typed expression over the row.
+/// Returns the step and the row after it (none while the source schema is unknown).
+fn compile_map(
+    p: &mut Problems,
+    path: &str,
+    m: &indexmap::IndexMap<String, MapFieldDef>,
+    row: &Row,
+    schema_known: bool,
+) -> Option<(Vec<MapOut>, Row)> {
+    if m.is_empty() {
+        p.add(
+            &format!("{path}.map"),
+            "a map step needs at least one field",
+            "list the fields to keep or compute",
+        );
+    }
+    if !schema_known {
+        return None;
+    }
+    let mut outs = Vec::new();
+    let mut next_row = Vec::new();
+    for (name, fd) in m {
+        let fpath = format!("{path}.map.{name}");
+        let (text, ty, nullable) = match fd {
+            MapFieldDef::Expr(t) => (t.as_str(), None, false),
+            MapFieldDef::Typed(t) => (t.expr.as_str(), t.ty.as_deref(), t.nullable),
+        };
+        // A bare field name copies (or renames) a field and keeps its type.
+        if let Some(idx) = row.iter().position(|(n, _)| n == text.trim()) {
+            if ty.is_none() {
+                outs.push(MapOut::Field(idx));
+                next_row.push((name.clone(), row[idx].1.clone()));
+                continue;
+            }
+        }
+        let e = compile_expr(p, &fpath, text, row);
+        let t = declared_type(p, &fpath, ty, nullable);
+        if let (Some(e), Some(t)) = (e, t) {
+            next_row.push((name.clone(), t.clone()));
+            outs.push(MapOut::Expr(e, t));
+        }
+    }
+    Some((outs, next_row))
+}
