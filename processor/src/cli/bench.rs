@@ -268,7 +268,7 @@ struct Bids {
 
 impl Bids {
     const BASE: i64 = 1_767_225_600_000;
-    const CHUNK: u64 = 65_536;
+    const CHUNK: u64 = 8_192;
 
     fn bid_at(&mut self, seq: u64, buf: &mut Vec<u8>) {
         let t = Self::BASE + ((seq as f64 * self.step_us) / 1000.0) as i64;

@@ -302,6 +302,10 @@ impl Source for KafkaSource {
         true
     }
 
+    fn calls_back(&self) -> bool {
+        true
+    }
+
     fn seek(&mut self, _driver: &mut Driver<'_>) -> Result<(), RunError> {
         Ok(()) // per partition, when it is assigned
     }
