@@ -3,7 +3,7 @@
 //! offset (ListOffsets) and the lag between them, with the owning member when the broker
 //! describes the group (DescribeGroups; the consumer protocol's assignment is decoded).
 
-use super::telemetry::PartitionStatus;
+use super::telemetry::{LiveStatus, PartitionStatus};
 use crate::kafka_client::{self, Role};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -28,6 +28,27 @@ fn client(brokers: &str, group: &str, extra: &[(String, String)]) -> Result<Base
     kafka_client::config(brokers, Role::Tool { group }, extra)
         .create()
         .map_err(|e| format!("cannot create a Kafka client for {brokers}: {e}"))
+}
+
+/// Adds a running pipeline's own view to its group's rows: its position, watermark and
+/// owner per partition. Its position is ahead of the committed offset between checkpoints,
+/// so lag counts from what it has processed.
+pub fn merge_live(rows: &mut [PartitionStatus], live: &LiveStatus) {
+    for r in rows.iter_mut() {
+        if let Some(l) = live
+            .partitions
+            .iter()
+            .find(|l| l.topic == r.topic && l.partition == r.partition)
+        {
+            r.state_offset = l.state_offset;
+            r.watermark = l.watermark;
+            r.last_event_time = l.last_event_time;
+            r.member = l.member.clone();
+            if let (Some(end), Some(pos)) = (r.log_end, l.state_offset.or(r.committed)) {
+                r.lag = Some((end - pos).max(0));
+            }
+        }
+    }
 }
 
 /// The consumer protocol's MemberAssignment: version, [topic, [partition]], user data.

@@ -15,69 +15,40 @@
 //! same name resumes it) unless a purge is asked for. The HTTP layer is in [`api`].
 
 pub mod api;
+mod deploy;
+mod layout;
 mod shape;
+mod supervisor;
 mod types;
 
+use layout::Layout;
 pub use shape::referenced_schemas;
 use shape::{incompatibilities, valid_name};
+pub use supervisor::ServerConfig;
+use supervisor::{halt, Runner};
 pub use types::{
-    DeployRequest, DeployResponse, OffsetsReport, PipelineStatus, PipelineSummary, ReplayRequest,
+    ApiError, DeployRequest, DeployResponse, OffsetsReport, PipelineStatus, PipelineSummary,
+    ReplayRequest,
 };
 
-use crate::monitor::offsets::group_offsets;
+use crate::monitor::offsets::{group_offsets, merge_live};
 use crate::monitor::telemetry::{Live, LiveStatus, RunState, Telemetry};
 use crate::pipeline::plan::Plan;
-use crate::pipeline::{load_str, Problem};
-use crate::runtime::kafka::{redrive, run_kafka, KafkaOptions, RedriveReport};
-use crate::runtime::outputs::Connections;
+use crate::pipeline::Problem;
+use crate::runtime::kafka::{redrive, KafkaOptions, RedriveReport};
 use crate::runtime::replay::{self, ReplayFrom, ReplayPlan};
 use crate::runtime::RunError;
-use crate::schema::SchemaResolver;
 use serde_yaml::Value as Yaml;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// How the server reaches Kafka, PostgreSQL and the registry, and how it checkpoints.
-#[derive(Clone)]
-pub struct ServerConfig {
-    pub data_dir: PathBuf,
-    pub conn: Connections,
-    pub checkpoint_interval: Duration,
-    pub checkpoint_every: u64,
-    /// Join groups as static members (`group.instance.id`), see [`Server::instance_id`].
-    pub static_membership: bool,
-}
-
-/// What goes wrong in an API call; `api` maps each to an HTTP status.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("the definition has {} problem(s)", .0.len())]
-    Invalid(Vec<Problem>),
-    #[error("pipeline `{0}` is not deployed")]
-    NotFound(String),
-    #[error("the new definition of `{name}` changes its state's shape; redeploy with --reset-state (reset_state=true) to discard the state and reprocess the topic from the start")]
-    Incompatible { name: String, reasons: Vec<String> },
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl ApiError {
-    fn internal(e: impl std::fmt::Display) -> ApiError {
-        ApiError::Internal(e.to_string())
-    }
-}
-
-struct Runner {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+/// What an operation on a halted pipeline needs.
+struct Halted {
+    yaml: String,
+    was_paused: bool,
+    live: Arc<Live>,
 }
 
 struct Pipeline {
@@ -95,6 +66,7 @@ struct Pipeline {
 
 pub struct Server {
     cfg: ServerConfig,
+    layout: Layout,
     pipelines: Mutex<BTreeMap<String, Pipeline>>,
     /// Serializes deploy/pause/resume/stop/replay: each may wait for a pipeline to stop.
     ops: Mutex<()>,
@@ -107,37 +79,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Server {
     pub fn new(cfg: ServerConfig) -> Server {
         Server {
+            layout: Layout::new(&cfg.data_dir),
             cfg,
             pipelines: Mutex::new(BTreeMap::new()),
             ops: Mutex::new(()),
         }
     }
 
-    fn pipeline_dir(&self, name: &str) -> PathBuf {
-        self.cfg.data_dir.join("pipelines").join(name)
-    }
-
-    fn state_dir(&self, name: &str) -> PathBuf {
-        self.cfg.data_dir.join("state").join(name)
-    }
-
     /// A deployed pipeline's plan, compiled from its stored definition and schemas.
     fn deployed_plan(&self, name: &str, yaml: &str) -> Result<Plan, ApiError> {
-        Self::compile(yaml, &self.pipeline_dir(name).join("schemas")).map_err(|ps| {
+        deploy::compile(yaml, &self.pipeline_dir(name).join("schemas")).map_err(|ps| {
             ApiError::Internal(format!(
                 "the deployed definition of `{name}` no longer compiles ({} problem(s))",
                 ps.len()
             ))
         })
-    }
-
-    /// Compiles a definition with schemas from `schemas_dir`.
-    fn compile(yaml: &str, schemas_dir: &Path) -> Result<Plan, Vec<Problem>> {
-        let loaded = load_str(yaml, "definition", &SchemaResolver::in_dir(schemas_dir));
-        match loaded.plan {
-            Some(p) if loaded.problems.is_empty() => Ok(p),
-            _ => Err(loaded.problems),
-        }
     }
 
     fn describe(plan: &Plan, yaml: &str, live: Arc<Live>, paused: bool) -> Pipeline {
@@ -195,7 +151,7 @@ impl Server {
                 .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
                 .and_then(|v| v.get("paused").and_then(|p| p.as_bool()))
                 .unwrap_or(false);
-            let plan = match Self::compile(&yaml, &pdir.join("schemas")) {
+            let plan = match deploy::compile(&yaml, &pdir.join("schemas")) {
                 Ok(p) => p,
                 Err(problems) => {
                     for p in problems {
@@ -231,107 +187,71 @@ impl Server {
         }
     }
 
-    /// This server's identity in consumer groups, kept in the data directory: each pipeline
-    /// is a static member (`group.instance.id` = `<id>-<pipeline>`), so a restarted server
-    /// (even after SIGKILL) gets its partitions back at once instead of waiting for the
-    /// broker to expire the old member.
-    fn instance_id(&self) -> String {
-        let path = self.cfg.data_dir.join("instance-id");
-        if let Ok(id) = std::fs::read_to_string(&path) {
-            if !id.trim().is_empty() {
-                return id.trim().to_string();
-            }
-        }
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        let id = format!(
-            "weir-{:012x}",
-            (nanos ^ ((std::process::id() as u64) << 40)) & 0xffff_ffff_ffff
-        );
-        if let Err(e) = std::fs::write(&path, format!("{id}\n")) {
-            tracing::warn!(error = %e, "cannot keep the server's instance id");
-        }
-        id
+    fn pipeline_dir(&self, name: &str) -> PathBuf {
+        self.layout.pipeline_dir(name)
     }
 
-    fn options(&self, plan: &Plan, live: Arc<Live>) -> KafkaOptions {
-        KafkaOptions {
-            state_dir: self.state_dir(&plan.name),
-            conn: self.cfg.conn.clone(),
-            instance_id: self
-                .cfg
-                .static_membership
-                .then(|| format!("{}-{}", self.instance_id(), plan.name)),
-            checkpoint_every: self.cfg.checkpoint_every,
-            checkpoint_interval: self.cfg.checkpoint_interval,
-            output: None,
-            dead_letter: None,
-            kafka_config: self.cfg.conn.kafka_config.clone(),
-            stop_after: None,
-            live: Some(live),
-            sample_latency: false,
-            discard: false,
-        }
-    }
-
-    fn start(&self, plan: Plan, live: Arc<Live>) -> Runner {
-        let stop = Arc::new(AtomicBool::new(false));
-        let opts = self.options(&plan, live.clone());
-        let flag = stop.clone();
-        let name = plan.name.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("pipeline-{name}"))
-            .spawn(move || match run_kafka(plan, &opts, flag) {
-                Ok(s) => {
-                    tracing::info!(pipeline = %name, summary = %s.counters, "pipeline stopped");
-                }
-                Err(e) => live.record(Telemetry::Failed {
-                    error: &e.to_string(),
-                }),
-            });
-        let thread = match thread {
-            Ok(t) => Some(t),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the pipeline thread");
-                None
-            }
-        };
-        Runner { stop, thread }
-    }
-
-    /// Stops a pipeline's thread gracefully (last checkpoint, commit, leave the group).
-    fn halt(runner: Option<Runner>) {
-        if let Some(r) = runner {
-            r.stop.store(true, Ordering::SeqCst);
-            if let Some(t) = r.thread {
-                let _ = t.join();
-            }
-        }
+    fn state_dir(&self, name: &str) -> PathBuf {
+        self.layout.state_dir(name)
     }
 
     fn persist_control(&self, name: &str, paused: bool) -> Result<(), ApiError> {
-        let path = self.pipeline_dir(name).join("control.json");
-        std::fs::write(path, format!("{{\"paused\": {paused}}}\n")).map_err(ApiError::internal)
+        self.layout
+            .persist_control(name, paused)
+            .map_err(ApiError::internal)
+    }
+
+    fn options(&self, plan: &Plan, live: Arc<Live>) -> KafkaOptions {
+        supervisor::options(&self.cfg, &self.layout, plan, live)
+    }
+
+    fn start(&self, plan: Plan, live: Arc<Live>) -> Runner {
+        let opts = self.options(&plan, live.clone());
+        Runner::start(plan, opts, live)
+    }
+
+    /// Halts a pipeline and marks it paused: the first half of every operation on a
+    /// stopped pipeline (pause, stop, replay, re-feed). Returns what the operation needs
+    /// and whether it was paused before.
+    fn halt_pipeline(&self, name: &str) -> Result<Halted, ApiError> {
+        let (runner, halted) = {
+            let mut ps = lock(&self.pipelines);
+            let p = ps
+                .get_mut(name)
+                .ok_or_else(|| ApiError::NotFound(name.to_string()))?;
+            let halted = Halted {
+                yaml: p.yaml.clone(),
+                was_paused: p.paused,
+                live: p.live.clone(),
+            };
+            (p.runner.take(), halted)
+        };
+        halt(runner);
+        halted
+            .live
+            .record(Telemetry::StateChanged(RunState::Paused));
+        Ok(halted)
+    }
+
+    /// Halts a pipeline, runs `f` on its plan, and resumes it unless it was paused before.
+    fn with_halted<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(Plan, &Arc<Live>) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let h = self.halt_pipeline(name)?;
+        let result = self
+            .deployed_plan(name, &h.yaml)
+            .and_then(|plan| f(plan, &h.live));
+        if !h.was_paused {
+            self.resume_locked(name)?;
+        }
+        result
     }
 
     pub fn deploy(&self, req: DeployRequest) -> Result<DeployResponse, ApiError> {
         let _op = lock(&self.ops);
-        // Compile against the schemas sent along, in a staging directory.
-        let staging = self.cfg.data_dir.join("staging");
-        let _ = std::fs::remove_dir_all(&staging);
-        std::fs::create_dir_all(staging.join("schemas")).map_err(ApiError::internal)?;
-        for (file, text) in &req.schemas {
-            if file.is_empty() || file.contains(['/', '\\', '\0']) || file.starts_with('.') {
-                return Err(ApiError::BadRequest(format!(
-                    "schema file name `{file}` must be a plain file name"
-                )));
-            }
-            std::fs::write(staging.join("schemas").join(file), text).map_err(ApiError::internal)?;
-        }
-        let plan =
-            Self::compile(&req.definition, &staging.join("schemas")).map_err(ApiError::Invalid)?;
+        let (plan, staging) = deploy::stage(&self.layout, &req)?;
         let name = plan.name.clone();
         if !valid_name(&name) {
             return Err(ApiError::Invalid(vec![Problem {
@@ -392,26 +312,12 @@ impl Server {
                 None => (None, false, Arc::new(Live::new(&name))),
             }
         };
-        Self::halt(runner);
+        halt(runner);
         if reset && self.state_dir(&name).exists() {
             self.reset_state(&plan)?;
             outcome = "reset";
         }
-        let pdir = self.pipeline_dir(&name);
-        let _ = std::fs::remove_dir_all(&pdir);
-        std::fs::create_dir_all(pdir.parent().unwrap_or(Path::new(".")))
-            .map_err(ApiError::internal)?;
-        std::fs::rename(&staging, &pdir).map_err(ApiError::internal)?;
-        std::fs::write(pdir.join("definition.yaml"), &req.definition)
-            .map_err(ApiError::internal)?;
-        self.persist_control(&name, paused)?;
-        // The state remembers the definition it was built by (for compatibility after a stop).
-        std::fs::create_dir_all(self.state_dir(&name)).map_err(ApiError::internal)?;
-        std::fs::write(
-            self.state_dir(&name).join("definition.yaml"),
-            &req.definition,
-        )
-        .map_err(ApiError::internal)?;
+        deploy::install(&self.layout, &name, &staging, &req.definition, paused)?;
         let mut p = Self::describe(&plan, &req.definition, live, paused);
         if !paused {
             p.runner = Some(self.start(plan, p.live.clone()));
@@ -532,23 +438,7 @@ impl Server {
         )
         .map_err(ApiError::Internal)?;
         let mut rows = g.partitions;
-        for r in rows.iter_mut() {
-            if let Some(l) = live
-                .partitions
-                .iter()
-                .find(|l| l.topic == r.topic && l.partition == r.partition)
-            {
-                r.state_offset = l.state_offset;
-                r.watermark = l.watermark;
-                r.last_event_time = l.last_event_time;
-                r.member = l.member.clone();
-                // The pipeline's position is ahead of the committed offset between
-                // checkpoints: lag counts from what it has processed.
-                if let (Some(end), Some(pos)) = (r.log_end, l.state_offset.or(r.committed)) {
-                    r.lag = Some((end - pos).max(0));
-                }
-            }
-        }
+        merge_live(&mut rows, &live);
         Ok(OffsetsReport {
             group,
             pipeline: Some(name.to_string()),
@@ -558,16 +448,10 @@ impl Server {
 
     pub fn pause(&self, name: &str) -> Result<PipelineSummary, ApiError> {
         let _op = lock(&self.ops);
-        let (runner, live) = {
-            let mut ps = lock(&self.pipelines);
-            let p = ps
-                .get_mut(name)
-                .ok_or_else(|| ApiError::NotFound(name.to_string()))?;
+        self.halt_pipeline(name)?;
+        if let Some(p) = lock(&self.pipelines).get_mut(name) {
             p.paused = true;
-            (p.runner.take(), p.live.clone())
-        };
-        Self::halt(runner);
-        live.record(Telemetry::StateChanged(RunState::Paused));
+        }
         self.persist_control(name, true)?;
         self.summary(name)
     }
@@ -583,11 +467,7 @@ impl Server {
         let p = ps
             .get_mut(name)
             .ok_or_else(|| ApiError::NotFound(name.to_string()))?;
-        if p.runner
-            .as_ref()
-            .and_then(|r| r.thread.as_ref())
-            .is_some_and(|t| !t.is_finished())
-        {
+        if p.runner.as_ref().is_some_and(Runner::is_running) {
             return Ok(()); // already running
         }
         let plan = self.deployed_plan(name, &p.yaml)?;
@@ -607,14 +487,7 @@ impl Server {
     /// Undeploys a pipeline; its state is kept (a later deploy resumes it) unless `purge`.
     pub fn stop(&self, name: &str, purge: bool) -> Result<(), ApiError> {
         let _op = lock(&self.ops);
-        let (runner, yaml, live) = {
-            let mut ps = lock(&self.pipelines);
-            let p = ps
-                .get_mut(name)
-                .ok_or_else(|| ApiError::NotFound(name.to_string()))?;
-            (p.runner.take(), p.yaml.clone(), p.live.clone())
-        };
-        Self::halt(runner);
+        let Halted { yaml, live, .. } = self.halt_pipeline(name)?;
         if purge {
             let plan = self.deployed_plan(name, &yaml)?;
             if let Err(e) = self.rewind_group(&plan) {
@@ -644,17 +517,9 @@ impl Server {
             Some(t) => Some(replay::parse_time(t).map_err(ApiError::BadRequest)?),
             None => None,
         };
-        let (yaml, was_paused) = {
-            let ps = lock(&self.pipelines);
-            let p = ps
-                .get(name)
-                .ok_or_else(|| ApiError::NotFound(name.to_string()))?;
-            (p.yaml.clone(), p.paused)
-        };
-        let plan = self.deployed_plan(name, &yaml)?;
-        let apply = |dry_run: bool| {
+        let apply = |plan: &Plan, dry_run: bool| {
             replay::plan_replay(
-                &plan,
+                plan,
                 &self.state_dir(name),
                 &from,
                 to,
@@ -662,51 +527,33 @@ impl Server {
                 &self.cfg.conn.kafka_config,
                 dry_run,
             )
+            .map_err(replay_err)
         };
         if req.dry_run {
-            return apply(true).map_err(replay_err);
-        }
-        let (runner, live) = {
-            let mut ps = lock(&self.pipelines);
-            let p = ps
-                .get_mut(name)
+            let yaml = lock(&self.pipelines)
+                .get(name)
+                .map(|p| p.yaml.clone())
                 .ok_or_else(|| ApiError::NotFound(name.to_string()))?;
-            (p.runner.take(), p.live.clone())
-        };
-        Self::halt(runner);
-        live.record(Telemetry::StateChanged(RunState::Paused));
-        let result = apply(false);
-        live.reset_positions();
-        self.seed_from_state(&plan, &live);
-        if !was_paused {
-            self.resume_locked(name)?;
+            return apply(&self.deployed_plan(name, &yaml)?, true);
         }
-        result.map_err(replay_err)
+        self.with_halted(name, |plan, live| {
+            let result = apply(&plan, false);
+            live.reset_positions();
+            self.seed_from_state(&plan, live);
+            result
+        })
     }
 
     /// Pauses the pipeline, re-feeds its dead letters, and resumes it.
     pub fn replay_dead_letters(&self, name: &str) -> Result<RedriveReport, ApiError> {
         let _op = lock(&self.ops);
-        let (yaml, was_paused, runner, live) = {
-            let mut ps = lock(&self.pipelines);
-            let p = ps
-                .get_mut(name)
-                .ok_or_else(|| ApiError::NotFound(name.to_string()))?;
-            (p.yaml.clone(), p.paused, p.runner.take(), p.live.clone())
-        };
-        Self::halt(runner);
-        live.record(Telemetry::StateChanged(RunState::Paused));
-        let result = self.deployed_plan(name, &yaml).and_then(|plan| {
+        self.with_halted(name, |plan, live| {
             let opts = self.options(&plan, live.clone());
             redrive(plan, &opts).map_err(|e| match e {
                 RunError::Usage(m) => ApiError::BadRequest(m),
                 other => replay_err(other),
             })
-        });
-        if !was_paused {
-            self.resume_locked(name)?;
-        }
-        result
+        })
     }
 
     /// Stops every pipeline gracefully (server shutdown); their deployments persist.
@@ -716,13 +563,12 @@ impl Server {
             .values_mut()
             .filter_map(|p| p.runner.take())
             .collect();
+        // Signal every pipeline first, so they stop in parallel.
         for r in &runners {
-            r.stop.store(true, Ordering::SeqCst);
+            r.signal();
         }
         for r in runners {
-            if let Some(t) = r.thread {
-                let _ = t.join();
-            }
+            r.halt();
         }
     }
 }

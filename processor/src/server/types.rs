@@ -1,6 +1,7 @@
 //! The API's request and response bodies (described in `openapi.json`).
 
 use crate::monitor::telemetry::{LiveStatus, PartitionStatus, RunState};
+use crate::pipeline::Problem;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -70,4 +71,27 @@ pub struct ReplayRequest {
     pub to: Option<String>,
     #[serde(default)]
     pub dry_run: bool,
+}
+
+/// What goes wrong in an API call; `api` maps each to an HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the definition has {} problem(s)", .0.len())]
+    Invalid(Vec<Problem>),
+    #[error("pipeline `{0}` is not deployed")]
+    NotFound(String),
+    #[error("the new definition of `{name}` changes its state's shape; redeploy with --reset-state (reset_state=true) to discard the state and reprocess the topic from the start")]
+    Incompatible { name: String, reasons: Vec<String> },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn internal(e: impl std::fmt::Display) -> ApiError {
+        ApiError::Internal(e.to_string())
+    }
 }
