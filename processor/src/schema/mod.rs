@@ -6,7 +6,10 @@
 //! [`codec::Decoder`] (bytes -> validated Avro record, with writer-to-reader resolution set
 //! up once per writer schema).
 
+mod binary;
+mod bounds;
 pub mod codec;
+mod flat;
 pub mod json;
 pub mod registry;
 
