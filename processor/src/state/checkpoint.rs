@@ -13,7 +13,8 @@
 //! [`save`] writes the window changes, the record and the guard in **one** `WriteBatch`:
 //! after a crash the store holds state exactly as of the positions stored with it.
 
-use super::windows::{ReplayFilter, WindowMeta, WindowState};
+use super::meta::{ReplayFilter, WindowMeta};
+use super::windows::WindowState;
 use super::{StateError, Store};
 use crate::monitor::Counters;
 use crate::operators::watermark::Watermarks;

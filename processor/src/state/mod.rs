@@ -14,6 +14,7 @@
 //!   ([`checkpoint`], which reads and writes them)
 
 pub mod checkpoint;
+pub mod meta;
 pub mod windows;
 
 use crate::pipeline::StateDef;

@@ -7,13 +7,14 @@
 //! Sessions of a key are kept in memory (they are few per key) and checkpointed per key.
 //! Results are emitted in a deterministic order: by close time, window, then group key.
 
+use super::meta::Session;
+pub use super::meta::{discard_sessions, ReplayFilter, WindowMeta};
 use super::{session_key, window_key, window_prefix, StateError, Store, WindowId};
 use crate::operators::aggregate::WindowAcc;
 use crate::operators::{window, Row, Scalar};
 use crate::pipeline::plan::{EmitPlan, Plan, WindowAssigner};
 use rocksdb::WriteBatch;
 use rustc_hash::{FxHashMap, FxHashSet};
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A derived result, ready for the sinks.
@@ -44,81 +45,6 @@ struct Slot {
     persisted: bool,
     /// Entries were evicted from the cache: misses must look in RocksDB.
     spilled: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Session {
-    start: i64,
-    end: i64,
-    acc: WindowAcc,
-}
-
-/// What the state must remember beyond RocksDB entries; stored in the checkpoint record.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct WindowMeta {
-    open: Vec<(WindowId, bool)>,
-    pending: Vec<(WindowId, Vec<u8>)>,
-    pending_sessions: Vec<(u32, Vec<u8>)>,
-    last_update_wm: i64,
-}
-
-/// While a replay is reprocessing records the state already counted
-/// ([`crate::runtime::replay`]): such a record only counts in windows starting in
-/// `[floor, ceil)` (those the replay discarded), and windows starting before `floor` are
-/// closed as they were before the rewind (`old_watermark`).
-#[derive(Debug, Clone, Copy)]
-pub struct ReplayFilter {
-    pub floor: i64,
-    pub ceil: i64,
-    pub old_watermark: i64,
-    /// The current record was processed before the rewind.
-    pub replayed: bool,
-}
-
-impl WindowMeta {
-    /// Forgets the open windows starting in `[floor, ceil)`; returns them, so that their
-    /// entries can be deleted from RocksDB.
-    pub fn discard(&mut self, floor: i64, ceil: i64) -> Vec<WindowId> {
-        let hit = |id: &WindowId| id.start >= floor && id.start < ceil;
-        let gone: Vec<WindowId> = self
-            .open
-            .iter()
-            .filter(|(id, _)| hit(id))
-            .map(|(id, _)| *id)
-            .collect();
-        self.open.retain(|(id, _)| !hit(id));
-        self.pending.retain(|(id, _)| !hit(id));
-        gone
-    }
-}
-
-/// Removes the sessions starting in `[floor, ceil)` from the store (into `batch`); returns
-/// how many.
-pub fn discard_sessions(
-    store: &Store,
-    batch: &mut WriteBatch,
-    floor: i64,
-    ceil: i64,
-) -> Result<usize, StateError> {
-    let mut n = 0;
-    for (k, v) in store.scan(b"s")? {
-        let list: Vec<Session> =
-            bincode::deserialize(&v).map_err(|e| StateError::Corrupt(e.to_string()))?;
-        let before = list.len();
-        let kept: Vec<Session> = list
-            .into_iter()
-            .filter(|s| !(s.start >= floor && s.start < ceil))
-            .collect();
-        n += before - kept.len();
-        if kept.is_empty() {
-            batch.delete(&k);
-        } else if kept.len() != before {
-            let bytes =
-                bincode::serialize(&kept).map_err(|e| StateError::Corrupt(e.to_string()))?;
-            batch.put(&k, bytes);
-        }
-    }
-    Ok(n)
 }
 
 pub enum Added {
