@@ -1,9 +1,12 @@
 //! The commands that talk to `weir serve`: deploy, pipelines, status, pause, resume, stop,
 //! replay, replay-dlq.
 
+use crate::monitor::telemetry::PartitionStatus;
 use crate::schema::json::fmt_ms;
 use crate::schema::SchemaResolver;
-use crate::server::{referenced_schemas, DeployRequest, ReplayRequest};
+use crate::server::{
+    referenced_schemas, DeployRequest, PipelineStatus, PipelineSummary, ReplayRequest,
+};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use serde_json::Value;
@@ -165,6 +168,16 @@ pub fn time(v: &Value) -> String {
     v.as_i64().map(fmt_ms).unwrap_or_else(|| "-".into())
 }
 
+/// A value the server may not have: `-` when it has none.
+pub fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+/// A time the server may not have (ms since the epoch), as RFC 3339.
+pub fn opt_time(ms: Option<i64>) -> String {
+    ms.map(fmt_ms).unwrap_or_else(|| "-".into())
+}
+
 fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
@@ -289,21 +302,20 @@ pub fn pipelines(a: PipelinesArgs) -> anyhow::Result<ExitCode> {
         print_json(&v);
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    let list: Vec<PipelineSummary> =
+        serde_json::from_value(v).context("the server's pipeline list")?;
+    let rows: Vec<Vec<String>> = list
         .iter()
         .map(|p| {
             vec![
-                num(&p["name"]),
-                num(&p["state"]),
-                num(&p["events_in"]),
-                num(&p["results_out"]),
-                num(&p["dead_letters"]),
-                num(&p["lag"]),
-                format!("{:.0}", p["events_per_second"].as_f64().unwrap_or(0.0)),
-                time(&p["watermark"]),
+                p.name.clone(),
+                p.state.as_str().to_string(),
+                p.events_in.to_string(),
+                p.results_out.to_string(),
+                p.dead_letters.to_string(),
+                opt(p.lag),
+                format!("{:.0}", p.events_per_second),
+                opt_time(p.watermark),
             ]
         })
         .collect();
@@ -337,65 +349,58 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         print_json(&v);
         return Ok(ExitCode::SUCCESS);
     }
-    let c = &v["counters"];
-    println!("pipeline:        {}", num(&v["name"]));
-    println!("state:           {}", num(&v["state"]));
-    if let Some(e) = v["error"].as_str() {
+    let s: PipelineStatus = serde_json::from_value(v).context("the server's pipeline status")?;
+    let (live, c) = (&s.live, &s.live.counters);
+    println!("pipeline:        {}", s.name);
+    println!("state:           {}", live.state.as_str());
+    if let Some(e) = &live.error {
         println!("error:           {e}");
     }
-    println!("group:           {}", num(&v["group"]));
-    let list = |k: &str| {
-        v[k].as_array()
-            .map(|a| a.iter().map(num).collect::<Vec<_>>().join(", "))
-            .unwrap_or_default()
-    };
-    println!("topics:          {}", list("topics"));
-    println!("sinks:           {}", list("sinks"));
-    println!("dead letter:     {}", num(&v["dead_letter"]));
-    println!("member:          {}", num(&v["member_id"]));
-    println!("watermark:       {}", time(&v["watermark"]));
+    println!("group:           {}", s.group);
+    println!("topics:          {}", s.topics.join(", "));
+    println!("sinks:           {}", s.sinks.join(", "));
+    println!("dead letter:     {}", opt(s.dead_letter.as_ref()));
+    println!("member:          {}", opt(live.member_id.as_ref()));
+    println!("watermark:       {}", opt_time(live.watermark));
     println!(
         "last checkpoint: {} ({} checkpoints, last took {:.3} s)",
-        time(&v["last_checkpoint"]),
-        num(&v["checkpoints"]),
-        v["checkpoint_seconds_last"].as_f64().unwrap_or(0.0)
+        opt_time(live.last_checkpoint),
+        live.checkpoints,
+        live.checkpoint_seconds_last
     );
-    println!("state size:      {} bytes", num(&v["state_bytes"]));
+    println!("state size:      {} bytes", live.state_bytes);
     println!(
         "events:          {} in, {} out, {:.0}/s; dead letters: decode {}, schema {}, expression {}, late {}; filtered {}",
-        num(&c["events_in"]),
-        num(&c["results_out"]),
-        v["events_per_second"].as_f64().unwrap_or(0.0),
-        num(&c["dead_decode"]),
-        num(&c["dead_schema"]),
-        num(&c["dead_expression"]),
-        num(&c["dead_late"]),
-        num(&c["filtered"])
+        c.events_in,
+        c.results_out,
+        live.events_per_second,
+        c.dead_decode,
+        c.dead_schema,
+        c.dead_expression,
+        c.dead_late,
+        c.filtered
     );
     println!();
-    partition_table(&v["partitions"], false);
+    partition_table(&live.partitions, false);
     Ok(ExitCode::SUCCESS)
 }
 
 /// Prints per-partition rows (from a status or an offsets report).
-pub fn partition_table(parts: &Value, with_committed: bool) {
+pub fn partition_table(parts: &[PartitionStatus], with_committed: bool) {
     let rows: Vec<Vec<String>> = parts
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
         .iter()
         .map(|p| {
-            let mut r = vec![num(&p["topic"]), num(&p["partition"])];
+            let mut r = vec![p.topic.clone(), p.partition.to_string()];
             if with_committed {
-                r.push(num(&p["committed"]));
+                r.push(opt(p.committed));
             }
             r.extend([
-                num(&p["state_offset"]),
-                num(&p["log_end"]),
-                num(&p["lag"]),
-                time(&p["watermark"]),
-                time(&p["last_event_time"]),
-                num(&p["member"]),
+                opt(p.state_offset),
+                opt(p.log_end),
+                opt(p.lag),
+                opt_time(p.watermark),
+                opt_time(p.last_event_time),
+                opt(p.member.as_ref()),
             ]);
             r
         })

@@ -1,5 +1,6 @@
 use super::client::{partition_table, Client, OutputFormat, ServerArgs};
 use crate::monitor::offsets::group_offsets;
+use crate::monitor::telemetry::PartitionStatus;
 use crate::runtime::outputs::Connections;
 use anyhow::bail;
 use clap::Args;
@@ -94,7 +95,10 @@ fn show(a: &OffsetsArgs, v: &Value) {
         .map(|s| format!(" ({s})"))
         .unwrap_or_default();
     println!("{title}{state}: total lag {total}");
-    partition_table(&v["partitions"], true);
+    match serde_json::from_value::<Vec<PartitionStatus>>(v["partitions"].clone()) {
+        Ok(parts) => partition_table(&parts, true),
+        Err(e) => eprintln!("weir: the partitions in the report do not read: {e}"),
+    }
 }
 
 pub fn run(a: OffsetsArgs) -> anyhow::Result<ExitCode> {
