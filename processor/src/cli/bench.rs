@@ -6,7 +6,7 @@
 use crate::monitor::peak_rss_bytes;
 use crate::monitor::telemetry::Live;
 use crate::pipeline::load_file;
-use crate::runtime::driver::{drive, lock, Cadence, Driver, DriverOptions, Polled, Source};
+use crate::runtime::driver::{drive_to_end, lock, Cadence, Driver, DriverOptions, Polled, Source};
 use crate::runtime::outputs::Connections;
 use crate::runtime::RunError;
 use crate::source::{Payload, SourceRecord};
@@ -181,13 +181,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let driver = Mutex::new(driver);
     let started = Instant::now();
-    let mut s = drive(
-        &driver,
-        &mut source,
-        &cadence,
-        &AtomicBool::new(false),
-        &mut false,
-    )?;
+    let mut s = drive_to_end(&driver, &mut source, &cadence)?;
     // The generator's time is not the pipeline's.
     let busy = started.elapsed().saturating_sub(source.generating);
     let d = lock(&driver);

@@ -452,6 +452,16 @@ pub fn drive(
     r
 }
 
+/// [`drive`] for a source that ends by itself (a file, the re-feed, the benchmark): no stop
+/// flag, no backoff to reset.
+pub fn drive_to_end(
+    driver: &Mutex<Driver<'_>>,
+    source: &mut dyn Source,
+    cadence: &Cadence,
+) -> Result<Summary, RunError> {
+    drive(driver, source, cadence, &AtomicBool::new(false), &mut false)
+}
+
 fn drive_inner(
     driver: &Mutex<Driver<'_>>,
     source: &mut dyn Source,

@@ -2,7 +2,7 @@
 //! with no broker. The input is bounded, so its end closes every window; its position is
 //! the number of records consumed, and a resume skips that many.
 
-use super::driver::{drive, Cadence, Driver, DriverOptions, Polled, Source};
+use super::driver::{drive_to_end, Cadence, Driver, DriverOptions, Polled, Source};
 use super::outputs::Connections;
 use super::{RunError, Summary};
 use crate::monitor::telemetry::Live;
@@ -10,7 +10,6 @@ use crate::pipeline::plan::Plan;
 use crate::source::file::{FileSource, InputFormat};
 use crate::state::checkpoint::Checkpoint;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -119,11 +118,5 @@ pub fn run_file_reporting(
         interval: None,
         stop_after: None,
     };
-    drive(
-        &Mutex::new(driver),
-        &mut source,
-        &cadence,
-        &AtomicBool::new(false),
-        &mut false,
-    )
+    drive_to_end(&Mutex::new(driver), &mut source, &cadence)
 }

@@ -6,7 +6,7 @@ use crate::kafka_client::{self, Role};
 use crate::monitor::telemetry::Live;
 use crate::pipeline::plan::Plan;
 use crate::pipeline::SinkKind;
-use crate::runtime::driver::{drive, lock, Cadence, Driver, Polled, Source};
+use crate::runtime::driver::{drive_to_end, lock, Cadence, Driver, Polled, Source};
 use crate::runtime::RunError;
 use crate::source::{Payload, SourceRecord};
 use crate::state::checkpoint::Checkpoint;
@@ -14,7 +14,6 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -144,13 +143,7 @@ pub fn redrive(plan: Plan, opts: &KafkaOptions) -> Result<RedriveReport, RunErro
             interval: None,
             stop_after: None,
         };
-        drive(
-            &driver,
-            &mut source,
-            &cadence,
-            &AtomicBool::new(false),
-            &mut false,
-        )?;
+        drive_to_end(&driver, &mut source, &cadence)?;
         if let Some(e) = source.commit_failed.take() {
             return Err(RunError::kafka("cannot commit the re-feed's offsets")(e));
         }
