@@ -463,7 +463,6 @@ fn bench_kafka(a: &BenchArgs, brokers: &str) -> anyhow::Result<ExitCode> {
         stop_after: Some(a.events),
         live: None,
         sample_latency: true,
-        discard: false,
     };
     let mut s = run_kafka(plan, &opts, Arc::new(AtomicBool::new(false)))?;
     let weir_secs = s.active.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN);

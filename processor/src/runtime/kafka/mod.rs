@@ -58,8 +58,6 @@ pub struct KafkaOptions {
     pub live: Option<Arc<Live>>,
     /// Time every 16th record and every checkpoint (the benchmark).
     pub sample_latency: bool,
-    /// Replace the sinks with one that keeps nothing (the benchmark).
-    pub discard: bool,
 }
 
 /// Step 3: commit the checkpoint's offsets of the partitions this member owns. A failed
@@ -275,7 +273,7 @@ fn open_driver(
             state_dir: &opts.state_dir,
             conn: &opts.conn,
             output: opts.output.as_deref(),
-            discard: opts.discard,
+            discard: false,
             dead_letter: opts.dead_letter.as_deref(),
             default_dead_letter: opts
                 .state_dir
