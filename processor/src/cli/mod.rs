@@ -2,10 +2,16 @@
 
 pub mod bench;
 pub mod client;
+pub mod control;
+pub mod deploy;
 pub mod offsets;
+pub mod pipelines;
 pub mod produce;
+pub mod replay;
+pub mod replay_dlq;
 pub mod run;
 pub mod serve;
+pub mod status;
 pub mod validate;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -36,17 +42,17 @@ enum Command {
     Bench(bench::BenchArgs),
     Produce(produce::ProduceArgs),
     Serve(serve::ServeArgs),
-    Deploy(client::DeployArgs),
-    Pipelines(client::PipelinesArgs),
-    Status(client::StatusArgs),
+    Deploy(deploy::DeployArgs),
+    Pipelines(pipelines::PipelinesArgs),
+    Status(status::StatusArgs),
     /// Pause a pipeline on `weir serve` (last checkpoint, leave the group; state kept).
-    Pause(client::ControlArgs),
+    Pause(control::ControlArgs),
     /// Resume a paused pipeline on `weir serve`.
-    Resume(client::ControlArgs),
+    Resume(control::ControlArgs),
     /// Stop and undeploy a pipeline on `weir serve`; its state is kept unless --purge.
-    Stop(client::ControlArgs),
-    Replay(client::ReplayArgs),
-    ReplayDlq(client::ReplayDlqArgs),
+    Stop(control::ControlArgs),
+    Replay(replay::ReplayArgs),
+    ReplayDlq(replay_dlq::ReplayDlqArgs),
     Offsets(offsets::OffsetsArgs),
 }
 
@@ -96,14 +102,14 @@ pub fn main() -> ExitCode {
         Command::Bench(a) => bench::run(a),
         Command::Produce(a) => produce::run(a),
         Command::Serve(a) => serve::run(a),
-        Command::Deploy(a) => client::deploy(a),
-        Command::Pipelines(a) => client::pipelines(a),
-        Command::Status(a) => client::status(a),
-        Command::Pause(a) => client::control("pause", a),
-        Command::Resume(a) => client::control("resume", a),
-        Command::Stop(a) => client::control("stop", a),
-        Command::Replay(a) => client::replay(a),
-        Command::ReplayDlq(a) => client::replay_dlq(a),
+        Command::Deploy(a) => deploy::run(a),
+        Command::Pipelines(a) => pipelines::run(a),
+        Command::Status(a) => status::run(a),
+        Command::Pause(a) => control::run(control::Verb::Pause, a),
+        Command::Resume(a) => control::run(control::Verb::Resume, a),
+        Command::Stop(a) => control::run(control::Verb::Stop, a),
+        Command::Replay(a) => replay::run(a),
+        Command::ReplayDlq(a) => replay_dlq::run(a),
         Command::Offsets(a) => offsets::run(a),
     };
     match result {

@@ -1,10 +1,10 @@
-use super::client::{partition_table, Client, OutputFormat, ServerArgs};
+use super::client::{Client, ServerArgs};
+use super::status::partition_table;
 use crate::monitor::offsets::group_offsets;
-use crate::monitor::telemetry::PartitionStatus;
 use crate::runtime::outputs::Connections;
+use crate::server::OffsetsReport;
 use anyhow::bail;
 use clap::Args;
-use serde_json::{json, Value};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -44,9 +44,11 @@ pub struct OffsetsArgs {
     server: ServerArgs,
 }
 
-fn once(a: &OffsetsArgs) -> anyhow::Result<Value> {
+fn once(a: &OffsetsArgs) -> anyhow::Result<OffsetsReport> {
     if let Some(p) = &a.pipeline {
-        return Client::new(&a.server).ok("GET", &format!("/api/pipelines/{p}/offsets"), None);
+        return Client::new(&a.server)
+            .ok("GET", &format!("/api/pipelines/{p}/offsets"), None)?
+            .decode("offsets report");
     }
     let Some(group) = &a.group else {
         bail!("give --pipeline NAME or --group GROUP");
@@ -64,41 +66,37 @@ fn once(a: &OffsetsArgs) -> anyhow::Result<Value> {
         Duration::from_secs(10),
     )
     .map_err(anyhow::Error::msg)?;
-    Ok(json!({
-        "group": g.group,
-        "state": g.state,
-        "pipeline": null,
-        "partitions": g.partitions,
-    }))
+    Ok(OffsetsReport {
+        group: g.group,
+        state: g.state,
+        pipeline: None,
+        partitions: g.partitions,
+    })
 }
 
-fn show(a: &OffsetsArgs, v: &Value) {
-    if a.server.output == OutputFormat::Json {
+fn show(a: &OffsetsArgs, r: &OffsetsReport) {
+    if a.server.json() {
         // One JSON document per line under --watch, so it can be piped.
-        if a.watch {
-            println!("{v}");
+        let text = if a.watch {
+            serde_json::to_string(r)
         } else {
-            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-        }
+            serde_json::to_string_pretty(r)
+        };
+        println!("{}", text.unwrap_or_default());
         return;
     }
-    let total: i64 = v["partitions"]
-        .as_array()
-        .map(|ps| ps.iter().filter_map(|p| p["lag"].as_i64()).sum())
-        .unwrap_or(0);
-    let title = match v["pipeline"].as_str() {
-        Some(p) => format!("pipeline {p}, group {}", v["group"].as_str().unwrap_or("?")),
-        None => format!("group {}", v["group"].as_str().unwrap_or("?")),
+    let total: i64 = r.partitions.iter().filter_map(|p| p.lag).sum();
+    let title = match &r.pipeline {
+        Some(p) => format!("pipeline {p}, group {}", r.group),
+        None => format!("group {}", r.group),
     };
-    let state = v["state"]
-        .as_str()
+    let state = r
+        .state
+        .as_ref()
         .map(|s| format!(" ({s})"))
         .unwrap_or_default();
     println!("{title}{state}: total lag {total}");
-    match serde_json::from_value::<Vec<PartitionStatus>>(v["partitions"].clone()) {
-        Ok(parts) => partition_table(&parts, true),
-        Err(e) => eprintln!("weir: the partitions in the report do not read: {e}"),
-    }
+    partition_table(&r.partitions, true);
 }
 
 pub fn run(a: OffsetsArgs) -> anyhow::Result<ExitCode> {
@@ -114,13 +112,11 @@ pub fn run(a: OffsetsArgs) -> anyhow::Result<ExitCode> {
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         match once(&a) {
             Ok(v) => {
-                if a.server.output == OutputFormat::Table
-                    && std::io::IsTerminal::is_terminal(&std::io::stdout())
-                {
+                if !a.server.json() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
                     print!("\x1b[2J\x1b[H");
                 }
                 show(&a, &v);
-                if a.server.output == OutputFormat::Table {
+                if !a.server.json() {
                     println!();
                 }
             }

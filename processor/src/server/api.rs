@@ -5,7 +5,7 @@
 //! Mutating routes (POST, DELETE) need `Authorization: Bearer <token>` when the server was
 //! given a token; a server bound beyond loopback refuses to start without one.
 
-use super::{ApiError, DeployRequest, ReplayRequest, Server};
+use super::{ApiError, DeployRequest, ErrorBody, ReplayRequest, Server, StopResponse};
 use crate::monitor::prometheus;
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -47,20 +47,38 @@ struct AppState {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let msg = self.to_string();
+        let error = self.to_string();
+        let plain = |status| {
+            (
+                status,
+                ErrorBody {
+                    error: error.clone(),
+                    problems: Vec::new(),
+                    reasons: Vec::new(),
+                },
+            )
+        };
         let (status, body) = match self {
             ApiError::Invalid(problems) => (
                 StatusCode::BAD_REQUEST,
-                json!({"error": msg, "problems": problems}),
+                ErrorBody {
+                    error,
+                    problems,
+                    reasons: Vec::new(),
+                },
             ),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, json!({ "error": msg })),
+            ApiError::NotFound(_) => plain(StatusCode::NOT_FOUND),
             ApiError::Incompatible { reasons, .. } => (
                 StatusCode::CONFLICT,
-                json!({"error": msg, "reasons": reasons}),
+                ErrorBody {
+                    error,
+                    problems: Vec::new(),
+                    reasons,
+                },
             ),
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, json!({ "error": msg })),
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, json!({ "error": msg })),
-            ApiError::Internal(_) => (StatusCode::BAD_GATEWAY, json!({ "error": msg })),
+            ApiError::BadRequest(_) => plain(StatusCode::BAD_REQUEST),
+            ApiError::Conflict(_) => plain(StatusCode::CONFLICT),
+            ApiError::Internal(_) => plain(StatusCode::BAD_GATEWAY),
         };
         (status, Json(body)).into_response()
     }
@@ -160,7 +178,7 @@ pub fn router(server: Arc<Server>, token: Option<String>) -> Router {
                     let s = st.server.clone();
                     blocking(move || s.stop(&name, q.purge).map(|_| name))
                         .await
-                        .map(|name| Json(json!({"name": name, "stopped": true, "purged": q.purge})))
+                        .map(|name| Json(StopResponse { name, stopped: true, purged: q.purge }))
                 },
             ),
         )

@@ -27,16 +27,19 @@ use shape::{incompatibilities, valid_name};
 pub use supervisor::ServerConfig;
 use supervisor::{halt, Runner};
 pub use types::{
-    ApiError, DeployRequest, DeployResponse, OffsetsReport, PipelineStatus, PipelineSummary,
-    ReplayRequest,
+    ApiError, DeployRequest, DeployResponse, ErrorBody, OffsetsReport, PipelineStatus,
+    PipelineSummary, ReplayRequest, StopResponse,
 };
+// What the operations answer, for the CLI to read.
+pub use crate::runtime::kafka::RedriveReport;
+pub use crate::runtime::replay::ReplayPlan;
 
 use crate::monitor::offsets::{group_offsets, merge_live};
 use crate::monitor::telemetry::{Live, LiveStatus, RunState, Telemetry};
 use crate::pipeline::plan::Plan;
 use crate::pipeline::Problem;
-use crate::runtime::kafka::{redrive, KafkaOptions, RedriveReport};
-use crate::runtime::replay::{self, ReplayFrom, ReplayPlan};
+use crate::runtime::kafka::{redrive, KafkaOptions};
+use crate::runtime::replay::{self, ReplayFrom};
 use crate::runtime::RunError;
 use serde_yaml::Value as Yaml;
 use std::collections::BTreeMap;
@@ -441,6 +444,7 @@ impl Server {
         merge_live(&mut rows, &live);
         Ok(OffsetsReport {
             group,
+            state: None,
             pipeline: Some(name.to_string()),
             partitions: rows,
         })

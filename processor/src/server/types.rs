@@ -57,6 +57,9 @@ pub struct PipelineStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OffsetsReport {
     pub group: String,
+    /// The group's state as the coordinator tells it (`weir offsets --group` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
     pub pipeline: Option<String>,
     pub partitions: Vec<PartitionStatus>,
 }
@@ -71,6 +74,25 @@ pub struct ReplayRequest {
     pub to: Option<String>,
     #[serde(default)]
     pub dry_run: bool,
+}
+
+/// `DELETE /api/pipelines/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StopResponse {
+    pub name: String,
+    pub stopped: bool,
+    pub purged: bool,
+}
+
+/// The body of every error answer: the message, and for an invalid definition its
+/// problems, for a refused redeploy the reasons.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<Problem>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
 }
 
 /// What goes wrong in an API call; `api` maps each to an HTTP status.

@@ -1,0 +1,93 @@
+//! `weir status`: one pipeline of `weir serve`, and the per-partition table that
+//! `weir offsets` prints too.
+
+use super::client::{opt, opt_time, print_table, Client, ServerArgs};
+use crate::monitor::telemetry::PartitionStatus;
+use crate::server::PipelineStatus;
+use clap::Args;
+use std::process::ExitCode;
+
+/// One pipeline's status on `weir serve`.
+#[derive(Args)]
+pub struct StatusArgs {
+    name: String,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
+    let answer = Client::new(&a.server).ok("GET", &format!("/api/pipelines/{}", a.name), None)?;
+    if a.server.json() {
+        answer.print_json();
+        return Ok(ExitCode::SUCCESS);
+    }
+    let s: PipelineStatus = answer.decode("pipeline status")?;
+    let (live, c) = (&s.live, &s.live.counters);
+    println!("pipeline:        {}", s.name);
+    println!("state:           {}", live.state.as_str());
+    if let Some(e) = &live.error {
+        println!("error:           {e}");
+    }
+    println!("group:           {}", s.group);
+    println!("topics:          {}", s.topics.join(", "));
+    println!("sinks:           {}", s.sinks.join(", "));
+    println!("dead letter:     {}", opt(s.dead_letter.as_ref()));
+    println!("member:          {}", opt(live.member_id.as_ref()));
+    println!("watermark:       {}", opt_time(live.watermark));
+    println!(
+        "last checkpoint: {} ({} checkpoints, last took {:.3} s)",
+        opt_time(live.last_checkpoint),
+        live.checkpoints,
+        live.checkpoint_seconds_last
+    );
+    println!("state size:      {} bytes", live.state_bytes);
+    println!(
+        "events:          {} in, {} out, {:.0}/s; dead letters: decode {}, schema {}, expression {}, late {}; filtered {}",
+        c.events_in,
+        c.results_out,
+        live.events_per_second,
+        c.dead_decode,
+        c.dead_schema,
+        c.dead_expression,
+        c.dead_late,
+        c.filtered
+    );
+    println!();
+    partition_table(&live.partitions, false);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints per-partition rows (from a status or an offsets report).
+pub fn partition_table(parts: &[PartitionStatus], with_committed: bool) {
+    let rows: Vec<Vec<String>> = parts
+        .iter()
+        .map(|p| {
+            let mut r = vec![p.topic.clone(), p.partition.to_string()];
+            if with_committed {
+                r.push(opt(p.committed));
+            }
+            r.extend([
+                opt(p.state_offset),
+                opt(p.log_end),
+                opt(p.lag),
+                opt_time(p.watermark),
+                opt_time(p.last_event_time),
+                opt(p.member.as_ref()),
+            ]);
+            r
+        })
+        .collect();
+    let mut h = vec!["TOPIC", "PARTITION"];
+    if with_committed {
+        h.push("COMMITTED");
+    }
+    h.extend([
+        "STATE",
+        "LOG-END",
+        "LAG",
+        "WATERMARK",
+        "LAST-EVENT",
+        "MEMBER",
+    ]);
+    print_table(&h, &rows);
+}
