@@ -53,8 +53,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// What one call of [`Source::next`] gave.
-pub enum Polled {
-    Record(SourceRecord),
+pub enum Polled<'a> {
+    /// A record, lent by the source until its next call (no record is moved or copied on
+    /// its way to the engine).
+    Record(&'a SourceRecord),
     /// Nothing within the timeout (an unbounded source).
     Idle,
     /// The source has nothing more for this run; open windows stay open (the re-feed).
@@ -78,13 +80,9 @@ pub trait Source {
     /// Before the first record: place the source where the restored checkpoint left off.
     fn seek(&mut self, driver: &mut Driver<'_>) -> Result<(), RunError>;
     /// The next record, waiting at most `timeout`.
-    fn next(&mut self, timeout: Duration) -> Result<Polled, RunError>;
+    fn next(&mut self, timeout: Duration) -> Result<Polled<'_>, RunError>;
     /// Step 3, after the state is written. `last`: the run's final checkpoint.
     fn after_checkpoint(&mut self, cp: &Checkpoint, last: bool);
-    /// A processed record, handed back: a source may reuse its buffers (the benchmark's
-    /// generator does; freeing a record as soon as it is processed made the allocator
-    /// return and re-fault pages, 20% of the time of `weir bench`).
-    fn recycle(&mut self, _rec: SourceRecord) {}
 }
 
 /// When checkpoints are due, and when a run stops by itself.
@@ -495,11 +493,10 @@ fn drive_inner(
             Polled::Record(rec) => {
                 let timed =
                     (d.latencies.is_some() && d.processed_here % 16 == 0).then(Instant::now);
-                d.handle(&rec, positioned)?;
+                d.handle(rec, positioned)?;
                 if let (Some(t), Some(l)) = (timed, d.latencies.as_mut()) {
                     l.push(t.elapsed().as_nanos().min(u32::MAX as u128) as u32);
                 }
-                source.recycle(rec);
             }
             Polled::Idle => {}
             Polled::Stop => break,

@@ -8,6 +8,7 @@ use super::{RunError, Summary};
 use crate::monitor::telemetry::Live;
 use crate::pipeline::plan::Plan;
 use crate::source::file::{FileSource, InputFormat};
+use crate::source::SourceRecord;
 use crate::state::checkpoint::Checkpoint;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -30,6 +31,8 @@ pub struct RunOptions {
 struct FileInput {
     file: FileSource,
     opts: (PathBuf, InputFormat, String),
+    /// The record lent to the driver.
+    current: Option<SourceRecord>,
 }
 
 impl Source for FileInput {
@@ -52,9 +55,9 @@ impl Source for FileInput {
         Ok(())
     }
 
-    fn next(&mut self, _timeout: Duration) -> Result<Polled, RunError> {
+    fn next(&mut self, _timeout: Duration) -> Result<Polled<'_>, RunError> {
         Ok(match self.file.next().transpose()? {
-            Some(rec) => Polled::Record(rec),
+            Some(rec) => Polled::Record(self.current.insert(rec)),
             None => Polled::End,
         })
     }
@@ -110,6 +113,7 @@ pub fn run_file_reporting(
         },
     )?;
     let mut source = FileInput {
+        current: None,
         file,
         opts: (opts.input.clone(), opts.input_format, topic),
     };

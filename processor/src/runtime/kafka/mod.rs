@@ -28,6 +28,7 @@ use crate::faults::{reached, Point};
 use crate::monitor::telemetry::{Live, RunState, Telemetry};
 use crate::pipeline::plan::Plan;
 use crate::source::kafka::{consumer_config, record_of};
+use crate::source::SourceRecord;
 use crate::state::checkpoint::Checkpoint;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::statistics::Statistics;
@@ -291,6 +292,8 @@ fn open_driver(
 /// The consumer group as a [`Source`]: assignment happens in the rebalance callback, which
 /// positions each partition at the state's offset.
 struct KafkaSource {
+    /// The record lent to the driver.
+    current: Option<SourceRecord>,
     consumer: BaseConsumer<Ctx>,
     last_warning: Option<(String, Instant)>,
 }
@@ -308,7 +311,7 @@ impl Source for KafkaSource {
         Ok(()) // per partition, when it is assigned
     }
 
-    fn next(&mut self, timeout: Duration) -> Result<Polled, RunError> {
+    fn next(&mut self, timeout: Duration) -> Result<Polled<'_>, RunError> {
         let polled = self.consumer.poll(timeout);
         let failed = self.consumer.context().failed.lock().map(|mut f| f.take());
         if let Ok(Some(e)) = failed {
@@ -316,7 +319,7 @@ impl Source for KafkaSource {
         }
         match polled {
             None => Ok(Polled::Idle),
-            Some(Ok(m)) => Ok(Polled::Record(record_of(&m))),
+            Some(Ok(m)) => Ok(Polled::Record(self.current.insert(record_of(&m)))),
             Some(Err(e)) => {
                 if let Some((code, reason)) = self.consumer.client().fatal_error() {
                     return Err(RunError::KafkaFatal { code, reason });
@@ -371,6 +374,7 @@ fn run_session(
     tracing::info!(pipeline = %plan.name, group = %plan.source.group, ?topics, "consuming");
     live.record(Telemetry::StateChanged(RunState::Running));
     let mut source = KafkaSource {
+        current: None,
         consumer,
         last_warning: None,
     };

@@ -125,6 +125,7 @@ pub fn redrive(plan: Plan, opts: &KafkaOptions) -> Result<RedriveReport, RunErro
             .map_err(RunError::kafka(format!("assign `{topic}`")))?;
         let total: i64 = todo.values().map(|(a, b)| b - a).sum();
         let mut source = DeadLetterSource {
+            current: None,
             pipeline: plan.name.clone(),
             topic: topic.clone(),
             pos: todo.iter().map(|(k, v)| (*k, v.0)).collect(),
@@ -171,6 +172,8 @@ struct DeadLetterSource<'r> {
     total: i64,
     report: &'r mut RedriveReport,
     commit_failed: Option<rdkafka::error::KafkaError>,
+    /// The record lent to the driver.
+    current: Option<SourceRecord>,
 }
 
 impl Source for DeadLetterSource<'_> {
@@ -182,7 +185,7 @@ impl Source for DeadLetterSource<'_> {
         Ok(()) // assigned at the committed offsets
     }
 
-    fn next(&mut self, timeout: Duration) -> Result<Polled, RunError> {
+    fn next(&mut self, timeout: Duration) -> Result<Polled<'_>, RunError> {
         loop {
             if !self.pos.iter().any(|(k, o)| *o < self.todo[k].1) {
                 return Ok(Polled::Stop);
@@ -212,7 +215,7 @@ impl Source for DeadLetterSource<'_> {
                 continue;
             }
             self.report.refed += 1;
-            return Ok(Polled::Record(original(&m)));
+            return Ok(Polled::Record(self.current.insert(original(&m))));
         }
     }
 
