@@ -339,7 +339,10 @@ impl Source for Bids {
             self.refill();
         }
         self.at += 1;
-        Ok(self.pool.get(self.at - 1).map_or(Polled::End, Polled::Record))
+        Ok(self
+            .pool
+            .get(self.at - 1)
+            .map_or(Polled::End, Polled::Record))
     }
 
     fn after_checkpoint(&mut self, _cp: &Checkpoint, _last: bool) {}

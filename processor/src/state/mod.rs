@@ -13,6 +13,7 @@
 //! - `m | checkpoint`, `m | replay` -> the checkpoint record and the replay guard
 //!   ([`checkpoint`], which reads and writes them)
 
+pub mod changelog;
 pub mod checkpoint;
 pub mod meta;
 pub mod windows;
@@ -90,7 +91,7 @@ pub fn session_key(partition: u32, key: &[u8]) -> Vec<u8> {
 }
 
 /// The smallest key greater than every key that starts with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {

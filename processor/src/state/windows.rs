@@ -7,13 +7,13 @@
 //! Sessions of a key are kept in memory (they are few per key) and checkpointed per key.
 //! Results are emitted in a deterministic order: by close time, window, then group key.
 
+use super::changelog::StateChanges;
 use super::meta::Session;
 pub use super::meta::{discard_sessions, ReplayFilter, WindowMeta};
 use super::{session_key, window_key, window_prefix, StateError, Store, WindowId};
 use crate::operators::aggregate::WindowAcc;
 use crate::operators::{window, Row, Scalar};
 use crate::pipeline::plan::{EmitPlan, Plan, WindowAssigner};
-use rocksdb::WriteBatch;
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -508,9 +508,9 @@ impl WindowState {
 
     /// Adds every dirty entry and every closed window's deletion to `batch`. After the
     /// batch is written the caller calls [`WindowState::after_checkpoint`].
-    pub fn checkpoint_into(&mut self, batch: &mut WriteBatch) -> Result<(), StateError> {
+    pub fn checkpoint_into(&mut self, batch: &mut impl StateChanges) -> Result<(), StateError> {
         for id in self.closed_persisted.drain(..) {
-            Store::delete_prefix(batch, &window_prefix(&id));
+            batch.delete_window(&window_prefix(&id));
         }
         // In key order: RocksDB's memtable inserts sorted keys much faster.
         self.dirty.sort_unstable();
@@ -523,7 +523,7 @@ impl WindowState {
             };
             let bytes =
                 bincode::serialize(&e.acc).map_err(|e| StateError::Corrupt(e.to_string()))?;
-            batch.put(window_key(&id, &key), bytes);
+            batch.put(&window_key(&id, &key), &bytes);
             e.dirty = false;
             slot.persisted = true;
         }
@@ -533,9 +533,9 @@ impl WindowState {
                 Some(list) if !list.is_empty() => {
                     let bytes =
                         bincode::serialize(list).map_err(|e| StateError::Corrupt(e.to_string()))?;
-                    batch.put(sk, bytes);
+                    batch.put(&sk, &bytes);
                 }
-                _ => batch.delete(sk),
+                _ => batch.delete(&sk),
             }
         }
         Ok(())
