@@ -241,6 +241,14 @@ dead_letter: {{type: kafka, topic: {dlq}}}
         }
     }
 
+    /// Turns on `state.changelog`: every checkpoint also goes to `<group>-changelog`.
+    pub fn with_changelog(self) -> Scenario {
+        let mut yaml = std::fs::read_to_string(&self.pipeline).expect("pipeline");
+        yaml.push_str("state: {changelog: true}\n");
+        std::fs::write(&self.pipeline, yaml).expect("pipeline");
+        self
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }

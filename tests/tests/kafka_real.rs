@@ -523,6 +523,91 @@ fn static_member_restarted_after_sigkill_resumes_at_once() {
     s.drop_table();
 }
 
+/// A new machine: the pipeline is SIGKILLed mid-stream and its state directory deleted.
+/// The next instance restores every partition from the changelog (its log says how many
+/// records), resumes at the offsets the changelog holds, and the sinks end exact: nothing
+/// lost, nothing counted twice in the PostgreSQL table.
+#[test]
+fn an_empty_state_dir_restores_from_the_changelog() {
+    let Some(broker) = real_broker() else {
+        return;
+    };
+    if broker.kind == "mock" || broker.kind == "tansu" {
+        return cannot_run(&format!(
+            "the changelog's transactions need a broker that writes transaction markers, not {}",
+            broker.kind
+        ));
+    }
+    let s = Scenario::with_step("restore", 20_000, 1_000, 0x5eed_0012, 5).with_changelog();
+    s.create_topics(&broker);
+    let args = s.args(&broker);
+    let n = s.batches.len();
+    let mut weir = WeirProcess::start(&args, s.log(), &[]);
+    s.produce(&broker.bootstrap, 0..n / 2, Duration::from_millis(20));
+    wait_first_results(&s, &mut weir);
+    // Let a few checkpoints reach the changelog, then take the machine away.
+    std::thread::sleep(Duration::from_secs(2));
+    weir.sigkill();
+    std::fs::remove_dir_all(s.state_dir()).expect("remove the state directory");
+    let from = weir.log_text().len();
+    let mut weir = WeirProcess::start(&args, s.log(), &[]);
+    let restored = wait_log(
+        &mut weir,
+        from,
+        "restored from the changelog",
+        Duration::from_secs(60),
+    );
+    let log = weir.log_text();
+    let records: u64 = log[from..]
+        .lines()
+        .filter(|l| l.contains("restored from the changelog"))
+        .filter_map(|l| {
+            let at = l.find("records=")? + "records=".len();
+            l[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(
+        records > 0,
+        "an empty state directory restored nothing: {}",
+        tail(&log[restored..])
+    );
+    eprintln!("restored {records} changelog records into an empty state directory");
+    s.produce(&broker.bootstrap, n / 2..n, Duration::from_millis(20));
+    let rows = s.wait_for_table(Duration::from_secs(180), &mut || weir.exited().is_none());
+    assert!(
+        weir.stop(),
+        "weir did not stop cleanly: {}",
+        tail(&weir.log_text())
+    );
+    s.check_all(&broker, &rows);
+
+    // A restart on the state it left restores nothing: the local store is current.
+    let from = weir.log_text().len();
+    let mut weir = WeirProcess::start(&args, s.log(), &[]);
+    wait_log(
+        &mut weir,
+        from,
+        "partitions assigned",
+        Duration::from_secs(60),
+    );
+    assert!(
+        weir.stop(),
+        "weir did not stop cleanly: {}",
+        tail(&weir.log_text())
+    );
+    let again = weir.log_text();
+    assert!(
+        !again[from..].contains("restored from the changelog"),
+        "a current store restored records: {}",
+        tail(&again[from..])
+    );
+    s.drop_table();
+}
+
 fn offsets_json(
     broker: &weir_tests::kafka::Broker,
     group: &str,

@@ -37,6 +37,16 @@ impl Watermarks {
         self.parts.entry(partition).or_insert((i64::MIN, i64::MIN));
     }
 
+    /// A partition restored from elsewhere (the changelog): its largest event time so far.
+    pub fn adopt(&mut self, partition: u32, max_event_time: i64) {
+        self.parts.insert(partition, (max_event_time, i64::MIN));
+    }
+
+    /// The largest event time `partition` has shown.
+    pub fn max_event_time(&self, partition: u32) -> i64 {
+        self.parts.get(&partition).map_or(i64::MIN, |(ts, _)| *ts)
+    }
+
     pub fn observe(&mut self, partition: u32, ts: i64, clock: i64) {
         let e = self.parts.entry(partition).or_insert((i64::MIN, clock));
         e.0 = e.0.max(ts);

@@ -308,6 +308,10 @@ pub struct StateDef {
     /// RocksDB write buffer (memtable), in MiB.
     #[serde(default = "default_write_buffer_mb")]
     pub write_buffer_mb: usize,
+    /// Kafka path: also write every checkpoint's state changes to the compacted topic
+    /// `<group>-changelog`, from which a new machine restores the state.
+    #[serde(default)]
+    pub changelog: bool,
 }
 
 fn default_cache_entries() -> usize {
@@ -326,6 +330,7 @@ impl Default for StateDef {
             cache_entries: default_cache_entries(),
             block_cache_mb: default_block_cache_mb(),
             write_buffer_mb: default_write_buffer_mb(),
+            changelog: false,
         }
     }
 }

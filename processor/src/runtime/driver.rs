@@ -13,20 +13,29 @@
 //! 1. **flush every sink and wait for every acknowledgement**: the Kafka producer's delivery
 //!    reports (a failed delivery fails the checkpoint), the PostgreSQL transaction's commit,
 //!    file `fsync`s (noting each file's length), the dead letter's;
-//! 2. **write, in one RocksDB `WriteBatch`** ([`crate::state::checkpoint::save`]): the dirty
+//! 2. with a changelog ([`Changelog`], `state.changelog`), **write the checkpoint's state
+//!    changes to the changelog topic in one Kafka transaction** and wait for its commit:
+//!    the same puts and deletions as the batch below, then each owned partition's record
+//!    (its offsets, largest event time and pending updates). The batch records how far
+//!    into each changelog partition the local store is. A crash after this step and before
+//!    the next leaves the changelog ahead of the local store; the restart's restore applies
+//!    the difference, and the changelog's partition records then decide where each
+//!    partition resumes, so the state still matches its offsets exactly;
+//! 3. **write, in one RocksDB `WriteBatch`** ([`crate::state::checkpoint::save`]): the dirty
 //!    window state, the deletions of closed windows, the source position (records consumed
 //!    from a file, or the next offset per Kafka partition), the watermarks, the counters,
 //!    the sink lengths from step 1 and the replay guard;
-//! 3. **tell the source** ([`Source::after_checkpoint`]): Kafka commits the same offsets to
+//! 4. **tell the source** ([`Source::after_checkpoint`]): Kafka commits the same offsets to
 //!    the consumer group, so `kafka-consumer-groups` shows real lag.
 //!
 //! A crash (or a failure of any step) between two steps loses nothing and doubles nothing:
-//! - before 2, the previous checkpoint is in force. The restart truncates file sinks to the
+//! - before 3, the previous checkpoint (of the local store, or with a changelog ahead of
+//!   it, of the changelog) is in force. The restart truncates file sinks to the
 //!   lengths it records, positions the source after it and reprocesses; processing is
 //!   deterministic, so the same results are emitted again (same window, key and emission
 //!   sequence): a file gets the same bytes, the Kafka sink's records the same
 //!   `weir-event-id`, the PostgreSQL upsert the same row values;
-//! - between 2 and 3, the group's committed offset is behind the state's; the state's
+//! - between 3 and 4, the group's committed offset is behind the state's; the state's
 //!   offsets decide where a partition resumes, and records below them are skipped, so
 //!   nothing is counted twice in state.
 //!
@@ -44,6 +53,7 @@ use crate::schema::registry::Registry;
 use crate::sink::discard::DiscardSink;
 use crate::sink::encode::DeadLetter;
 use crate::source::SourceRecord;
+use crate::state::changelog::{self, Change, PartitionMeta, Positions, Tee};
 use crate::state::checkpoint::{self, Checkpoint};
 use crate::state::Store;
 use std::collections::BTreeMap;
@@ -83,6 +93,14 @@ pub trait Source {
     fn next(&mut self, timeout: Duration) -> Result<Polled<'_>, RunError>;
     /// Step 3, after the state is written. `last`: the run's final checkpoint.
     fn after_checkpoint(&mut self, cp: &Checkpoint, last: bool);
+}
+
+/// Where a checkpoint's state changes go besides the local store (Kafka: the changelog
+/// topic, [`super::kafka`]).
+pub trait Changelog: Send {
+    /// Writes one checkpoint's changes, each partition's record last, and waits until they
+    /// are committed; returns, per changelog partition written, the next offset after them.
+    fn write(&mut self, changes: Vec<Change>) -> Result<Positions, RunError>;
 }
 
 /// When checkpoints are due, and when a run stops by itself.
@@ -147,6 +165,9 @@ pub struct Driver<'p> {
     poisoned: bool,
     dead_letter_path: String,
     resumed: Option<Checkpoint>,
+    changelog: Option<Box<dyn Changelog>>,
+    /// How far into each changelog partition the local store is.
+    positions: Positions,
 }
 
 /// Test hook: `WEIR_TEST_SIGKILL_AFTER=N` makes the process SIGKILL itself after it has
@@ -190,6 +211,7 @@ impl<'p> Driver<'p> {
             }
         }
         let writer = ResultWriter::new(plan, &mut sinks);
+        let positions = changelog::positions(&store)?;
         Ok(Driver {
             plan,
             engine,
@@ -215,7 +237,53 @@ impl<'p> Driver<'p> {
             poisoned: false,
             dead_letter_path,
             resumed: resume,
+            changelog: None,
+            positions,
         })
+    }
+
+    /// From now on every checkpoint also writes its changes to `log`.
+    pub fn log_to(&mut self, log: Box<dyn Changelog>) {
+        self.changelog = Some(log);
+    }
+
+    /// How far into changelog partition `p` the local store is.
+    pub fn changelog_position(&self, p: u32) -> Option<i64> {
+        self.positions.get(&p).copied()
+    }
+
+    /// Partition `p` was restored from the changelog up to `next` (the store holds its
+    /// entries): its windows, sessions, watermark part and offsets replace what was in
+    /// memory for it, and the local store records the new position.
+    pub fn adopt(&mut self, p: u32, meta: PartitionMeta, next: i64) -> Result<(), RunError> {
+        self.engine
+            .windows
+            .adopt_partition(p, &self.store, meta.pending, meta.pending_sessions)?;
+        self.engine.watermarks.adopt(p, meta.max_event_time);
+        for (t, o) in meta.offsets {
+            self.offsets.insert((t, p as i32), o);
+        }
+        self.positions.insert(p, next);
+        let mut batch = rocksdb::WriteBatch::default();
+        changelog::put_positions(&mut batch, &self.positions)?;
+        self.store.write(batch)?;
+        Ok(())
+    }
+
+    /// The changelog record of partition `p`, as of now.
+    fn partition_meta(&self, p: u32) -> PartitionMeta {
+        let (pending, pending_sessions) = self.engine.windows.partition_pending(p);
+        PartitionMeta {
+            offsets: self
+                .offsets
+                .iter()
+                .filter(|((_, q), _)| *q as u32 == p)
+                .map(|((t, _), o)| (t.clone(), *o))
+                .collect(),
+            max_event_time: self.engine.watermarks.max_event_time(p),
+            pending,
+            pending_sessions,
+        }
     }
 
     /// The checkpoint this session resumed from.
@@ -349,9 +417,29 @@ impl<'p> Driver<'p> {
             dead_letter,
             clock: self.engine.clock,
         };
+        let mut batch = rocksdb::WriteBatch::default();
+        if self.changelog.is_some() {
+            let mut changes = Vec::new();
+            self.engine
+                .windows
+                .checkpoint_into(&mut Tee(&mut batch, &mut changes))?;
+            let owned: std::collections::BTreeSet<u32> =
+                self.offsets.keys().map(|(_, p)| *p as u32).collect();
+            for p in owned {
+                changes.push(self.partition_meta(p).change(p)?);
+            }
+            if let Some(log) = self.changelog.as_mut() {
+                let reached = log.write(changes)?;
+                self.positions.extend(reached);
+            }
+            changelog::put_positions(&mut batch, &self.positions)?;
+        } else {
+            self.engine.windows.checkpoint_into(&mut batch)?;
+        }
         checkpoint::save(
             &mut self.store,
             &mut self.engine.windows,
+            batch,
             &cp,
             self.engine.replay.as_ref(),
         )?;

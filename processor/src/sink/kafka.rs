@@ -82,6 +82,18 @@ pub async fn ensure_topic(
     replication: i32,
     extra: &[(String, String)],
 ) -> Result<(), SinkError> {
+    ensure_topic_with(brokers, topic, partitions, replication, &[], extra).await
+}
+
+/// [`ensure_topic`] with topic configs (`cleanup.policy`, `retention.ms`) for a new topic.
+pub async fn ensure_topic_with(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+    configs: &[(&str, String)],
+    extra: &[(String, String)],
+) -> Result<(), SinkError> {
     let admin: AdminClient<DefaultClientContext> =
         kafka_client::config(brokers, Role::Admin, extra)
             .create()
@@ -91,7 +103,10 @@ pub async fn ensure_topic(
     if topic_exists(&admin, topic) {
         return Ok(());
     }
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    for (k, v) in configs {
+        new = new.set(k, v);
+    }
     let opts = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(10)))
         .request_timeout(Some(Duration::from_secs(10)));

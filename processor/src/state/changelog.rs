@@ -125,3 +125,64 @@ pub fn apply(batch: &mut WriteBatch, key: &[u8], value: Option<&[u8]>) {
         (_, None) => batch.delete(key),
     }
 }
+
+/// The tag of a partition's checkpoint record (`p | partition`), written after the
+/// partition's changes in every checkpoint's transaction: where its source offsets were,
+/// and what else its windows need beyond their entries.
+pub const PARTITION_META: u8 = b'p';
+
+/// Where the local store is in each changelog partition (the next offset to apply); kept in
+/// the checkpoint's batch.
+pub const POSITIONS_KEY: &[u8] = b"m|changelog";
+
+pub type Positions = std::collections::BTreeMap<u32, i64>;
+
+/// A partition's checkpoint, as the changelog carries it.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct PartitionMeta {
+    /// The next offset to process, per source topic.
+    pub offsets: Vec<(String, i64)>,
+    /// The largest event time the partition has shown (its part of the watermark).
+    pub max_event_time: i64,
+    /// Windows and sessions with an update not yet emitted (`emit: update`).
+    pub pending: Vec<(super::WindowId, Vec<u8>)>,
+    pub pending_sessions: Vec<Vec<u8>>,
+}
+
+pub fn partition_meta_key(partition: u32) -> Vec<u8> {
+    let mut k = vec![PARTITION_META];
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+impl PartitionMeta {
+    pub fn change(&self, partition: u32) -> Result<Change, super::StateError> {
+        Ok(Change {
+            partition,
+            key: partition_meta_key(partition),
+            value: Some(
+                bincode::serialize(self).map_err(|e| super::StateError::Corrupt(e.to_string()))?,
+            ),
+        })
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<PartitionMeta, super::StateError> {
+        bincode::deserialize(bytes)
+            .map_err(|e| super::StateError::Corrupt(format!("a changelog partition record: {e}")))
+    }
+}
+
+/// The local store's changelog positions (none before the first logged checkpoint).
+pub fn positions(store: &Store) -> Result<Positions, super::StateError> {
+    match store.get(POSITIONS_KEY)? {
+        Some(b) => bincode::deserialize(&b)
+            .map_err(|e| super::StateError::Corrupt(format!("the changelog positions: {e}"))),
+        None => Ok(Positions::new()),
+    }
+}
+
+pub fn put_positions(batch: &mut WriteBatch, p: &Positions) -> Result<(), super::StateError> {
+    let bytes = bincode::serialize(p).map_err(|e| super::StateError::Corrupt(e.to_string()))?;
+    batch.put(POSITIONS_KEY, bytes);
+    Ok(())
+}

@@ -177,11 +177,10 @@ pub fn put(
 pub fn save(
     store: &mut Store,
     windows: &mut WindowState,
+    mut batch: WriteBatch,
     cp: &Checkpoint,
     guard: Option<&ReplayGuard>,
 ) -> Result<(), StateError> {
-    let mut batch = WriteBatch::default();
-    windows.checkpoint_into(&mut batch)?;
     put(&mut batch, cp, guard)?;
     store.write(batch)?;
     windows.after_checkpoint();

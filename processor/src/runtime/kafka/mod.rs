@@ -17,6 +17,7 @@
 //! the producer's queue blocks `send` when the broker is slow. Errors from the broker
 //! (down, unreachable) restart the session from the last checkpoint with backoff.
 
+pub mod changelog;
 mod redrive;
 
 pub use redrive::{redrive, RedriveReport};
@@ -110,6 +111,9 @@ fn member_id<C: ConsumerContext>(c: &BaseConsumer<C>) -> Option<String> {
 struct Ctx {
     driver: Arc<Mutex<Driver<'static>>>,
     live: Arc<Live>,
+    /// With a changelog: where to restore assigned partitions from (brokers, extra
+    /// config), and the partitions restored in this session.
+    restore: Option<Restore>,
     /// An error raised inside a rebalance callback, reported by the next poll.
     failed: Mutex<Option<RunError>>,
 }
@@ -143,6 +147,18 @@ impl ConsumerContext for Ctx {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let mut p = lock(&self.driver);
+                if let Some(r) = &self.restore {
+                    // Each partition's state first: its offsets come from the changelog.
+                    let parts: Vec<u32> = tpl
+                        .elements()
+                        .iter()
+                        .map(|e| e.partition() as u32)
+                        .collect();
+                    if let Err(e) = r.partitions(&mut p, &parts) {
+                        self.fail(e);
+                        return;
+                    }
+                }
                 let mut resumed = Vec::new();
                 for e in tpl.elements() {
                     // An assigned partition holds the watermark until it shows records.
@@ -347,6 +363,58 @@ impl Source for KafkaSource {
     }
 }
 
+/// Restores assigned partitions from the changelog, once per session each.
+#[derive(Clone)]
+struct Restore {
+    plan: &'static Plan,
+    brokers: String,
+    extra: Vec<(String, String)>,
+    done: Arc<Mutex<std::collections::BTreeSet<u32>>>,
+}
+
+impl Restore {
+    fn partitions(&self, d: &mut Driver<'_>, parts: &[u32]) -> Result<(), RunError> {
+        let new: Vec<u32> = {
+            let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+            parts.iter().copied().filter(|p| done.insert(*p)).collect()
+        };
+        if new.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let read = changelog::restore(d, self.plan, &self.brokers, &self.extra, &new)?;
+        for (p, r) in read.iter().filter(|(_, r)| r.records > 0) {
+            tracing::info!(
+                partition = p,
+                records = r.records,
+                bytes = r.bytes,
+                "restored from the changelog"
+            );
+        }
+        tracing::debug!(partitions = ?new, seconds = started.elapsed().as_secs_f64(), "changelog checked");
+        Ok(())
+    }
+}
+
+/// The changelog's transactional id: stable per pipeline and instance, so a restart fences
+/// its previous incarnation.
+fn transactional_id(plan: &Plan, opts: &KafkaOptions) -> String {
+    let instance = match &opts.instance_id {
+        Some(id) => id.clone(),
+        None => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let dir = std::fs::canonicalize(&opts.state_dir).unwrap_or(opts.state_dir.clone());
+            // FNV-1a: stable across builds and platforms, unlike the std hasher.
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in host.trim().bytes().chain(dir.to_string_lossy().bytes()) {
+                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+            format!("{h:016x}")
+        }
+    };
+    format!("weir-{}-changelog-{instance}", plan.source.group)
+}
+
 fn run_session(
     plan: &'static Plan,
     opts: &KafkaOptions,
@@ -354,7 +422,26 @@ fn run_session(
     stop: &AtomicBool,
     progressed: &mut bool,
 ) -> Result<Summary, RunError> {
-    let driver = Arc::new(Mutex::new(open_driver(plan, opts, live)?));
+    let mut opened = open_driver(plan, opts, live)?;
+    let brokers = opts.conn.brokers();
+    let restore = if plan.state.changelog {
+        changelog::ensure(plan, &brokers, &opts.kafka_config)?;
+        opened.log_to(Box::new(changelog::KafkaChangelog::open(
+            plan,
+            &brokers,
+            &transactional_id(plan, opts),
+            &opts.kafka_config,
+        )?));
+        Some(Restore {
+            plan,
+            brokers: brokers.clone(),
+            extra: opts.kafka_config.clone(),
+            done: Arc::default(),
+        })
+    } else {
+        None
+    };
+    let driver = Arc::new(Mutex::new(opened));
     let consumer: BaseConsumer<Ctx> = consumer_config(
         &opts.conn.brokers(),
         &plan.source.group,
@@ -364,6 +451,7 @@ fn run_session(
     .create_with_context(Ctx {
         driver: driver.clone(),
         live: live.clone(),
+        restore: restore.clone(),
         failed: Mutex::new(None),
     })
     .map_err(RunError::kafka("cannot create the consumer"))?;

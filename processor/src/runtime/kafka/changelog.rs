@@ -1,0 +1,324 @@
+//! The changelog topic (`state.changelog: true`): `<group>-changelog`, one partition per
+//! source partition, `cleanup.policy=compact,delete` with a retention longer than a window
+//! can stay open. The record format is [`crate::state::changelog`]'s.
+//!
+//! **Writing.** Each checkpoint's changes go in one Kafka transaction (step 2 of the
+//! [driver](super::super::driver)'s protocol). The `transactional.id` is stable per
+//! pipeline and instance (`weir-<group>-changelog-<instance>`, the instance being
+//! `--instance-id` or a hash of the host and the state directory), so a restarted
+//! instance fences its previous incarnation and aborts its open transaction at once.
+//!
+//! **Restoring.** When a partition is assigned, its changelog partition is read with
+//! `isolation.level=read_committed` from the local store's position to its end: a
+//! store that is current reads nothing; an empty state directory (a new machine) reads it
+//! all. The records are applied in order into the local store, then the partition's last
+//! record (offsets, largest event time, pending updates) puts it in the engine.
+
+use super::super::driver::{Changelog, Driver};
+use super::super::RunError;
+use crate::kafka_client::{self, Role};
+use crate::pipeline::plan::{Plan, WindowAssigner};
+use crate::sink::kafka::{ensure_topic_with, producer_config};
+use crate::state::changelog::{apply, Change, PartitionMeta, Positions, PARTITION_META};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The changelog topic of a consumer group.
+pub fn topic(group: &str) -> String {
+    format!("{group}-changelog")
+}
+
+/// How long a restore may take before the session gives up (and retries).
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
+const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Creates the changelog topic when missing: as many partitions as the largest source
+/// topic, compacted, and deleted after a window's lifetime plus a day.
+pub fn ensure(plan: &Plan, brokers: &str, extra: &[(String, String)]) -> Result<(), RunError> {
+    let meta: BaseConsumer = kafka_client::config(brokers, Role::Admin, extra)
+        .create()
+        .map_err(RunError::kafka("cannot create a metadata client"))?;
+    let mut partitions = 1;
+    for t in &plan.source.topics {
+        let m = meta
+            .fetch_metadata(Some(t), Duration::from_secs(10))
+            .map_err(RunError::kafka(format!("cannot read the metadata of {t}")))?;
+        for mt in m.topics() {
+            partitions = partitions.max(mt.partitions().len() as i32);
+        }
+    }
+    let lifetime = match plan.window.assigner {
+        WindowAssigner::Tumbling { size } | WindowAssigner::Hopping { size, .. } => size,
+        WindowAssigner::Session { gap } => gap,
+    };
+    let retention = lifetime
+        .saturating_add(plan.window.grace)
+        .saturating_add(plan.source.max_out_of_orderness_ms)
+        .saturating_add(86_400_000);
+    let name = topic(&plan.source.group);
+    let configs = [
+        ("cleanup.policy", "compact,delete".to_string()),
+        ("retention.ms", retention.to_string()),
+    ];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| RunError::Io {
+            op: "start a runtime for the admin client".into(),
+            source,
+        })?;
+    rt.block_on(ensure_topic_with(
+        brokers, &name, partitions, -1, &configs, extra,
+    ))?;
+    Ok(())
+}
+
+/// The highest offset delivered per partition, and the first failure.
+#[derive(Default)]
+struct Delivered {
+    reached: Mutex<(BTreeMap<i32, i64>, u64, Option<String>)>,
+}
+
+impl ClientContext for Delivered {}
+
+impl ProducerContext for Delivered {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        let mut g = self.reached.lock().unwrap_or_else(|e| e.into_inner());
+        g.1 += 1;
+        match r {
+            Ok(m) => {
+                let e = g.0.entry(m.partition()).or_insert(-1);
+                *e = (*e).max(m.offset());
+            }
+            Err((e, _)) => {
+                g.2.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+/// Writes checkpoints' changes to the changelog, one transaction each.
+pub struct KafkaChangelog {
+    topic: String,
+    producer: ThreadedProducer<Delivered>,
+    sent: u64,
+}
+
+impl KafkaChangelog {
+    pub fn open(
+        plan: &Plan,
+        brokers: &str,
+        transactional_id: &str,
+        extra: &[(String, String)],
+    ) -> Result<KafkaChangelog, RunError> {
+        let mut cfg = producer_config(brokers, extra);
+        let txn = TXN_TIMEOUT.as_millis().to_string();
+        cfg.set("transactional.id", transactional_id)
+            .set("transaction.timeout.ms", &txn)
+            // A transaction must outlive its records' delivery retries.
+            .set("message.timeout.ms", &txn);
+        let producer: ThreadedProducer<Delivered> =
+            cfg.create_with_context(Delivered::default())
+                .map_err(RunError::kafka("cannot create the changelog producer"))?;
+        producer
+            .init_transactions(TXN_TIMEOUT)
+            .map_err(RunError::kafka("init_transactions (changelog)"))?;
+        Ok(KafkaChangelog {
+            topic: topic(&plan.source.group),
+            producer,
+            sent: 0,
+        })
+    }
+}
+
+impl Changelog for KafkaChangelog {
+    fn write(&mut self, changes: Vec<Change>) -> Result<Positions, RunError> {
+        if changes.is_empty() {
+            return Ok(Positions::new());
+        }
+        self.producer
+            .begin_transaction()
+            .map_err(RunError::kafka("begin_transaction (changelog)"))?;
+        for c in &changes {
+            let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic)
+                .key(&c.key[..])
+                .partition(c.partition as i32);
+            if let Some(v) = &c.value {
+                rec = rec.payload(&v[..]);
+            }
+            let deadline = Instant::now() + TXN_TIMEOUT;
+            loop {
+                match self.producer.send(rec) {
+                    Ok(()) => break,
+                    Err((
+                        KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                        back,
+                    )) if Instant::now() < deadline => {
+                        rec = back;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err((e, _)) => {
+                        let _ = self.producer.abort_transaction(TXN_TIMEOUT);
+                        return Err(RunError::kafka("changelog send")(e));
+                    }
+                }
+            }
+            self.sent += 1;
+        }
+        if let Err(e) = self.producer.commit_transaction(TXN_TIMEOUT) {
+            let _ = self.producer.abort_transaction(TXN_TIMEOUT);
+            return Err(RunError::kafka("commit_transaction (changelog)")(e));
+        }
+        // The commit waited for every delivery; their reports may still be on their way.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let g = self
+                .producer
+                .context()
+                .reached
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(e) = &g.2 {
+                return Err(RunError::Sink(crate::sink::SinkError::Write {
+                    name: self.topic.clone(),
+                    source: std::io::Error::other(format!("a changelog delivery failed: {e}")),
+                }));
+            }
+            if g.1 >= self.sent {
+                let written: std::collections::BTreeSet<u32> =
+                    changes.iter().map(|c| c.partition).collect();
+                return Ok(written
+                    .into_iter()
+                    .filter_map(|p| g.0.get(&(p as i32)).map(|o| (p, o + 1)))
+                    .collect());
+            }
+            drop(g);
+            if Instant::now() > deadline {
+                return Err(RunError::TimedOut(
+                    "changelog delivery reports after the commit".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// What a restore of one partition read.
+#[derive(Debug, Default)]
+pub struct Restored {
+    pub records: u64,
+    pub bytes: u64,
+}
+
+/// The restore reader's callbacks: the end of a partition is how a restore knows it is
+/// done, not an error to log.
+struct Quiet;
+
+impl ClientContext for Quiet {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!(error = %error, reason, "changelog reader");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Quiet {}
+
+/// Restores source partitions `parts` from their changelog partitions into the driver's
+/// store, each from the local store's position to its end, in one reader; then the driver
+/// adopts each partition that read anything. Returns what each read (nothing when the
+/// local store is current).
+pub fn restore(
+    driver: &mut Driver<'_>,
+    plan: &Plan,
+    brokers: &str,
+    extra: &[(String, String)],
+    parts: &[u32],
+) -> Result<BTreeMap<u32, Restored>, RunError> {
+    let topic = topic(&plan.source.group);
+    let group = format!("{}-restore", plan.source.group);
+    let consumer: BaseConsumer<Quiet> =
+        kafka_client::config(brokers, Role::Tool { group: &group }, extra)
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .create_with_context(Quiet)
+            .map_err(RunError::kafka("cannot create the changelog reader"))?;
+    let mut out = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    // Per partition being read: the records' batch, its last partition record, the next offset.
+    let mut reading: BTreeMap<i32, (rocksdb::WriteBatch, Option<PartitionMeta>, i64)> =
+        BTreeMap::new();
+    for &p in parts {
+        out.insert(p, Restored::default());
+        let (low, high) = consumer
+            .fetch_watermarks(&topic, p as i32, Duration::from_secs(10))
+            .map_err(RunError::kafka(format!("changelog {topic}-{p}: offsets")))?;
+        let start = driver.changelog_position(p).unwrap_or(low).max(low);
+        // At the end, or only a transaction marker after it: current.
+        if start + 1 >= high {
+            continue;
+        }
+        tpl.add_partition_offset(&topic, p as i32, Offset::Offset(start))
+            .map_err(RunError::kafka("changelog assign"))?;
+        reading.insert(p as i32, (rocksdb::WriteBatch::default(), None, start));
+    }
+    if reading.is_empty() {
+        return Ok(out);
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(RunError::kafka("changelog assign"))?;
+    let mut open: std::collections::BTreeSet<i32> = reading.keys().copied().collect();
+    let deadline = Instant::now() + RESTORE_TIMEOUT;
+    while !open.is_empty() {
+        if Instant::now() > deadline {
+            return Err(RunError::TimedOut(format!(
+                "restoring {topic} partitions {open:?}"
+            )));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "changelog read error; retrying"),
+            Some(Ok(m)) => {
+                let Some((batch, meta, next)) = reading.get_mut(&m.partition()) else {
+                    continue;
+                };
+                let key = m.key().unwrap_or_default();
+                let value = m.payload();
+                if let Some(r) = out.get_mut(&(m.partition() as u32)) {
+                    r.records += 1;
+                    r.bytes += (key.len() + value.map_or(0, |v| v.len())) as u64;
+                }
+                *next = m.offset() + 1;
+                if key.first() == Some(&PARTITION_META) {
+                    if let Some(v) = value {
+                        *meta = Some(PartitionMeta::decode(v)?);
+                    }
+                }
+                apply(batch, key, value);
+                if batch.len() >= 10_000 {
+                    driver.store.write(std::mem::take(batch))?;
+                }
+            }
+        }
+    }
+    for (p, (batch, meta, next)) in reading {
+        driver.store.write(batch)?;
+        let p = p as u32;
+        if out.get(&p).is_some_and(|r| r.records > 0) {
+            driver.adopt(p, meta.unwrap_or_default(), next)?;
+        }
+    }
+    Ok(out)
+}
