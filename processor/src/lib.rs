@@ -9,10 +9,11 @@
 //!   runtime    runs a pipeline. `driver` is the one loop and checkpoint protocol (its docs
 //!              state the at-least-once argument); `file` and `kafka` are its sources
 //!              (`kafka` adds rebalances and session retry; `kafka::redrive` re-feeds dead
-//!              letters); `engine` takes one record through the pipeline; `outputs` opens the
+//!              letters; `kafka::changelog` writes and restores the changelog topic); `engine` takes one record through the pipeline; `outputs` opens the
 //!              sinks; `replay` rewinds a stopped pipeline's state
 //!   state      the write cache of window accumulators in front of RocksDB; `checkpoint`:
-//!              the checkpoint record and key layout, one WriteBatch per checkpoint
+//!              the checkpoint record and key layout, one WriteBatch per checkpoint;
+//!              `changelog`: a checkpoint's changes as changelog records, and their replay
 //!   sink       derived events (`encode`: results and dead letters, encoded once) to file,
 //!              stdout, Kafka, PostgreSQL upsert; the idempotency contract
 //!   operators  filter/map (CEL), key_by, window assignment, watermarks, aggregates
@@ -28,8 +29,9 @@
 //! decodes and validates, `operators/` filters, maps, keys and assigns windows,
 //! `state/windows.rs` accumulates, `operators/watermark.rs` closes windows -> each result
 //! (`sink/encode.rs`) through `runtime/outputs.rs` to `sink/kafka.rs` and
-//! `sink/postgres.rs` -> at a checkpoint, `runtime/driver.rs` flushes the sinks, writes
-//! `state/checkpoint.rs`'s batch, and `runtime/kafka` commits the offsets.
+//! `sink/postgres.rs` -> at a checkpoint, `runtime/driver.rs` flushes the sinks, (with
+//! `state.changelog`) sends `state/changelog.rs`'s records through `runtime/kafka/changelog.rs`,
+//! writes `state/checkpoint.rs`'s batch, and `runtime/kafka` commits the offsets.
 //!
 //! Invalid events never stop a pipeline: they go to the dead letter with the reason
 //! (`decode`, `schema`, `expression`, `late`), their source coordinates and original bytes.

@@ -608,6 +608,90 @@ fn an_empty_state_dir_restores_from_the_changelog() {
     s.drop_table();
 }
 
+/// Two instances of one pipeline share its four partitions through the consumer group;
+/// the second one's arrival moves two partitions, with their state, from the first
+/// (revoked, checkpointed, restored from the changelog). Then the first is SIGKILLed
+/// mid-stream and the second takes its partitions, restoring them from the changelog. The
+/// PostgreSQL table ends exact: no window lost, none counted twice.
+#[test]
+fn two_instances_share_the_partitions_and_one_takes_over_after_a_sigkill() {
+    let Some(broker) = real_broker() else {
+        return;
+    };
+    if broker.kind == "mock" || broker.kind == "tansu" {
+        return cannot_run(&format!(
+            "the changelog's transactions need a broker that writes transaction markers, not {}",
+            broker.kind
+        ));
+    }
+    let s = Scenario::with_step("pair", 30_000, 1_000, 0x5eed_0013, 5).with_changelog();
+    s.create_topics(&broker);
+    let args_a = s.args(&broker);
+    let second = s.dir.path().join("state-b");
+    let args_b: Vec<String> = args_a
+        .iter()
+        .map(|a| {
+            if *a == s.state_dir().display().to_string() {
+                second.display().to_string()
+            } else if *a == format!("{}-instance", s.name) {
+                format!("{}-instance-b", s.name)
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    let log_b = s.dir.path().join("weir-b.log");
+    let n = s.batches.len();
+    let mut a = WeirProcess::start(&args_a, s.log(), &[]);
+    s.produce(&broker.bootstrap, 0..n / 3, Duration::from_millis(20));
+    wait_first_results(&s, &mut a);
+    let mut b = WeirProcess::start(&args_b, log_b, &[]);
+    wait_log(&mut b, 0, "partitions assigned", Duration::from_secs(60));
+    wait_log(&mut a, 0, "partitions revoked", Duration::from_secs(60));
+    s.produce(
+        &broker.bootstrap,
+        n / 3..2 * n / 3,
+        Duration::from_millis(20),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let from_b = b.log_text().len();
+    a.sigkill();
+    // A's partitions come to B once A's session times out.
+    wait_log(
+        &mut b,
+        from_b,
+        "partitions assigned",
+        Duration::from_secs(60),
+    );
+    s.produce(&broker.bootstrap, 2 * n / 3..n, Duration::from_millis(20));
+    let waiting = Instant::now();
+    let mut told = false;
+    let rows = s.wait_for_table(Duration::from_secs(240), &mut || {
+        let alive = b.exited().is_none();
+        // The table's timeout prints A's log; B's is the one that matters by then.
+        if !alive || (!told && waiting.elapsed() > Duration::from_secs(230)) {
+            told = true;
+            eprintln!("weir B's log: {}", tail(&b.log_text()));
+        }
+        alive
+    });
+    assert!(
+        b.stop(),
+        "weir B did not stop cleanly: {}",
+        tail(&b.log_text())
+    );
+    let log_b = b.log_text();
+    let restores = log_b.matches("restored from the changelog").count();
+    assert!(
+        restores > 0,
+        "B never restored a partition from the changelog: {}",
+        tail(&log_b)
+    );
+    eprintln!("instance B restored {restores} partitions from the changelog");
+    s.check_all(&broker, &rows);
+    s.drop_table();
+}
+
 fn offsets_json(
     broker: &weir_tests::kafka::Broker,
     group: &str,

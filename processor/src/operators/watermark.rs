@@ -42,6 +42,11 @@ impl Watermarks {
         self.parts.insert(partition, (max_event_time, i64::MIN));
     }
 
+    /// A partition that moved to another instance no longer holds this one's watermark.
+    pub fn forget(&mut self, partition: u32) {
+        self.parts.remove(&partition);
+    }
+
     /// The largest event time `partition` has shown.
     pub fn max_event_time(&self, partition: u32) -> i64 {
         self.parts.get(&partition).map_or(i64::MIN, |(ts, _)| *ts)

@@ -43,6 +43,8 @@
 //! results that were not delivered (the Kafka consumer's close would otherwise checkpoint
 //! in its revoke callback). The session is restarted from the last checkpoint instead.
 
+mod partitions;
+
 use super::engine::Engine;
 use super::outputs::{open_sinks, AnySink, Connections, DeadLetters, ResultWriter};
 use super::{resolve_writer, RunError, Summary};
@@ -53,7 +55,7 @@ use crate::schema::registry::Registry;
 use crate::sink::discard::DiscardSink;
 use crate::sink::encode::DeadLetter;
 use crate::source::SourceRecord;
-use crate::state::changelog::{self, Change, PartitionMeta, Positions, Tee};
+use crate::state::changelog::{self, Change, Positions, Tee};
 use crate::state::checkpoint::{self, Checkpoint};
 use crate::state::Store;
 use std::collections::BTreeMap;
@@ -242,50 +244,6 @@ impl<'p> Driver<'p> {
         })
     }
 
-    /// From now on every checkpoint also writes its changes to `log`.
-    pub fn log_to(&mut self, log: Box<dyn Changelog>) {
-        self.changelog = Some(log);
-    }
-
-    /// How far into changelog partition `p` the local store is.
-    pub fn changelog_position(&self, p: u32) -> Option<i64> {
-        self.positions.get(&p).copied()
-    }
-
-    /// Partition `p` was restored from the changelog up to `next` (the store holds its
-    /// entries): its windows, sessions, watermark part and offsets replace what was in
-    /// memory for it, and the local store records the new position.
-    pub fn adopt(&mut self, p: u32, meta: PartitionMeta, next: i64) -> Result<(), RunError> {
-        self.engine
-            .windows
-            .adopt_partition(p, &self.store, meta.pending, meta.pending_sessions)?;
-        self.engine.watermarks.adopt(p, meta.max_event_time);
-        for (t, o) in meta.offsets {
-            self.offsets.insert((t, p as i32), o);
-        }
-        self.positions.insert(p, next);
-        let mut batch = rocksdb::WriteBatch::default();
-        changelog::put_positions(&mut batch, &self.positions)?;
-        self.store.write(batch)?;
-        Ok(())
-    }
-
-    /// The changelog record of partition `p`, as of now.
-    fn partition_meta(&self, p: u32) -> PartitionMeta {
-        let (pending, pending_sessions) = self.engine.windows.partition_pending(p);
-        PartitionMeta {
-            offsets: self
-                .offsets
-                .iter()
-                .filter(|((_, q), _)| *q as u32 == p)
-                .map(|((t, _), o)| (t.clone(), *o))
-                .collect(),
-            max_event_time: self.engine.watermarks.max_event_time(p),
-            pending,
-            pending_sessions,
-        }
-    }
-
     /// The checkpoint this session resumed from.
     pub fn resumed(&self) -> Option<&Checkpoint> {
         self.resumed.as_ref()
@@ -426,7 +384,12 @@ impl<'p> Driver<'p> {
             let owned: std::collections::BTreeSet<u32> =
                 self.offsets.keys().map(|(_, p)| *p as u32).collect();
             for p in owned {
-                changes.push(self.partition_meta(p).change(p)?);
+                let c = self.partition_meta(p).change(p)?;
+                // The local store keeps it too: a partition that comes back finds it.
+                if let Some(v) = &c.value {
+                    batch.put(&c.key, v);
+                }
+                changes.push(c);
             }
             if let Some(log) = self.changelog.as_mut() {
                 let reached = log.write(changes)?;

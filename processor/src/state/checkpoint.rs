@@ -10,7 +10,8 @@
 //! - `m|replay` ([`REPLAY_KEY`]): the [`ReplayGuard`] while a replay reprocesses records
 //!   it had already counted; absent otherwise.
 //!
-//! [`save`] writes the window changes, the record and the guard in **one** `WriteBatch`:
+//! [`save`] writes the window changes (staged into the batch by the driver, with the
+//! changelog positions when there is a changelog), the record and the guard in **one** `WriteBatch`:
 //! after a crash the store holds state exactly as of the positions stored with it.
 
 use super::meta::{ReplayFilter, WindowMeta};

@@ -12,6 +12,9 @@
 //! - `s | partition u32 | group key` -> the open sessions of a key
 //! - `m | checkpoint`, `m | replay` -> the checkpoint record and the replay guard
 //!   ([`checkpoint`], which reads and writes them)
+//! - with a changelog ([`changelog`]): `p | partition u32` -> the partition's record (its
+//!   offsets, largest event time, pending updates) and `m | changelog` -> how far into each
+//!   changelog partition the store is
 
 pub mod changelog;
 pub mod checkpoint;

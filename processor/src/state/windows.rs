@@ -7,6 +7,8 @@
 //! Sessions of a key are kept in memory (they are few per key) and checkpointed per key.
 //! Results are emitted in a deterministic order: by close time, window, then group key.
 
+mod partition;
+
 use super::changelog::StateChanges;
 use super::meta::Session;
 pub use super::meta::{discard_sessions, ReplayFilter, WindowMeta};
@@ -145,111 +147,6 @@ impl WindowState {
             }
             self.sessions.insert((partition, key), list);
         }
-        Ok(())
-    }
-
-    /// What partition `p` needs beyond its entries, for its changelog record.
-    pub fn partition_pending(&self, p: u32) -> (PendingWindows, Vec<Vec<u8>>) {
-        let windows = self
-            .pending
-            .iter()
-            .filter(|(id, _)| id.partition == p)
-            .cloned()
-            .collect();
-        let sessions = self
-            .pending_sessions
-            .iter()
-            .filter(|(q, _)| *q == p)
-            .map(|(_, k)| k.clone())
-            .collect();
-        (windows, sessions)
-    }
-
-    /// Takes partition `p`'s windows and sessions from `store` (just restored from the
-    /// changelog), replacing whatever was in memory for it: every window with entries is
-    /// open (spilled: its entries are read from RocksDB), every stored session is open.
-    pub fn adopt_partition(
-        &mut self,
-        p: u32,
-        store: &Store,
-        pending: Vec<(WindowId, Vec<u8>)>,
-        pending_sessions: Vec<Vec<u8>>,
-    ) -> Result<(), StateError> {
-        let dirty_here = self.dirty.iter().any(|(id, _)| id.partition == p)
-            || self.dirty_sessions.iter().any(|(q, _)| *q == p);
-        if dirty_here {
-            return Err(StateError::Corrupt(format!(
-                "partition {p} has changes not yet checkpointed; it cannot be restored over them"
-            )));
-        }
-        let gone: Vec<WindowId> = self
-            .slots
-            .keys()
-            .filter(|id| id.partition == p)
-            .copied()
-            .collect();
-        for id in gone {
-            if let Some(slot) = self.slots.remove(&id) {
-                self.cached -= slot.cache.len();
-            }
-        }
-        self.closing.retain(|(_, id)| id.partition != p);
-        self.closed_persisted.retain(|id| id.partition != p);
-        self.pending.retain(|(id, _)| id.partition != p);
-        self.pending_sessions.retain(|(q, _)| *q != p);
-        self.sessions.retain(|(q, _), _| *q != p);
-        self.session_timers.retain(|(_, q, _, _)| *q != p);
-        let mut prefix = vec![b'w'];
-        prefix.extend_from_slice(&p.to_be_bytes());
-        let mut last: Option<WindowId> = None;
-        for item in store.iter_prefix(&prefix) {
-            let (k, _) = item?;
-            if k.len() < 21 {
-                continue;
-            }
-            let time = |b: &[u8]| {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(b);
-                (u64::from_be_bytes(a) ^ (1 << 63)) as i64
-            };
-            let id = WindowId {
-                partition: p,
-                start: time(&k[5..13]),
-                end: time(&k[13..21]),
-            };
-            if last != Some(id) {
-                last = Some(id);
-                self.closing.insert((id.end.saturating_add(self.grace), id));
-                self.slots.insert(
-                    id,
-                    Slot {
-                        persisted: true,
-                        spilled: true,
-                        ..Slot::default()
-                    },
-                );
-            }
-        }
-        let mut prefix = vec![b's'];
-        prefix.extend_from_slice(&p.to_be_bytes());
-        for item in store.iter_prefix(&prefix) {
-            let (k, v) = item?;
-            let key = k[5..].to_vec();
-            let list: Vec<Session> =
-                bincode::deserialize(&v).map_err(|e| StateError::Corrupt(e.to_string()))?;
-            for s in &list {
-                self.session_timers.insert((
-                    s.end.saturating_add(self.grace),
-                    p,
-                    s.start,
-                    key.clone(),
-                ));
-            }
-            self.sessions.insert((p, key), list);
-        }
-        self.pending.extend(pending);
-        self.pending_sessions
-            .extend(pending_sessions.into_iter().map(|k| (p, k)));
         Ok(())
     }
 

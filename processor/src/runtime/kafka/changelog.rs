@@ -313,11 +313,31 @@ pub fn restore(
             }
         }
     }
+    let mut read = BTreeMap::new();
     for (p, (batch, meta, next)) in reading {
         driver.store.write(batch)?;
-        let p = p as u32;
-        if out.get(&p).is_some_and(|r| r.records > 0) {
-            driver.adopt(p, meta.unwrap_or_default(), next)?;
+        read.insert(p as u32, (meta, next));
+    }
+    for &p in parts {
+        let got = out.get(&p).is_some_and(|r| r.records > 0);
+        match read.remove(&p) {
+            // Read from the changelog: its last partition record is the truth.
+            Some((meta, next)) if got => {
+                let meta = match meta {
+                    Some(m) => Some(m),
+                    None => driver.local_partition_meta(p)?,
+                };
+                driver.adopt(p, meta.unwrap_or_default(), next)?;
+            }
+            // Current, and not in memory (it left earlier and came back): the local store
+            // holds it.
+            _ if !driver.holds(p) => {
+                if let Some(meta) = driver.local_partition_meta(p)? {
+                    let at = driver.changelog_position(p).unwrap_or(0);
+                    driver.adopt(p, meta, at)?;
+                }
+            }
+            _ => {}
         }
     }
     Ok(out)

@@ -211,14 +211,30 @@ impl ConsumerContext for Ctx {
                 self.live.record(Telemetry::Revoked { partitions: &owned });
                 // A lost assignment cannot commit; the checkpoint still saves state.
                 let lost = c.assignment_lost();
-                let r = lock(&self.driver).checkpoint(&mut |cp| {
+                let mut d = lock(&self.driver);
+                let r = d.checkpoint(&mut |cp| {
                     if !lost {
                         commit(c, cp, CommitMode::Sync)
                     }
                 });
-                if let Err(e) = r {
-                    self.fail(e);
+                match r {
+                    Err(e) => self.fail(e),
+                    // With a changelog, a revoked partition's state leaves memory: its
+                    // next owner restores it.
+                    Ok(()) => {
+                        if let Some(restore) = &self.restore {
+                            for p in tpl.elements().iter().map(|e| e.partition() as u32) {
+                                if let Err(e) = d.release(p) {
+                                    self.fail(e);
+                                }
+                                if let Ok(mut done) = restore.done.lock() {
+                                    done.remove(&p);
+                                }
+                            }
+                        }
+                    }
                 }
+                drop(d);
                 let r = if cooperative {
                     c.incremental_unassign(tpl)
                 } else {
@@ -370,6 +386,8 @@ struct Restore {
     brokers: String,
     extra: Vec<(String, String)>,
     done: Arc<Mutex<std::collections::BTreeSet<u32>>>,
+    /// No assignment yet in this session.
+    first: Arc<AtomicBool>,
 }
 
 impl Restore {
@@ -382,6 +400,14 @@ impl Restore {
             return Ok(());
         }
         let started = Instant::now();
+        if self.first.swap(false, Ordering::SeqCst) {
+            // The session's first assignment: partitions this instance held before (the
+            // local checkpoint) but was not given are someone else's now.
+            let held: std::collections::BTreeSet<u32> = d.held_partitions();
+            for p in held.difference(&new.iter().copied().collect()) {
+                d.release(*p)?;
+            }
+        }
         let read = changelog::restore(d, self.plan, &self.brokers, &self.extra, &new)?;
         for (p, r) in read.iter().filter(|(_, r)| r.records > 0) {
             tracing::info!(
@@ -437,6 +463,7 @@ fn run_session(
             brokers: brokers.clone(),
             extra: opts.kafka_config.clone(),
             done: Arc::default(),
+            first: Arc::new(AtomicBool::new(true)),
         })
     } else {
         None

@@ -1,0 +1,85 @@
+//! The driver's side of scale-out: the changelog it writes to, and a partition's state
+//! arriving (restored from the changelog, or kept in the store from an earlier stay) and
+//! leaving (revoked).
+
+use super::{Changelog, Driver, RunError};
+use crate::state::changelog::{self, PartitionMeta};
+
+impl Driver<'_> {
+    /// From now on every checkpoint also writes its changes to `log`.
+    pub fn log_to(&mut self, log: Box<dyn Changelog>) {
+        self.changelog = Some(log);
+    }
+
+    /// How far into changelog partition `p` the local store is.
+    pub fn changelog_position(&self, p: u32) -> Option<i64> {
+        self.positions.get(&p).copied()
+    }
+
+    /// Partition `p`'s entries in the store are its state (restored from the changelog up
+    /// to `next`, or kept from an earlier stay): its windows, sessions, watermark part and
+    /// offsets replace what was in memory for it, and the local store records the position.
+    pub fn adopt(&mut self, p: u32, meta: PartitionMeta, next: i64) -> Result<(), RunError> {
+        self.offsets.retain(|(_, q), _| *q as u32 != p);
+        self.engine
+            .windows
+            .adopt_partition(p, &self.store, meta.pending, meta.pending_sessions)?;
+        self.engine.watermarks.adopt(p, meta.max_event_time);
+        for (t, o) in meta.offsets {
+            self.offsets.insert((t, p as i32), o);
+        }
+        self.positions.insert(p, next);
+        let mut batch = rocksdb::WriteBatch::default();
+        changelog::put_positions(&mut batch, &self.positions)?;
+        self.store.write(batch)?;
+        Ok(())
+    }
+
+    /// The partitions whose state is in memory.
+    pub fn held_partitions(&self) -> std::collections::BTreeSet<u32> {
+        let mut held: std::collections::BTreeSet<u32> =
+            self.offsets.keys().map(|(_, p)| *p as u32).collect();
+        held.extend(self.engine.windows.partitions());
+        held
+    }
+
+    /// Whether partition `p`'s state is in memory (it has offsets: it was processed here or
+    /// restored).
+    pub fn holds(&self, p: u32) -> bool {
+        self.offsets.keys().any(|(_, q)| *q as u32 == p)
+    }
+
+    /// Partition `p` left this instance (revoked, after its checkpoint): its windows,
+    /// sessions, watermark part and offsets leave memory. Its entries stay in the local
+    /// store for a later return, which restores only what the changelog has beyond them.
+    pub fn release(&mut self, p: u32) -> Result<(), RunError> {
+        self.engine.windows.forget_partition(p)?;
+        self.engine.watermarks.forget(p);
+        self.offsets.retain(|(_, q), _| *q as u32 != p);
+        Ok(())
+    }
+
+    /// The partition record the local store keeps of `p` (written with every checkpoint).
+    pub fn local_partition_meta(&self, p: u32) -> Result<Option<PartitionMeta>, RunError> {
+        match self.store.get(&changelog::partition_meta_key(p))? {
+            Some(b) => Ok(Some(PartitionMeta::decode(&b)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The changelog record of partition `p`, as of now.
+    pub(super) fn partition_meta(&self, p: u32) -> PartitionMeta {
+        let (pending, pending_sessions) = self.engine.windows.partition_pending(p);
+        PartitionMeta {
+            offsets: self
+                .offsets
+                .iter()
+                .filter(|((_, q), _)| *q as u32 == p)
+                .map(|((t, _), o)| (t.clone(), *o))
+                .collect(),
+            max_event_time: self.engine.watermarks.max_event_time(p),
+            pending,
+            pending_sessions,
+        }
+    }
+}
