@@ -394,6 +394,7 @@ impl<'p> Driver<'p> {
             if let Some(log) = self.changelog.as_mut() {
                 let reached = log.write(changes)?;
                 self.positions.extend(reached);
+                point(Point::ChangelogCommitted);
             }
             changelog::put_positions(&mut batch, &self.positions)?;
         } else {
