@@ -57,13 +57,9 @@ fn sigkill_in_every_phase_loses_nothing_and_doubles_nothing() {
 /// restore the difference and resume at the changelog's offsets, or the table double counts.
 #[test]
 fn sigkill_in_every_phase_with_a_changelog() {
-    let Some(broker) = real_broker() else { return };
-    if broker.kind == "mock" || broker.kind == "tansu" {
-        return cannot_run(&format!(
-            "the changelog's transactions need a broker that writes transaction markers, not {}",
-            broker.kind
-        ));
-    }
+    let Some(broker) = changelog_broker() else {
+        return;
+    };
     sigkill_in_every_phase(broker, true);
 }
 
@@ -291,6 +287,20 @@ fn sigkill_in_every_phase(broker: weir_tests::kafka::Broker, changelog: bool) {
 }
 
 /// Says why a test cannot run: under `CI=true` that fails it, elsewhere it is skipped.
+/// The broker for a changelog test: its transactions need one that writes transaction
+/// markers (Apache Kafka, not the mock cluster or tansu).
+fn changelog_broker() -> Option<weir_tests::kafka::Broker> {
+    let broker = real_broker()?;
+    if broker.kind == "mock" || broker.kind == "tansu" {
+        cannot_run(&format!(
+            "the changelog's transactions need a broker that writes transaction markers, not {}",
+            broker.kind
+        ));
+        return None;
+    }
+    Some(broker)
+}
+
 fn cannot_run(why: &str) {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("CI=true and this test cannot run: {why}");
@@ -574,15 +584,9 @@ fn static_member_restarted_after_sigkill_resumes_at_once() {
 /// lost, nothing counted twice in the PostgreSQL table.
 #[test]
 fn an_empty_state_dir_restores_from_the_changelog() {
-    let Some(broker) = real_broker() else {
+    let Some(broker) = changelog_broker() else {
         return;
     };
-    if broker.kind == "mock" || broker.kind == "tansu" {
-        return cannot_run(&format!(
-            "the changelog's transactions need a broker that writes transaction markers, not {}",
-            broker.kind
-        ));
-    }
     let s = Scenario::with_step("restore", 20_000, 1_000, 0x5eed_0012, 5).with_changelog();
     s.create_topics(&broker);
     let args = s.args(&broker);
@@ -660,15 +664,9 @@ fn an_empty_state_dir_restores_from_the_changelog() {
 /// PostgreSQL table ends exact: no window lost, none counted twice.
 #[test]
 fn two_instances_share_the_partitions_and_one_takes_over_after_a_sigkill() {
-    let Some(broker) = real_broker() else {
+    let Some(broker) = changelog_broker() else {
         return;
     };
-    if broker.kind == "mock" || broker.kind == "tansu" {
-        return cannot_run(&format!(
-            "the changelog's transactions need a broker that writes transaction markers, not {}",
-            broker.kind
-        ));
-    }
     let s = Scenario::with_step("pair", 30_000, 1_000, 0x5eed_0013, 5).with_changelog();
     s.create_topics(&broker);
     let args_a = s.args(&broker);

@@ -112,19 +112,24 @@ impl WindowState {
         }
     }
 
+    /// A window whose entries are in RocksDB (restored): open, spilled, read on demand.
+    fn open_stored(&mut self, id: WindowId) {
+        self.closing.insert((id.end.saturating_add(self.grace), id));
+        self.slots.insert(
+            id,
+            Slot {
+                persisted: true,
+                spilled: true,
+                ..Slot::default()
+            },
+        );
+    }
+
     /// Restores the open windows recorded in a checkpoint; their entries stay in RocksDB
     /// and are read on demand. Sessions are loaded whole.
     pub fn restore(&mut self, meta: WindowMeta, store: &Store) -> Result<(), StateError> {
         for (id, _) in meta.open {
-            self.closing.insert((id.end.saturating_add(self.grace), id));
-            self.slots.insert(
-                id,
-                Slot {
-                    persisted: true,
-                    spilled: true,
-                    ..Slot::default()
-                },
-            );
+            self.open_stored(id);
         }
         self.pending = meta.pending.into_iter().collect();
         self.pending_sessions = meta.pending_sessions.into_iter().collect();

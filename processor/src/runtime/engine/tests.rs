@@ -27,11 +27,34 @@ output:
   schema: output.avsc
 "
     );
+    load(&yaml)
+}
+
+/// A definition over the `session_merge` golden case's schemas.
+fn load(yaml: &str) -> Plan {
     let dir =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/session_merge");
-    let loaded = load_str(&yaml, "prop.yaml", &SchemaResolver::in_dir(&dir));
+    let loaded = load_str(yaml, "prop.yaml", &SchemaResolver::in_dir(&dir));
     assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
     loaded.plan.expect("plan")
+}
+
+/// A new engine restored from `engine`'s checkpoint over `store`, through a bincode round
+/// trip of everything the checkpoint record holds (as a restart does).
+fn restarted<'p>(plan: &'p Plan, engine: &Engine<'_>, store: &Store) -> Engine<'p> {
+    let bytes = bincode::serialize(&(
+        engine.windows.meta(),
+        &engine.watermarks,
+        &engine.counters,
+        engine.clock,
+    ))
+    .expect("serialize");
+    let (meta, w, c, clock): (crate::state::windows::WindowMeta, Watermarks, Counters, i64) =
+        bincode::deserialize(&bytes).expect("deserialize");
+    let mut next = Engine::new(plan, None);
+    next.restore(w, c, clock);
+    next.windows.restore(meta, store).expect("restore");
+    next
 }
 
 fn record(i: usize, user: u8, n: i64, ts: i64) -> SourceRecord {
@@ -79,22 +102,7 @@ fn run(plan: &Plan, events: &[(u8, i64, i64)], split: Option<usize>) -> (Rows, u
                 .checkpoint_into(&mut batch)
                 .expect("checkpoint");
             store.write(batch).expect("write");
-            let bytes = bincode::serialize(&(
-                engine.windows.meta(),
-                &engine.watermarks,
-                &engine.counters,
-                engine.clock,
-            ))
-            .expect("serialize");
-            let (meta, w, c, clock): (
-                crate::state::windows::WindowMeta,
-                Watermarks,
-                Counters,
-                i64,
-            ) = bincode::deserialize(&bytes).expect("deserialize");
-            engine = Engine::new(plan, None);
-            engine.restore(w, c, clock);
-            engine.windows.restore(meta, &store).expect("restore");
+            engine = restarted(plan, &engine, &store);
         }
         let mut dead = Vec::new();
         engine
@@ -133,11 +141,7 @@ output:
   schema: output.avsc
 "
     );
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/session_merge");
-    let loaded = load_str(&yaml, "prop.yaml", &SchemaResolver::in_dir(&dir));
-    assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
-    loaded.plan.expect("plan")
+    load(&yaml)
 }
 
 /// Every `w|` and `s|` entry of a store.
@@ -195,22 +199,7 @@ fn run_logged(plan: &Plan, events: &[(u8, i64, i64)], every: usize, move_at: usi
         if i > 0 && i % every == 0 {
             checkpoint(&mut engine, &mut local, &mut rebuilt, on_rebuilt);
             if i >= move_at && !on_rebuilt {
-                let bytes = bincode::serialize(&(
-                    engine.windows.meta(),
-                    &engine.watermarks,
-                    &engine.counters,
-                    engine.clock,
-                ))
-                .expect("serialize");
-                let (meta, w, c, clock): (
-                    crate::state::windows::WindowMeta,
-                    Watermarks,
-                    Counters,
-                    i64,
-                ) = bincode::deserialize(&bytes).expect("deserialize");
-                engine = Engine::new(plan, None);
-                engine.restore(w, c, clock);
-                engine.windows.restore(meta, &rebuilt).expect("restore");
+                engine = restarted(plan, &engine, &rebuilt);
                 on_rebuilt = true;
             }
         }

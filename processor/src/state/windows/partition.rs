@@ -2,7 +2,7 @@
 //! the partition moves to another instance, and coming back from the store after a
 //! restore (scale-out: state follows its partitions).
 
-use super::{PendingWindows, Session, Slot, WindowState};
+use super::{PendingWindows, Session, WindowState};
 use crate::state::{StateError, Store, WindowId};
 
 impl WindowState {
@@ -93,15 +93,7 @@ impl WindowState {
             };
             if last != Some(id) {
                 last = Some(id);
-                self.closing.insert((id.end.saturating_add(self.grace), id));
-                self.slots.insert(
-                    id,
-                    Slot {
-                        persisted: true,
-                        spilled: true,
-                        ..Slot::default()
-                    },
-                );
+                self.open_stored(id);
             }
         }
         let mut prefix = vec![b's'];
