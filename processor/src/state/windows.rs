@@ -125,6 +125,22 @@ impl WindowState {
         );
     }
 
+    /// A key's stored sessions (restored): open, each with its closing timer.
+    fn open_stored_sessions(&mut self, p: u32, key: &[u8], value: &[u8]) -> Result<(), StateError> {
+        let list: Vec<Session> =
+            bincode::deserialize(value).map_err(|e| StateError::Corrupt(e.to_string()))?;
+        for s in &list {
+            self.session_timers.insert((
+                s.end.saturating_add(self.grace),
+                p,
+                s.start,
+                key.to_vec(),
+            ));
+        }
+        self.sessions.insert((p, key.to_vec()), list);
+        Ok(())
+    }
+
     /// Restores the open windows recorded in a checkpoint; their entries stay in RocksDB
     /// and are read on demand. Sessions are loaded whole.
     pub fn restore(&mut self, meta: WindowMeta, store: &Store) -> Result<(), StateError> {
@@ -139,18 +155,7 @@ impl WindowState {
                 continue;
             }
             let partition = u32::from_be_bytes([k[1], k[2], k[3], k[4]]);
-            let key = k[5..].to_vec();
-            let list: Vec<Session> =
-                bincode::deserialize(&v).map_err(|e| StateError::Corrupt(e.to_string()))?;
-            for s in &list {
-                self.session_timers.insert((
-                    s.end.saturating_add(self.grace),
-                    partition,
-                    s.start,
-                    key.clone(),
-                ));
-            }
-            self.sessions.insert((partition, key), list);
+            self.open_stored_sessions(partition, &k[5..], &v)?;
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! the partition moves to another instance, and coming back from the store after a
 //! restore (scale-out: state follows its partitions).
 
-use super::{PendingWindows, Session, WindowState};
+use super::{PendingWindows, WindowState};
 use crate::state::{StateError, Store, WindowId};
 
 impl WindowState {
@@ -100,18 +100,7 @@ impl WindowState {
         prefix.extend_from_slice(&p.to_be_bytes());
         for item in store.iter_prefix(&prefix) {
             let (k, v) = item?;
-            let key = k[5..].to_vec();
-            let list: Vec<Session> =
-                bincode::deserialize(&v).map_err(|e| StateError::Corrupt(e.to_string()))?;
-            for s in &list {
-                self.session_timers.insert((
-                    s.end.saturating_add(self.grace),
-                    p,
-                    s.start,
-                    key.clone(),
-                ));
-            }
-            self.sessions.insert((p, key), list);
+            self.open_stored_sessions(p, &k[5..], &v)?;
         }
         self.pending.extend(pending);
         self.pending_sessions
