@@ -41,6 +41,13 @@ pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
         live.checkpoint_seconds_last
     );
     println!("state size:      {} bytes", live.state_bytes);
+    let r = &live.restore;
+    if r.partitions > 0 {
+        println!(
+            "restored:        {} records, {} bytes from the changelog ({} partition restores, {:.3} s in all, last {:.3} s)",
+            r.records, r.bytes, r.partitions, r.seconds_sum, r.seconds_last
+        );
+    }
     println!(
         "events:          {} in, {} out, {:.0}/s; dead letters: decode {}, schema {}, expression {}, late {}; filtered {}",
         c.events_in,

@@ -32,21 +32,30 @@ fn client(brokers: &str, group: &str, extra: &[(String, String)]) -> Result<Base
 
 /// Adds a running pipeline's own view to its group's rows: its position, watermark and
 /// owner per partition. Its position is ahead of the committed offset between checkpoints,
-/// so lag counts from what it has processed.
+/// so lag counts from what it has processed. A partition that another member owns (another
+/// instance or server of the same pipeline, as the group describes it) keeps the group's
+/// view: what this instance knows of it is from before it moved.
 pub fn merge_live(rows: &mut [PartitionStatus], live: &LiveStatus) {
     for r in rows.iter_mut() {
-        if let Some(l) = live
+        let Some(l) = live
             .partitions
             .iter()
             .find(|l| l.topic == r.topic && l.partition == r.partition)
-        {
-            r.state_offset = l.state_offset;
-            r.watermark = l.watermark;
-            r.last_event_time = l.last_event_time;
+        else {
+            continue;
+        };
+        let here = l.member.is_some();
+        if !here && r.member.is_some() {
+            continue;
+        }
+        r.state_offset = l.state_offset;
+        r.watermark = l.watermark;
+        r.last_event_time = l.last_event_time;
+        if r.member.is_none() {
             r.member = l.member.clone();
-            if let (Some(end), Some(pos)) = (r.log_end, l.state_offset.or(r.committed)) {
-                r.lag = Some((end - pos).max(0));
-            }
+        }
+        if let (Some(end), Some(pos)) = (r.log_end, l.state_offset.or(r.committed)) {
+            r.lag = Some((end - pos).max(0));
         }
     }
 }
@@ -182,6 +191,52 @@ pub fn group_offsets(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(partition: i32, member: Option<&str>) -> PartitionStatus {
+        PartitionStatus {
+            topic: "t".into(),
+            partition,
+            committed: Some(10),
+            log_end: Some(100),
+            lag: Some(90),
+            member: member.map(String::from),
+            ..Default::default()
+        }
+    }
+
+    /// Two servers of one pipeline: each partition shows its owner from the group, and only
+    /// the partitions this one owns take its position.
+    #[test]
+    fn merge_keeps_the_owner_of_a_partition_held_elsewhere() {
+        let mut rows = vec![
+            row(0, Some("m-a (weir)")),
+            row(1, Some("m-b (weir)")),
+            row(2, None),
+        ];
+        let mut live = LiveStatus::default();
+        for (p, member) in [(0, Some("m-a")), (1, None), (2, Some("m-a"))] {
+            live.partitions.push(PartitionStatus {
+                topic: "t".into(),
+                partition: p,
+                state_offset: Some(50),
+                member: member.map(String::from),
+                ..Default::default()
+            });
+        }
+        merge_live(&mut rows, &live);
+        let got: Vec<(Option<&str>, Option<i64>, Option<i64>)> = rows
+            .iter()
+            .map(|r| (r.member.as_deref(), r.state_offset, r.lag))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some("m-a (weir)"), Some(50), Some(50)),
+                (Some("m-b (weir)"), None, Some(90)),
+                (Some("m-a"), Some(50), Some(50)),
+            ]
+        );
+    }
 
     #[test]
     fn decodes_a_consumer_protocol_assignment() {

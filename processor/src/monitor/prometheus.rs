@@ -199,6 +199,30 @@ pub fn render(pipelines: &[(String, LiveStatus)]) -> String {
         Some(s.state_bytes as f64)
     });
     o.head(
+        "weir_changelog_restored_records_total",
+        "counter",
+        "Changelog records read to restore assigned partitions (state.changelog).",
+    );
+    o.head_only_samples(pipelines, "weir_changelog_restored_records_total", |s| {
+        Some(s.restore.records as f64)
+    });
+    o.head(
+        "weir_changelog_restored_bytes_total",
+        "counter",
+        "Bytes (keys and values) of the changelog records read to restore partitions.",
+    );
+    o.head_only_samples(pipelines, "weir_changelog_restored_bytes_total", |s| {
+        Some(s.restore.bytes as f64)
+    });
+    o.head(
+        "weir_changelog_restore_seconds_total",
+        "counter",
+        "Time spent restoring partitions from the changelog.",
+    );
+    o.head_only_samples(pipelines, "weir_changelog_restore_seconds_total", |s| {
+        Some(s.restore.seconds_sum)
+    });
+    o.head(
         "weir_sink_flush_duration_seconds",
         "summary",
         "Time a sink took to acknowledge everything written since the last checkpoint.",
@@ -258,5 +282,38 @@ mod tests {
             text.contains("weir_consumer_lag{pipeline=\"a\\\"b\",topic=\"t\",partition=\"3\"} 5\n")
         );
         assert!(text.contains("# TYPE weir_checkpoint_duration_seconds summary\n"));
+    }
+
+    /// Restores reach `/metrics` from the telemetry events alone; a check that read nothing
+    /// (a current store) counts no restore.
+    #[test]
+    fn restores_from_the_changelog_are_counted() {
+        use crate::monitor::telemetry::{Live, Telemetry};
+        use std::time::Duration;
+        let live = Live::new("p");
+        live.record(Telemetry::Restored {
+            partitions: &[(0, 0, 0), (1, 0, 0)],
+            took: Duration::from_millis(3),
+        });
+        assert_eq!(live.snapshot().restore, Default::default());
+        live.record(Telemetry::Restored {
+            partitions: &[(0, 120, 4_000), (1, 0, 0), (2, 30, 1_000)],
+            took: Duration::from_millis(250),
+        });
+        live.record(Telemetry::Restored {
+            partitions: &[(3, 10, 500)],
+            took: Duration::from_millis(500),
+        });
+        let s = live.snapshot();
+        assert_eq!(
+            (s.restore.partitions, s.restore.records, s.restore.bytes),
+            (3, 160, 5_500)
+        );
+        assert_eq!(s.restore.seconds_last, 0.5);
+        let text = render(&[("p".into(), s)]);
+        assert!(text.contains("weir_changelog_restored_records_total{pipeline=\"p\"} 160\n"));
+        assert!(text.contains("weir_changelog_restored_bytes_total{pipeline=\"p\"} 5500\n"));
+        assert!(text.contains("weir_changelog_restore_seconds_total{pipeline=\"p\"} 0.75\n"));
+        assert!(text.contains("# TYPE weir_changelog_restored_records_total counter\n"));
     }
 }

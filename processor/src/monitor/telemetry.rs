@@ -82,6 +82,21 @@ pub struct LiveStatus {
     pub sink_flush: BTreeMap<String, SinkLatency>,
     /// The last session error, while retrying.
     pub error: Option<String>,
+    /// What restores from the changelog read (`state.changelog`).
+    #[serde(default)]
+    pub restore: RestoreStatus,
+}
+
+/// Restores from the changelog since the pipeline started (every session of it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RestoreStatus {
+    /// Partition restores that read any records.
+    pub partitions: u64,
+    pub records: u64,
+    pub bytes: u64,
+    /// Time spent restoring, in all and in the last restore that read anything.
+    pub seconds_sum: f64,
+    pub seconds_last: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -118,6 +133,12 @@ pub enum Telemetry<'a> {
     CheckpointWritten {
         took: Duration,
         state_bytes: u64,
+    },
+    /// Assigned partitions were checked against the changelog: (partition, records,
+    /// bytes) read for each, and how long the check and the restore took.
+    Restored {
+        partitions: &'a [(u32, u64, u64)],
+        took: Duration,
     },
     /// The periodic snapshot of counters, positions and watermarks (every ~250 ms).
     Progress {
@@ -248,6 +269,31 @@ impl Live {
                 g.status.checkpoint_seconds_sum += took.as_secs_f64();
                 g.status.last_checkpoint = Some(now_ms());
                 g.status.state_bytes = state_bytes;
+            }
+            Telemetry::Restored { partitions, took } => {
+                let mut read = false;
+                for &(partition, records, bytes) in partitions.iter().filter(|p| p.1 > 0) {
+                    tracing::info!(
+                        pipeline = name,
+                        partition,
+                        records,
+                        bytes,
+                        seconds = took.as_secs_f64(),
+                        "restored from the changelog"
+                    );
+                    let r = &mut g.status.restore;
+                    r.partitions += 1;
+                    r.records += records;
+                    r.bytes += bytes;
+                    read = true;
+                }
+                if read {
+                    let r = &mut g.status.restore;
+                    r.seconds_sum += took.as_secs_f64();
+                    r.seconds_last = took.as_secs_f64();
+                } else {
+                    tracing::debug!(pipeline = name, ?partitions, "changelog checked: current");
+                }
             }
             Telemetry::Progress {
                 counters,

@@ -435,7 +435,8 @@ impl Server {
             &self.cfg.conn.brokers(),
             &group,
             &topics,
-            false,
+            // Each partition's owner, when several servers host the pipeline.
+            true,
             &self.cfg.conn.kafka_config,
             Duration::from_secs(5),
         )

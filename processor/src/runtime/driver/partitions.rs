@@ -43,10 +43,19 @@ impl Driver<'_> {
         held
     }
 
-    /// Whether partition `p`'s state is in memory (it has offsets: it was processed here or
-    /// restored).
-    pub fn holds(&self, p: u32) -> bool {
-        self.offsets.keys().any(|(_, q)| *q as u32 == p)
+    /// Whether memory holds partition `p` at exactly these offsets (per source topic): then
+    /// it holds the state those offsets describe, and there is nothing to adopt.
+    pub fn holds_at(&self, p: u32, offsets: &[(String, i64)]) -> bool {
+        let mut here: Vec<(&str, i64)> = self
+            .offsets
+            .iter()
+            .filter(|((_, q), _)| *q as u32 == p)
+            .map(|((t, _), o)| (t.as_str(), *o))
+            .collect();
+        let mut there: Vec<(&str, i64)> = offsets.iter().map(|(t, o)| (t.as_str(), *o)).collect();
+        here.sort_unstable();
+        there.sort_unstable();
+        here == there
     }
 
     /// Partition `p` left this instance (revoked, after its checkpoint): its windows,

@@ -12,7 +12,10 @@
 //! `isolation.level=read_committed` from the local store's position to its end: a
 //! store that is current reads nothing; an empty state directory (a new machine) reads it
 //! all. The records are applied in order into the local store, then the partition's last
-//! record (offsets, largest event time, pending updates) puts it in the engine.
+//! record (offsets, largest event time, pending updates) puts it in the engine. A store
+//! that is current still has the partition record its entries were written with; when
+//! memory (the local checkpoint) is at other offsets than that record, the record wins:
+//! a restore adopted newer entries and the process died before its next checkpoint.
 
 use super::super::driver::{Changelog, Driver};
 use super::super::RunError;
@@ -329,15 +332,20 @@ pub fn restore(
                 };
                 driver.adopt(p, meta.unwrap_or_default(), next)?;
             }
-            // Current, and not in memory (it left earlier and came back): the local store
-            // holds it.
-            _ if !driver.holds(p) => {
+            // Current: the local store's partition record is the truth. It is written with
+            // the partition's entries (in the checkpoint's batch, or by a restore), while
+            // memory holds the local checkpoint, which may be older: a partition that left
+            // and came back, or a restore that adopted the changelog's newer entries and
+            // was killed before the next checkpoint. Memory at other offsets than the
+            // record would count the records between them twice.
+            _ => {
                 if let Some(meta) = driver.local_partition_meta(p)? {
-                    let at = driver.changelog_position(p).unwrap_or(0);
-                    driver.adopt(p, meta, at)?;
+                    if !driver.holds_at(p, &meta.offsets) {
+                        let at = driver.changelog_position(p).unwrap_or(0);
+                        driver.adopt(p, meta, at)?;
+                    }
                 }
             }
-            _ => {}
         }
     }
     Ok(out)

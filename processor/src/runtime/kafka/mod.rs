@@ -154,7 +154,7 @@ impl ConsumerContext for Ctx {
                         .iter()
                         .map(|e| e.partition() as u32)
                         .collect();
-                    if let Err(e) = r.partitions(&mut p, &parts) {
+                    if let Err(e) = r.partitions(&mut p, &parts, &self.live) {
                         self.fail(e);
                         return;
                     }
@@ -391,7 +391,7 @@ struct Restore {
 }
 
 impl Restore {
-    fn partitions(&self, d: &mut Driver<'_>, parts: &[u32]) -> Result<(), RunError> {
+    fn partitions(&self, d: &mut Driver<'_>, parts: &[u32], live: &Live) -> Result<(), RunError> {
         let new: Vec<u32> = {
             let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
             parts.iter().copied().filter(|p| done.insert(*p)).collect()
@@ -409,15 +409,12 @@ impl Restore {
             }
         }
         let read = changelog::restore(d, self.plan, &self.brokers, &self.extra, &new)?;
-        for (p, r) in read.iter().filter(|(_, r)| r.records > 0) {
-            tracing::info!(
-                partition = p,
-                records = r.records,
-                bytes = r.bytes,
-                "restored from the changelog"
-            );
-        }
-        tracing::debug!(partitions = ?new, seconds = started.elapsed().as_secs_f64(), "changelog checked");
+        let partitions: Vec<(u32, u64, u64)> =
+            read.iter().map(|(p, r)| (*p, r.records, r.bytes)).collect();
+        live.record(Telemetry::Restored {
+            partitions: &partitions,
+            took: started.elapsed(),
+        });
         Ok(())
     }
 }
