@@ -198,30 +198,28 @@ pub fn render(pipelines: &[(String, LiveStatus)]) -> String {
     o.head_only_samples(pipelines, "weir_state_size_bytes", |s| {
         Some(s.state_bytes as f64)
     });
-    o.head(
-        "weir_changelog_restored_records_total",
-        "counter",
-        "Changelog records read to restore assigned partitions (state.changelog).",
-    );
-    o.head_only_samples(pipelines, "weir_changelog_restored_records_total", |s| {
-        Some(s.restore.records as f64)
-    });
-    o.head(
-        "weir_changelog_restored_bytes_total",
-        "counter",
-        "Bytes (keys and values) of the changelog records read to restore partitions.",
-    );
-    o.head_only_samples(pipelines, "weir_changelog_restored_bytes_total", |s| {
-        Some(s.restore.bytes as f64)
-    });
-    o.head(
-        "weir_changelog_restore_seconds_total",
-        "counter",
-        "Time spent restoring partitions from the changelog.",
-    );
-    o.head_only_samples(pipelines, "weir_changelog_restore_seconds_total", |s| {
-        Some(s.restore.seconds_sum)
-    });
+    type Figure = fn(&LiveStatus) -> f64;
+    let restores: [(&str, &str, Figure); 3] = [
+        (
+            "weir_changelog_restored_records_total",
+            "Changelog records read to restore assigned partitions (state.changelog).",
+            |s| s.restore.records as f64,
+        ),
+        (
+            "weir_changelog_restored_bytes_total",
+            "Bytes (keys and values) of the changelog records read to restore partitions.",
+            |s| s.restore.bytes as f64,
+        ),
+        (
+            "weir_changelog_restore_seconds_total",
+            "Time spent restoring partitions from the changelog.",
+            |s| s.restore.seconds_sum,
+        ),
+    ];
+    for (name, help, figure) in restores {
+        o.head(name, "counter", help);
+        o.head_only_samples(pipelines, name, |s| Some(figure(s)));
+    }
     o.head(
         "weir_sink_flush_duration_seconds",
         "summary",
