@@ -92,14 +92,26 @@ for i in range(EVENTS):
     offsets[p] += 1
     events.append((p, k, n, ts))
 write("many_keys/input.jsonl", lines)
-agg = {}
+# Each partition's windows close by that partition's watermark (its largest event time
+# minus OOO), in (close, start, key) order, after the event that moves it; what is still open
+# at the end closes by (close, partition, start, key).
+agg, open_windows, rows = {}, {}, []
+maxts = [None] * PARTS
 for p, k, n, ts in events:
     start = ts // SIZE * SIZE
     a = agg.setdefault((p, start, k), [0, 0, None])
     a[0] += 1
     a[1] += n
     a[2] = n if a[2] is None else max(a[2], n)
-rows = sorted(agg.items(), key=lambda kv: (kv[0][1] + SIZE + GRACE, kv[0][0], kv[0][1], kv[0][2]))
+    open_windows.setdefault(p, set()).add(start)
+    maxts[p] = ts if maxts[p] is None else max(maxts[p], ts)
+    wm = maxts[p] - OOO
+    for s in sorted(s for s in open_windows[p] if s + SIZE + GRACE <= wm):
+        open_windows[p].discard(s)
+        rows += sorted(((q, st, key), v) for (q, st, key), v in agg.items() if q == p and st == s)
+closed = {(q, st) for (q, st, _), _ in rows}
+rest = [(key, v) for key, v in agg.items() if (key[0], key[1]) not in closed]
+rows += sorted(rest, key=lambda kv: (kv[0][1] + SIZE + GRACE, kv[0][0], kv[0][1], kv[0][2]))
 write("many_keys/expected.jsonl", [json.dumps(
     {"user": k, "window_start": s, "window_end": s + SIZE, "events": c, "total": t, "max_n": m},
     separators=(",", ":")) for (p, s, k), (c, t, m) in rows])

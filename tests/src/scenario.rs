@@ -52,6 +52,8 @@ pub enum Expect {
 
 pub struct Scenario {
     pub name: String,
+    /// The source topic's partitions ([`PARTITIONS`] unless [`Scenario::build_on`] says).
+    pub partitions: i32,
     pub dir: tempfile::TempDir,
     pub source: String,
     pub out_topic: String,
@@ -70,8 +72,8 @@ pub struct Scenario {
     pub dead: BTreeMap<Vec<u8>, (i32, &'static str)>,
 }
 
-fn user_partition(u: u64) -> i32 {
-    (u % PARTITIONS as u64) as i32
+fn user_partition(u: u64, partitions: i32) -> i32 {
+    (u % partitions as u64) as i32
 }
 
 /// The event time of a click in the wire format; `None` for an invalid one.
@@ -132,6 +134,19 @@ impl Scenario {
         step_ms: i64,
         pg: String,
     ) -> Scenario {
+        Scenario::build_on(name, events, batch, seed, step_ms, pg, PARTITIONS)
+    }
+
+    /// Like [`Scenario::build`], on a source topic of `partitions` partitions.
+    pub fn build_on(
+        name: &str,
+        events: u64,
+        batch: usize,
+        seed: u64,
+        step_ms: i64,
+        pg: String,
+        partitions: i32,
+    ) -> Scenario {
         let suffix = format!("{}-{}", std::process::id(), seed);
         let dir = tempfile::tempdir().expect("tempdir");
         let source = format!("clicks-{name}-{suffix}");
@@ -165,7 +180,7 @@ steps:
 output:
   schema: click_totals.avsc
 sinks:
-  - {{type: kafka, topic: {out_topic}, partitions: {PARTITIONS}, schema_id: {OUT_SCHEMA_ID}}}
+  - {{type: kafka, topic: {out_topic}, partitions: {partitions}, schema_id: {OUT_SCHEMA_ID}}}
   - {{type: postgres, url: "{pg}", table: {table}}}
 dead_letter: {{type: kafka, topic: {dlq}}}
 "#,
@@ -181,7 +196,7 @@ dead_letter: {{type: kafka, topic: {dlq}}}
         for i in 0..events {
             let u = rng.below(USERS);
             let user = format!("u{u:02}");
-            let part = user_partition(u);
+            let part = user_partition(u, partitions);
             let base = T0 + i as i64 * step_ms;
             let key = user.clone().into_bytes();
             if i % 1000 == 999 {
@@ -218,7 +233,7 @@ dead_letter: {{type: kafka, topic: {dlq}}}
         let mut batches: Vec<Vec<_>> = all.chunks(batch).map(|c| c.to_vec()).collect();
         let end = T0 + events as i64 * step_ms + 60_000;
         batches.push(
-            (0..PARTITIONS)
+            (0..partitions)
                 .map(|p| {
                     let user = format!("zz-sentinel-{p}");
                     (p, user.clone().into_bytes(), encode(&schema, &user, 0, end))
@@ -227,6 +242,7 @@ dead_letter: {{type: kafka, topic: {dlq}}}
         );
         Scenario {
             name: name.to_string(),
+            partitions,
             dir,
             source,
             out_topic,
@@ -292,9 +308,13 @@ dead_letter: {{type: kafka, topic: {dlq}}}
     /// The group's committed offset of every source partition equals its log end: a
     /// clean stop committed everything the pipeline processed, so lag is zero.
     pub fn assert_no_lag(&self, broker: &Broker) {
-        let committed =
-            crate::kafka::committed(&broker.bootstrap, &self.group, &self.source, PARTITIONS);
-        let ends = crate::kafka::log_ends(&broker.bootstrap, &self.source, PARTITIONS);
+        let committed = crate::kafka::committed(
+            &broker.bootstrap,
+            &self.group,
+            &self.source,
+            self.partitions,
+        );
+        let ends = crate::kafka::log_ends(&broker.bootstrap, &self.source, self.partitions);
         assert_eq!(
             committed, ends,
             "committed offsets of group {} (left) against the log ends of {} (right)",
@@ -303,10 +323,10 @@ dead_letter: {{type: kafka, topic: {dlq}}}
     }
 
     pub fn create_topics(&self, broker: &Broker) {
-        broker.create_topic(&self.source, PARTITIONS);
+        broker.create_topic(&self.source, self.partitions);
         if broker.mock().is_some() {
             // The mock cluster has no CreateTopics; Weir accepts a topic that exists.
-            broker.create_topic(&self.out_topic, PARTITIONS);
+            broker.create_topic(&self.out_topic, self.partitions);
             broker.create_topic(&self.dlq, 1);
         }
     }

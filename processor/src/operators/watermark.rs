@@ -1,14 +1,22 @@
-//! Watermarks. A partition's watermark is the largest event time it has shown minus
-//! `max_out_of_orderness`; the pipeline's is the minimum over partitions that are not
-//! idle, and never goes back. A partition is idle when the clock has moved
-//! `idle_timeout` past its last record; with every partition idle, the largest
-//! partition watermark counts. The clock is the largest event time read so far, offline and
-//! against Kafka alike (so a replay is deterministic).
+//! Watermarks. **A window closes by its own partition's watermark**, as a Kafka Streams task
+//! closes its windows by its own stream time: a partition's watermark is the largest event
+//! time it has shown minus `max_out_of_orderness` ([`Watermarks::of`]). Windows are per
+//! source partition (their ids carry it), so which windows close when, and which events are
+//! late, depend only on that partition's records, never on which other partitions share the
+//! instance: several instances give the results of one, and a partition that moves (a
+//! rebalance, a restore from the changelog) keeps its watermark with its state.
+//!
+//! The **pipeline watermark** ([`Watermarks::current`]) is what the instance reports
+//! (`weir status`, `/metrics`) and what paces `emit: update` and a replay's catch-up: the
+//! minimum over partitions that are not idle, never going back. A partition is idle when the
+//! clock has moved `idle_timeout` past its last record; with every partition idle, the
+//! largest partition watermark counts. The clock is the largest event time read so far,
+//! offline and against Kafka alike (so a replay is deterministic).
 //!
 //! A Kafka partition that is assigned but has shown no record yet is [`Watermarks::register`]ed:
-//! it holds the watermark back (as in Flink and Kafka Streams) until it shows records or,
-//! with `idle_timeout`, until the clock has moved that far past its registration. Without
-//! this, the first partition fetched would close windows that the others still feed.
+//! it holds the pipeline watermark back (as in Flink and Kafka Streams) until it shows records
+//! or, with `idle_timeout`, until the clock has moved that far past its registration. Its own
+//! watermark is at the start of time: its first records are never late.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -56,6 +64,16 @@ impl Watermarks {
         let e = self.parts.entry(partition).or_insert((i64::MIN, clock));
         e.0 = e.0.max(ts);
         e.1 = clock;
+    }
+
+    /// Partition `partition`'s watermark: what closes its windows and makes its events late.
+    /// At the end of a bounded input ([`Watermarks::finish`]) every partition's is the end
+    /// of time.
+    pub fn of(&self, partition: u32) -> i64 {
+        if self.current == i64::MAX {
+            return i64::MAX;
+        }
+        self.max_event_time(partition).saturating_sub(self.ooo)
     }
 
     /// Recomputes and returns the pipeline watermark at `clock`.
@@ -152,6 +170,25 @@ mod tests {
         );
         strict.observe(1, 4000, 5000);
         assert_eq!(strict.advance(5000), 4000);
+    }
+
+    #[test]
+    fn each_partition_has_its_own_watermark() {
+        let mut w = Watermarks::new(10, None);
+        w.register(1);
+        w.observe(0, 1000, 1000);
+        assert_eq!(
+            w.advance(1000),
+            i64::MIN,
+            "partition 1 holds the pipeline's"
+        );
+        assert_eq!(w.of(0), 990, "but not partition 0's");
+        assert_eq!(w.of(1), i64::MIN);
+        w.observe(1, 200, 1000);
+        w.advance(1000);
+        assert_eq!((w.of(0), w.of(1), w.current()), (990, 190, 190));
+        w.finish();
+        assert_eq!((w.of(0), w.of(1)), (i64::MAX, i64::MAX));
     }
 
     proptest::proptest! {

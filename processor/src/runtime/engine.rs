@@ -249,7 +249,8 @@ impl<'p> Engine<'p> {
             self.dead(rec, DeadLetterReason::Expression, e.0, dead);
             return Ok(());
         }
-        let before = self.watermarks.current();
+        // The partition's own watermark decides lateness (see `operators::watermark`).
+        let before = self.watermarks.of(rec.partition);
         match self.windows.add(
             self.plan,
             store,
@@ -262,15 +263,16 @@ impl<'p> Engine<'p> {
         )? {
             Added::Ok => {}
             Added::Late => {
-                let msg = format!("event time {} is behind the watermark {} beyond the grace period; its windows have closed", fmt_ms(ts), fmt_ms(before));
+                let msg = format!("event time {} is behind the watermark of partition {} ({}) beyond the grace period; its windows have closed", fmt_ms(ts), rec.partition, fmt_ms(before));
                 self.dead(rec, DeadLetterReason::Late, msg, dead);
             }
         }
         self.advance_time(store, rec.partition, ts, out)
     }
 
-    /// A valid event's time reaches the clock and its partition's watermark; windows the
-    /// pipeline watermark has passed close.
+    /// A valid event's time reaches the clock and its partition's watermark; that
+    /// partition's windows its watermark has passed close. `emit: update` is paced by the
+    /// pipeline watermark.
     fn advance_time(
         &mut self,
         store: &Store,
@@ -281,13 +283,17 @@ impl<'p> Engine<'p> {
         self.clock = self.clock.max(ts);
         self.watermarks.observe(partition, ts, self.clock);
         let wm = self.watermarks.advance(self.clock);
-        self.emit(store, wm, out)
+        let own = self.watermarks.of(partition);
+        self.emit(store, wm, Some((partition, own)), out)
     }
 
+    /// Updates due at pipeline watermark `wm`, then the windows that close: `closing`'s
+    /// partition at its watermark, or (`None`) every partition at `wm`.
     fn emit(
         &mut self,
         store: &Store,
         wm: i64,
+        closing: Option<(u32, i64)>,
         out: &mut dyn FnMut(Emitted),
     ) -> Result<(), StateError> {
         let mut n = 0u64;
@@ -296,7 +302,10 @@ impl<'p> Engine<'p> {
             out(decode_emission(e));
         };
         self.windows.take_updates(wm, store, &mut each)?;
-        self.windows.close_until(wm, store, &mut each)?;
+        match closing {
+            Some((p, own)) => self.windows.close_until(Some(p), own, store, &mut each)?,
+            None => self.windows.close_until(None, wm, store, &mut each)?,
+        }
         self.counters.results_out += n;
         Ok(())
     }
@@ -309,7 +318,7 @@ impl<'p> Engine<'p> {
         out: &mut dyn FnMut(Emitted),
     ) -> Result<(), StateError> {
         let wm = self.watermarks.finish();
-        self.emit(store, wm, out)
+        self.emit(store, wm, None, out)
     }
 }
 

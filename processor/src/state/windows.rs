@@ -64,14 +64,16 @@ pub struct WindowState {
     emit: EmitPlan,
     capacity: usize,
     slots: BTreeMap<WindowId, Slot>,
-    closing: BTreeSet<(i64, WindowId)>,
+    /// (partition, close time, window): each partition's windows close by its watermark.
+    closing: BTreeSet<(u32, i64, WindowId)>,
     cached: usize,
     dirty: Vec<(WindowId, Vec<u8>)>,
     closed_persisted: Vec<WindowId>,
     pending: BTreeSet<(WindowId, Vec<u8>)>,
     sessions: FxHashMap<(u32, Vec<u8>), Vec<Session>>,
-    /// (close time, partition, start, key): sessions close in the README's order.
-    session_timers: BTreeSet<(i64, u32, i64, Vec<u8>)>,
+    /// (partition, close time, start, key): each partition's sessions close by its
+    /// watermark, in the README's order.
+    session_timers: BTreeSet<(u32, i64, i64, Vec<u8>)>,
     dirty_sessions: FxHashSet<(u32, Vec<u8>)>,
     pending_sessions: BTreeSet<(u32, Vec<u8>)>,
     last_update_wm: i64,
@@ -114,7 +116,8 @@ impl WindowState {
 
     /// A window whose entries are in RocksDB (restored): open, spilled, read on demand.
     fn open_stored(&mut self, id: WindowId) {
-        self.closing.insert((id.end.saturating_add(self.grace), id));
+        self.closing
+            .insert((id.partition, id.end.saturating_add(self.grace), id));
         self.slots.insert(
             id,
             Slot {
@@ -131,8 +134,8 @@ impl WindowState {
             bincode::deserialize(value).map_err(|e| StateError::Corrupt(e.to_string()))?;
         for s in &list {
             self.session_timers.insert((
-                s.end.saturating_add(self.grace),
                 p,
+                s.end.saturating_add(self.grace),
                 s.start,
                 key.to_vec(),
             ));
@@ -178,7 +181,7 @@ impl WindowState {
         self.cached > self.capacity
     }
 
-    /// Adds one event. `watermark` is the pipeline watermark before this event.
+    /// Adds one event. `watermark` is its partition's watermark before this event.
     #[allow(clippy::too_many_arguments)]
     pub fn add(
         &mut self,
@@ -229,7 +232,8 @@ impl WindowState {
             let slot = match self.slots.entry(id) {
                 std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::btree_map::Entry::Vacant(v) => {
-                    self.closing.insert((end.saturating_add(self.grace), id));
+                    self.closing
+                        .insert((partition, end.saturating_add(self.grace), id));
                     // Size a new window's cache like the last one that closed: no rehashing.
                     let cap = self.last_slot_len.min(self.capacity);
                     v.insert(Slot {
@@ -306,8 +310,8 @@ impl WindowState {
         }
         for s in absorbed {
             self.session_timers.remove(&(
-                s.end.saturating_add(grace),
                 partition,
+                s.end.saturating_add(grace),
                 s.start,
                 key.to_vec(),
             ));
@@ -322,7 +326,7 @@ impl WindowState {
         keep.sort_by_key(|s| s.start);
         *list = keep;
         self.session_timers
-            .insert((end.saturating_add(grace), partition, start, key.to_vec()));
+            .insert((partition, end.saturating_add(grace), start, key.to_vec()));
         self.dirty_sessions.insert(k.clone());
         if let EmitPlan::Update { .. } = self.emit {
             self.pending_sessions.insert(k);
@@ -330,88 +334,64 @@ impl WindowState {
         Added::Ok
     }
 
-    /// Closes every window whose `end + grace` the watermark has reached, handing each
-    /// result to `emit` (every closed window in `final` mode; changed ones in `update`).
+    /// Closes the windows (and sessions) whose `end + grace` the watermark has reached,
+    /// handing each result to `emit` (every closed window in `final` mode; changed ones in
+    /// `update`). `only`: the partition whose watermark `watermark` is (a record's); `None`:
+    /// every partition at once (the end of a bounded input), in the README's order: by close
+    /// time, partition, window, key.
     /// A spilled window streams its RocksDB entries merged with its cached ones, in key
     /// order, so closing a window of millions of keys needs no more memory than its cache.
     pub fn close_until(
         &mut self,
+        only: Option<u32>,
         watermark: i64,
         store: &Store,
         emit: &mut dyn FnMut(Emission),
     ) -> Result<(), StateError> {
-        let final_mode = self.emit == EmitPlan::Final;
-        while let Some((close, id)) = self.closing.first().copied() {
-            if close > watermark {
-                break;
-            }
-            self.closing.pop_first();
-            let Some(slot) = self.slots.remove(&id) else {
-                continue;
-            };
-            self.cached -= slot.cache.len();
-            self.last_slot_len = slot.cache.len();
-            if slot.persisted {
-                self.closed_persisted.push(id);
-            }
-            let mut cached: Vec<(CacheKey, WindowAcc)> =
-                slot.cache.into_iter().map(|(k, e)| (k, e.acc)).collect();
-            // Keys are memcomparable: byte order is key order.
-            cached.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            let prefix = window_prefix(&id);
-            let mut disk = slot.spilled.then(|| store.iter_prefix(&prefix).peekable());
-            let mut cached = cached.into_iter().peekable();
-            let updates = !final_mode && !self.pending.is_empty();
-            loop {
-                // The next key in order: from the cache, from RocksDB, or both (the cache is newer).
-                let from_disk = match (cached.peek(), disk.as_mut().and_then(|d| d.peek())) {
-                    (None, None) => break,
-                    (Some(_), None) => false,
-                    (None, Some(_)) => true,
-                    (Some((ck, _)), Some(Ok((dk, _)))) => {
-                        match dk[prefix.len()..].cmp(ck.as_slice()) {
-                            std::cmp::Ordering::Less => true,
-                            std::cmp::Ordering::Equal => {
-                                if let Some(d) = disk.as_mut() {
-                                    d.next();
-                                }
-                                false
-                            }
-                            std::cmp::Ordering::Greater => false,
-                        }
-                    }
-                    (_, Some(Err(_))) => true,
+        let mut due: Vec<(i64, WindowId)> = match only {
+            Some(p) => {
+                let from = WindowId {
+                    partition: p,
+                    start: i64::MIN,
+                    end: i64::MIN,
                 };
-                let (key, acc) = if from_disk {
-                    let Some(Some(item)) = disk.as_mut().map(|d| d.next()) else {
-                        break;
-                    };
-                    let (k, v) = item?;
-                    (k[prefix.len()..].to_vec(), decode_acc(&v)?)
-                } else {
-                    let Some((k, a)) = cached.next() else { break };
-                    (k.into_vec(), a)
-                };
-                if updates {
-                    self.pending.remove(&(id, key.clone()));
-                }
-                if final_mode || acc.changed {
-                    emit(Emission {
-                        partition: id.partition,
-                        start: id.start,
-                        end: id.end,
-                        key,
-                        results: acc.results(),
-                        seq: acc.emitted,
-                    });
-                }
+                self.closing
+                    .range((p, i64::MIN, from)..)
+                    .take_while(|(q, close, _)| *q == p && *close <= watermark)
+                    .map(|(_, close, id)| (*close, *id))
+                    .collect()
             }
+            None => self
+                .closing
+                .iter()
+                .filter(|(_, close, _)| *close <= watermark)
+                .map(|(_, close, id)| (*close, *id))
+                .collect(),
+        };
+        due.sort_unstable();
+        for (close, id) in due {
+            self.closing.remove(&(id.partition, close, id));
+            self.close_window(id, store, emit)?;
         }
-        while let Some((close, partition, start, key)) = self.session_timers.first().cloned() {
-            if close > watermark {
-                break;
-            }
-            self.session_timers.pop_first();
+        let mut due: Vec<(i64, u32, i64, Vec<u8>)> = match only {
+            Some(p) => self
+                .session_timers
+                .range((p, i64::MIN, i64::MIN, Vec::new())..)
+                .take_while(|(q, close, _, _)| *q == p && *close <= watermark)
+                .map(|(q, close, start, key)| (*close, *q, *start, key.clone()))
+                .collect(),
+            None => self
+                .session_timers
+                .iter()
+                .filter(|(_, close, _, _)| *close <= watermark)
+                .map(|(q, close, start, key)| (*close, *q, *start, key.clone()))
+                .collect(),
+        };
+        due.sort_unstable();
+        let final_mode = self.emit == EmitPlan::Final;
+        for (close, partition, start, key) in due {
+            self.session_timers
+                .remove(&(partition, close, start, key.clone()));
             let k = (partition, key.clone());
             let Some(list) = self.sessions.get_mut(&k) else {
                 continue;
@@ -433,6 +413,75 @@ impl WindowState {
                     key,
                     results: s.acc.results(),
                     seq: s.acc.emitted,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes one aligned window: its results in key order, from the cache and RocksDB.
+    fn close_window(
+        &mut self,
+        id: WindowId,
+        store: &Store,
+        emit: &mut dyn FnMut(Emission),
+    ) -> Result<(), StateError> {
+        let final_mode = self.emit == EmitPlan::Final;
+        let Some(slot) = self.slots.remove(&id) else {
+            return Ok(());
+        };
+        self.cached -= slot.cache.len();
+        self.last_slot_len = slot.cache.len();
+        if slot.persisted {
+            self.closed_persisted.push(id);
+        }
+        let mut cached: Vec<(CacheKey, WindowAcc)> =
+            slot.cache.into_iter().map(|(k, e)| (k, e.acc)).collect();
+        // Keys are memcomparable: byte order is key order.
+        cached.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let prefix = window_prefix(&id);
+        let mut disk = slot.spilled.then(|| store.iter_prefix(&prefix).peekable());
+        let mut cached = cached.into_iter().peekable();
+        let updates = !final_mode && !self.pending.is_empty();
+        loop {
+            // The next key in order: from the cache, from RocksDB, or both (the cache is newer).
+            let from_disk = match (cached.peek(), disk.as_mut().and_then(|d| d.peek())) {
+                (None, None) => break,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some((ck, _)), Some(Ok((dk, _)))) => match dk[prefix.len()..].cmp(ck.as_slice()) {
+                    std::cmp::Ordering::Less => true,
+                    std::cmp::Ordering::Equal => {
+                        if let Some(d) = disk.as_mut() {
+                            d.next();
+                        }
+                        false
+                    }
+                    std::cmp::Ordering::Greater => false,
+                },
+                (_, Some(Err(_))) => true,
+            };
+            let (key, acc) = if from_disk {
+                let Some(Some(item)) = disk.as_mut().map(|d| d.next()) else {
+                    break;
+                };
+                let (k, v) = item?;
+                (k[prefix.len()..].to_vec(), decode_acc(&v)?)
+            } else {
+                let Some((k, a)) = cached.next() else { break };
+                (k.into_vec(), a)
+            };
+            if updates {
+                self.pending.remove(&(id, key.clone()));
+            }
+            if final_mode || acc.changed {
+                emit(Emission {
+                    partition: id.partition,
+                    start: id.start,
+                    end: id.end,
+                    key,
+                    results: acc.results(),
+                    seq: acc.emitted,
                 });
             }
         }

@@ -53,12 +53,12 @@ impl WindowState {
                 self.cached -= slot.cache.len();
             }
         }
-        self.closing.retain(|(_, id)| id.partition != p);
+        self.closing.retain(|(q, _, _)| *q != p);
         self.closed_persisted.retain(|id| id.partition != p);
         self.pending.retain(|(id, _)| id.partition != p);
         self.pending_sessions.retain(|(q, _)| *q != p);
         self.sessions.retain(|(q, _), _| *q != p);
-        self.session_timers.retain(|(_, q, _, _)| *q != p);
+        self.session_timers.retain(|(q, _, _, _)| *q != p);
         Ok(())
     }
 
