@@ -611,7 +611,10 @@ impl WeirProcess {
         let mut cmd = Command::new(crate::weir_bin());
         cmd.args(args)
             .current_dir(crate::repo())
-            .env("RUST_LOG", "weir=info,warn")
+            .env(
+                "RUST_LOG",
+                "weir=info,weir::runtime::kafka::changelog=debug,warn",
+            )
             .stdout(out)
             .stderr(err);
         for (k, v) in env {

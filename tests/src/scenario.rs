@@ -70,6 +70,9 @@ pub struct Scenario {
     pub expected: Aggregates,
     /// Dead-letter-worthy values: value bytes -> (partition, reason).
     pub dead: BTreeMap<Vec<u8>, (i32, &'static str)>,
+    /// The broker the topics were created on (bootstrap, client settings): what a failed
+    /// wait reads to explain itself.
+    broker: std::sync::OnceLock<(String, Vec<(&'static str, &'static str)>)>,
 }
 
 fn user_partition(u: u64, partitions: i32) -> i32 {
@@ -254,6 +257,7 @@ dead_letter: {{type: kafka, topic: {dlq}}}
             batches,
             expected,
             dead,
+            broker: std::sync::OnceLock::new(),
         }
     }
 
@@ -323,6 +327,9 @@ dead_letter: {{type: kafka, topic: {dlq}}}
     }
 
     pub fn create_topics(&self, broker: &Broker) {
+        let _ = self
+            .broker
+            .set((broker.bootstrap.clone(), broker.client_settings()));
         broker.create_topic(&self.source, self.partitions);
         if broker.mock().is_some() {
             // The mock cluster has no CreateTopics; Weir accepts a topic that exists.
@@ -388,12 +395,77 @@ dead_letter: {{type: kafka, topic: {dlq}}}
             .take(12)
             .collect();
         panic!(
-            "table {} has {have} of {want} events in {} of {} windows after {within:?}; missing e.g. {missing:?}; weir log:\n{}",
+            "table {} has {have} of {want} events in {} of {} windows after {within:?}; missing e.g. {missing:?}; {}weir log:\n{}",
             self.table,
             last.len(),
             self.expected.len(),
+            self.explain_shortfall(&last),
             lines[lines.len().saturating_sub(30)..].join("\n")
         );
+    }
+
+    /// Why the table differs from the expectation: the windows that differ, every output
+    /// record of the first few of them, and the dead letters by reason (an event counted
+    /// late that should not be is there).
+    fn explain_shortfall(&self, table: &Aggregates) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let differ: Vec<_> = self
+            .expected
+            .iter()
+            .filter(|(k, v)| table.get(*k) != Some(*v))
+            .collect();
+        let _ = writeln!(s, "{} windows differ:", differ.len());
+        for (k, v) in differ.iter().take(12) {
+            let _ = writeln!(s, "  {k:?}: table {:?}, expected {v:?}", table.get(*k));
+        }
+        let Some((bootstrap, settings)) = self.broker.get() else {
+            return s;
+        };
+        let schema = Schema::parse_str(TOTALS).expect("totals schema");
+        let records = read_all(bootstrap, &self.out_topic, settings);
+        for (k, _) in differ.iter().take(4) {
+            let _ = writeln!(s, "  output records of {k:?}:");
+            for r in &records {
+                let Ok(Value::Record(f)) =
+                    apache_avro::from_avro_datum(&schema, &mut &r.value[5..], None)
+                else {
+                    continue;
+                };
+                let get = |n: &str| f.iter().find(|(x, _)| x == n).map(|(_, v)| v.clone());
+                if get("user") == Some(Value::String(k.0.clone()))
+                    && get("window_start") == Some(Value::TimestampMillis(k.1))
+                {
+                    let _ = writeln!(
+                        s,
+                        "    {}@{} events={:?} total={:?} id={:?}",
+                        r.partition,
+                        r.offset,
+                        get("events"),
+                        get("total"),
+                        r.header("weir-event-id")
+                    );
+                }
+            }
+        }
+        let mut reasons: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        for r in read_all(bootstrap, &self.dlq, settings) {
+            let e = reasons
+                .entry(r.header("weir-reason").unwrap_or_default())
+                .or_default();
+            e.0 += 1;
+            if !self.dead.contains_key(&r.value) {
+                e.1 += 1;
+                if e.1 <= 3 {
+                    let _ = writeln!(s, "  unexpected dead letter: {:?}", r.header("weir-error"));
+                }
+            }
+        }
+        let _ = writeln!(
+            s,
+            "dead letters by reason (records, unexpected): {reasons:?}"
+        );
+        s
     }
 
     /// The value per (user, window) in the output topic, checking the frame, that every

@@ -43,6 +43,15 @@ impl Driver<'_> {
         held
     }
 
+    /// The offsets memory holds for partition `p`, per source topic.
+    pub fn offsets_of(&self, p: u32) -> Vec<(&str, i64)> {
+        self.offsets
+            .iter()
+            .filter(|((_, q), _)| *q as u32 == p)
+            .map(|((t, _), o)| (t.as_str(), *o))
+            .collect()
+    }
+
     /// Whether memory holds partition `p` at exactly these offsets (per source topic): then
     /// it holds the state those offsets describe, and there is nothing to adopt.
     pub fn holds_at(&self, p: u32, offsets: &[(String, i64)]) -> bool {

@@ -227,7 +227,14 @@ struct Quiet;
 
 impl ClientContext for Quiet {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        // The end of a partition comes as its own error and, from the error callback, as a
+        // global one.
+        let eof = matches!(
+            error,
+            KafkaError::PartitionEOF(_)
+                | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        );
+        if !eof {
             tracing::warn!(error = %error, reason, "changelog reader");
         }
     }
@@ -273,12 +280,13 @@ pub fn restore(
             .map_err(RunError::kafka("changelog assign"))?;
         reading.insert(p as i32, (rocksdb::WriteBatch::default(), None, start));
     }
-    if reading.is_empty() {
-        return Ok(out);
+    // Nothing to read still goes on to the partition records below: a current store's own
+    // record may be newer than memory (the kill-after-restore case).
+    if !reading.is_empty() {
+        consumer
+            .assign(&tpl)
+            .map_err(RunError::kafka("changelog assign"))?;
     }
-    consumer
-        .assign(&tpl)
-        .map_err(RunError::kafka("changelog assign"))?;
     let mut open: std::collections::BTreeSet<i32> = reading.keys().copied().collect();
     let deadline = Instant::now() + RESTORE_TIMEOUT;
     while !open.is_empty() {
@@ -339,7 +347,9 @@ pub fn restore(
             // was killed before the next checkpoint. Memory at other offsets than the
             // record would count the records between them twice.
             _ => {
-                if let Some(meta) = driver.local_partition_meta(p)? {
+                let local = driver.local_partition_meta(p)?;
+                tracing::debug!(partition = p, local = ?local.as_ref().map(|m| &m.offsets), in_memory = ?driver.offsets_of(p), "changelog current");
+                if let Some(meta) = local {
                     if !driver.holds_at(p, &meta.offsets) {
                         let at = driver.changelog_position(p).unwrap_or(0);
                         driver.adopt(p, meta, at)?;
