@@ -21,6 +21,12 @@ pub fn run(a: ValidateArgs) -> anyhow::Result<ExitCode> {
         let loaded = load_file(f, a.schemas.as_deref());
         if loaded.problems.is_empty() {
             println!("{}: ok", f.display());
+            if let Some(r) = loaded.plan.as_ref().and_then(|p| p.repartition.as_ref()) {
+                println!(
+                    "note: on Kafka this pipeline re-keys through the topic `{}` (group `{}`): {}",
+                    r.topic, r.group, r.why
+                );
+            }
         } else {
             bad += 1;
             for p in &loaded.problems {

@@ -4,6 +4,7 @@
 
 pub mod aggregate;
 pub mod expr;
+pub mod repartition;
 pub mod watermark;
 pub mod window;
 

@@ -73,6 +73,23 @@ pub struct SourceDef {
     pub event_time: EventTimeDef,
     #[serde(default)]
     pub watermark: WatermarkDef,
+    /// The source fields the producer partitions the topic by (its record key). When the
+    /// group key does not include them all, Weir re-keys through a repartition topic; `[]`
+    /// says no field does (round-robin). Unset: the topic is taken to be partitioned by the
+    /// group key, and nothing is re-keyed.
+    #[serde(default)]
+    pub partitioned_by: Option<Vec<String>>,
+    /// The repartition topic, when there is one.
+    #[serde(default)]
+    pub repartition: RepartitionDef,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RepartitionDef {
+    /// Partitions of the repartition topic (default: as many as the largest source topic).
+    #[serde(default)]
+    pub partitions: Option<i32>,
 }
 
 /// How source values are encoded; defined next to the codecs that read them.

@@ -19,8 +19,37 @@ pub struct Plan {
     pub sinks: Vec<SinkDef>,
     pub dead_letter: Option<SinkDef>,
     pub state: StateDef,
+    /// Re-keying through a repartition topic, when the group key is not the source's.
+    pub repartition: Option<RepartitionPlan>,
+    /// Which part of the pipeline this plan runs (see [`Stage`]).
+    pub stage: Stage,
 }
 
+/// A pipeline that re-keys runs in two stages joined by its repartition topic: `Upstream`
+/// (decode, validate, event time, filter, map, key) writes each event to the partition of
+/// its group key, `Downstream` (windows, aggregates, sinks) reads them. Offline (`Whole`),
+/// one engine runs both with the same rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Stage {
+    #[default]
+    Whole,
+    Upstream,
+    Downstream,
+}
+
+#[derive(Debug, Clone)]
+pub struct RepartitionPlan {
+    /// `<group>-repartition`: the internal topic, keyed by the group key.
+    pub topic: String,
+    /// The downstream stage's consumer group (also `<group>-repartition`).
+    pub group: String,
+    /// Its partition count; `None`: the largest source topic's.
+    pub partitions: Option<i32>,
+    /// Why the pipeline re-keys (what `weir validate` says).
+    pub why: String,
+}
+
+#[derive(Clone)]
 pub struct SourcePlan {
     pub topics: Vec<String>,
     pub group: String,
@@ -73,6 +102,7 @@ pub enum KeyPlan {
     Expr(Expr),
 }
 
+#[derive(Clone)]
 pub struct KeyField {
     pub name: String,
     pub ty: FieldType,
@@ -91,6 +121,7 @@ pub struct WindowPlan {
     pub grace: i64,
 }
 
+#[derive(Clone)]
 pub struct AggPlan {
     pub name: String,
     pub func: AggFn,
@@ -106,12 +137,14 @@ pub enum EmitPlan {
     Update { interval_ms: i64 },
 }
 
+#[derive(Clone)]
 pub struct OutputPlan {
     pub schema: Schema,
     pub key_fields: Vec<KeyField>,
     pub fields: Vec<OutField>,
 }
 
+#[derive(Clone)]
 pub struct OutField {
     pub name: String,
     pub source: OutSource,
@@ -125,4 +158,45 @@ pub enum OutSource {
     WindowStart,
     WindowEnd,
     Agg(usize),
+}
+
+impl Plan {
+    /// The stage a re-keying pipeline runs upstream: this plan, marked so.
+    pub fn upstream(mut self) -> Plan {
+        self.stage = Stage::Upstream;
+        self
+    }
+
+    /// The downstream stage of a re-keying pipeline: it reads `<group>-repartition` with
+    /// its own consumer group and runs the windows, aggregates and sinks. A file dead letter
+    /// gets its own file (`<path>.late`): the upstream stage writes the configured one.
+    pub fn downstream(&self) -> Option<Plan> {
+        let r = self.repartition.clone()?;
+        let mut source = self.source.clone();
+        source.topics = vec![r.topic.clone()];
+        source.group = r.group.clone();
+        // The hop's records are Weir's own; no registry lookup applies to them.
+        source.format = ValueFormat::Json;
+        let mut dead_letter = self.dead_letter.clone();
+        if let Some(d) = dead_letter.as_mut() {
+            if let Some(p) = d.path.as_mut() {
+                p.push_str(".late");
+            }
+        }
+        Some(Plan {
+            name: self.name.clone(),
+            source,
+            row_steps: Vec::new(),
+            key: KeyPlan::Fields(Vec::new()),
+            window: self.window,
+            aggs: self.aggs.clone(),
+            emit: self.emit,
+            output: self.output.clone(),
+            sinks: self.sinks.clone(),
+            dead_letter,
+            state: self.state.clone(),
+            repartition: Some(r),
+            stage: Stage::Downstream,
+        })
+    }
 }

@@ -50,7 +50,8 @@ use super::outputs::{open_sinks, AnySink, Connections, DeadLetters, ResultWriter
 use super::{resolve_writer, RunError, Summary};
 use crate::faults::{reached, stall_after, Point};
 use crate::monitor::telemetry::{Live, Telemetry};
-use crate::pipeline::plan::Plan;
+use crate::operators::repartition::{Hop, Upstream};
+use crate::pipeline::plan::{Plan, Stage};
 use crate::schema::registry::Registry;
 use crate::sink::discard::DiscardSink;
 use crate::sink::encode::DeadLetter;
@@ -103,6 +104,18 @@ pub trait Changelog: Send {
     /// Writes one checkpoint's changes, each partition's record last, and waits until they
     /// are committed; returns, per changelog partition written, the next offset after them.
     fn write(&mut self, changes: Vec<Change>) -> Result<Positions, RunError>;
+}
+
+/// Where the upstream stage of a re-keying pipeline sends its records (Kafka: the
+/// repartition topic, [`super::kafka`]).
+pub trait Router: Send {
+    /// The repartition topic's partition count.
+    fn partitions(&self) -> u32;
+    /// How many upstream (source) partitions there are, for the markers.
+    fn upstream_partitions(&self) -> u32;
+    fn send(&mut self, partition: u32, key: &[u8], value: &[u8]) -> Result<(), RunError>;
+    /// Waits until every record sent so far is acknowledged.
+    fn flush(&mut self) -> Result<(), RunError>;
 }
 
 /// When checkpoints are due, and when a run stops by itself.
@@ -170,6 +183,8 @@ pub struct Driver<'p> {
     changelog: Option<Box<dyn Changelog>>,
     /// How far into each changelog partition the local store is.
     positions: Positions,
+    /// Upstream of a repartition: where re-keyed events go.
+    router: Option<Box<dyn Router>>,
 }
 
 /// Test hook: `WEIR_TEST_SIGKILL_AFTER=N` makes the process SIGKILL itself after it has
@@ -212,6 +227,18 @@ impl<'p> Driver<'p> {
                 offsets.insert((t.clone(), *p), *o);
             }
         }
+        if plan.repartition.is_some() && plan.stage != Stage::Upstream {
+            for (k, v) in store.scan(b"u")? {
+                if let (Some(p), Ok(u)) = (
+                    k.get(1..5)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u32::from_be_bytes),
+                    bincode::deserialize::<Upstream>(&v),
+                ) {
+                    engine.upstream.insert(p, u);
+                }
+            }
+        }
         let writer = ResultWriter::new(plan, &mut sinks);
         let positions = changelog::positions(&store)?;
         Ok(Driver {
@@ -241,6 +268,7 @@ impl<'p> Driver<'p> {
             resumed: resume,
             changelog: None,
             positions,
+            router: None,
         })
     }
 
@@ -302,6 +330,11 @@ impl<'p> Driver<'p> {
         for d in self.dead_letters.drain(..) {
             self.dead.write(&d)?;
         }
+        if let Some(r) = self.router.as_mut() {
+            for (p, k, v) in self.engine.routed.drain(..) {
+                r.send(p, &k, &v)?;
+            }
+        }
         Ok(())
     }
 
@@ -346,6 +379,23 @@ impl<'p> Driver<'p> {
             }
         };
         point(Point::CheckpointBegin);
+        if let Some(r) = self.router.as_mut() {
+            // Each owned partition's time, after its events, to every downstream partition.
+            let total = r.upstream_partitions();
+            let owned: std::collections::BTreeSet<u32> =
+                self.offsets.keys().map(|(_, p)| *p as u32).collect();
+            for sp in owned {
+                let max = self.engine.watermarks.max_event_time(sp);
+                if max == i64::MIN {
+                    continue;
+                }
+                let m = Hop::Marker { sp, max, total }.encode();
+                for dp in 0..r.partitions() {
+                    r.send(dp, b"", &m)?;
+                }
+            }
+            r.flush()?;
+        }
         let mut lengths = Vec::with_capacity(self.sinks.len());
         for s in self.sinks.iter_mut() {
             let t = Instant::now();
@@ -383,6 +433,10 @@ impl<'p> Driver<'p> {
                 .checkpoint_into(&mut Tee(&mut batch, &mut changes))?;
             let owned: std::collections::BTreeSet<u32> =
                 self.offsets.keys().map(|(_, p)| *p as u32).collect();
+            for c in self.upstream_changes()? {
+                batch.put(&c.key, c.value.as_deref().unwrap_or_default());
+                changes.push(c);
+            }
             for p in owned {
                 let c = self.partition_meta(p).change(p)?;
                 // The local store keeps it too: a partition that comes back finds it.
@@ -399,6 +453,9 @@ impl<'p> Driver<'p> {
             changelog::put_positions(&mut batch, &self.positions)?;
         } else {
             self.engine.windows.checkpoint_into(&mut batch)?;
+            for c in self.upstream_changes()? {
+                batch.put(&c.key, c.value.as_deref().unwrap_or_default());
+            }
         }
         checkpoint::save(
             &mut self.store,

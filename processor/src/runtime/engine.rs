@@ -5,9 +5,10 @@
 
 use crate::monitor::{Counters, DeadLetterReason};
 use crate::operators::expr::Evaluator;
+use crate::operators::repartition::{partition_of, project, unproject, Hop, Orig, Upstream};
 use crate::operators::watermark::Watermarks;
 use crate::operators::{apply_row_steps, decode_key, key_of, Row, Scalar};
-use crate::pipeline::plan::{EventTime, Plan, TimeUnit};
+use crate::pipeline::plan::{EventTime, Plan, Stage, TimeUnit};
 use crate::schema::codec::{into_row, non_finite_field, DecodeError, Decoder};
 use crate::schema::json::{fmt_ms, parse_rfc3339_millis};
 use crate::sink::encode::{DeadLetter, Emitted};
@@ -31,6 +32,13 @@ pub struct Engine<'p> {
     key_buf: Vec<u8>,
     /// A replay in progress (records below its positions were counted before the rewind).
     pub replay: Option<crate::state::checkpoint::ReplayGuard>,
+    /// Re-keying: what each downstream partition knows of its upstream partitions
+    /// (downstream, and offline in partition 0).
+    pub upstream: std::collections::BTreeMap<u32, Upstream>,
+    /// Upstream: (downstream partition, key, value) of the repartition records to send.
+    pub routed: Vec<(u32, Vec<u8>, Vec<u8>)>,
+    /// Upstream: the repartition topic's partition count.
+    pub hop_partitions: u32,
 }
 
 impl<'p> Engine<'p> {
@@ -52,6 +60,9 @@ impl<'p> Engine<'p> {
             clock: i64::MIN,
             key_buf: Vec::with_capacity(64),
             replay: None,
+            upstream: Default::default(),
+            routed: Vec::new(),
+            hop_partitions: 1,
         }
     }
 
@@ -212,6 +223,9 @@ impl<'p> Engine<'p> {
         out: &mut dyn FnMut(Emitted),
         dead: &mut Vec<DeadLetter>,
     ) -> Result<(), StateError> {
+        if self.plan.stage == Stage::Downstream {
+            return self.process_hop(store, rec, out, dead);
+        }
         let row = match self.decode(rec) {
             Ok(v) => v,
             Err((reason, msg)) => {
@@ -236,7 +250,7 @@ impl<'p> Engine<'p> {
                 // Streams' stream time would see it: the watermark does not depend on
                 // what the filter keeps.
                 self.counters.filtered += 1;
-                return self.advance_time(store, rec.partition, ts, out);
+                return self.moved(store, rec.partition, ts, out);
             }
             Err(e) => {
                 self.dead(rec, DeadLetterReason::Expression, e.0, dead);
@@ -249,25 +263,238 @@ impl<'p> Engine<'p> {
             self.dead(rec, DeadLetterReason::Expression, e.0, dead);
             return Ok(());
         }
-        // The partition's own watermark decides lateness (see `operators::watermark`).
-        let before = self.watermarks.of(rec.partition);
-        match self.windows.add(
-            self.plan,
-            store,
-            rec.partition,
-            &key,
-            &row,
-            ts,
-            rec.offset,
-            before,
-        )? {
-            Added::Ok => {}
-            Added::Late => {
-                let msg = format!("event time {} is behind the watermark of partition {} ({}) beyond the grace period; its windows have closed", fmt_ms(ts), rec.partition, fmt_ms(before));
-                self.dead(rec, DeadLetterReason::Late, msg, dead);
+        let r = if self.plan.repartition.is_some() {
+            self.rekeyed(store, rec, &key, &row, ts, out, dead)
+        } else {
+            // The partition's own watermark decides lateness (see `operators::watermark`).
+            let before = self.watermarks.of(rec.partition);
+            self.add(
+                store,
+                rec.partition,
+                &key,
+                &row,
+                ts,
+                rec.offset,
+                before,
+                rec,
+                None,
+                dead,
+            )
+            .and_then(|()| self.advance_time(store, rec.partition, ts, out))
+        };
+        self.key_buf = key;
+        r
+    }
+
+    /// Adds an event to its windows at `watermark`; a late one goes to the dead letter as
+    /// `rec` (or, downstream of a repartition, as its original record `orig`).
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        store: &Store,
+        partition: u32,
+        key: &[u8],
+        row: &Row,
+        ts: i64,
+        offset: i64,
+        watermark: i64,
+        rec: &SourceRecord,
+        orig: Option<&Orig>,
+        dead: &mut Vec<DeadLetter>,
+    ) -> Result<(), StateError> {
+        let added = self
+            .windows
+            .add(self.plan, store, partition, key, row, ts, offset, watermark)?;
+        if added == Added::Late {
+            let src = orig.map_or(rec.partition, |o| o.partition);
+            let msg = format!("event time {} is behind the watermark of partition {} ({}) beyond the grace period; its windows have closed", fmt_ms(ts), src, fmt_ms(watermark));
+            match orig {
+                None => self.dead(rec, DeadLetterReason::Late, msg, dead),
+                Some(o) => {
+                    let r = SourceRecord {
+                        topic: o.topic.clone(),
+                        partition: o.partition,
+                        offset: o.offset,
+                        line: 0,
+                        timestamp: o.timestamp,
+                        key: o.key.clone(),
+                        value: Payload::Bytes(o.value.clone()),
+                    };
+                    self.dead(&r, DeadLetterReason::Late, msg, dead);
+                }
             }
         }
-        self.advance_time(store, rec.partition, ts, out)
+        Ok(())
+    }
+
+    /// Time moved on partition `partition` (a valid event, kept or filtered).
+    fn moved(
+        &mut self,
+        store: &Store,
+        partition: u32,
+        ts: i64,
+        out: &mut dyn FnMut(Emitted),
+    ) -> Result<(), StateError> {
+        match self.plan.stage {
+            _ if self.plan.repartition.is_none() => self.advance_time(store, partition, ts, out),
+            Stage::Upstream => {
+                self.clock = self.clock.max(ts);
+                self.watermarks.observe(partition, ts, self.clock);
+                self.watermarks.advance(self.clock);
+                Ok(())
+            }
+            _ => {
+                // Offline, one engine is both stages: the upstream partition's time is a
+                // marker the moment it moves.
+                self.upstream.entry(0).or_default().mark(partition, ts, 0);
+                self.downstream_time(store, 0, ts, out)
+            }
+        }
+    }
+
+    /// A valid, keyed event of a pipeline that re-keys: upstream, it goes to the
+    /// repartition topic; offline, straight to the windows of the one downstream
+    /// partition. Either way it is late exactly when its own partition's watermark (its
+    /// stamp) has closed its windows (see [`crate::operators::repartition`]).
+    #[allow(clippy::too_many_arguments)]
+    fn rekeyed(
+        &mut self,
+        store: &Store,
+        rec: &SourceRecord,
+        key: &[u8],
+        row: &Row,
+        ts: i64,
+        out: &mut dyn FnMut(Emitted),
+        dead: &mut Vec<DeadLetter>,
+    ) -> Result<(), StateError> {
+        let ooo = self.plan.source.max_out_of_orderness_ms;
+        let (stamp, session) = match self.plan.stage {
+            Stage::Upstream => (self.watermarks.of(rec.partition), self.is_session()),
+            _ => {
+                let max = self
+                    .upstream
+                    .get(&0)
+                    .map_or(i64::MIN, |u| u.max_of(rec.partition));
+                (max.saturating_sub(ooo), self.is_session())
+            }
+        };
+        if self.plan.stage == Stage::Upstream {
+            if !session && self.closed_by(ts, stamp) {
+                let msg = format!("event time {} is behind the watermark of partition {} ({}) beyond the grace period; its windows have closed", fmt_ms(ts), rec.partition, fmt_ms(stamp));
+                self.dead(rec, DeadLetterReason::Late, msg, dead);
+            } else {
+                // A session event may be found late downstream: it carries its record.
+                let maybe_late = session && self.closed_by(ts, stamp);
+                let hop = Hop::Event {
+                    sp: rec.partition,
+                    so: rec.offset,
+                    ts,
+                    stamp,
+                    key: key.to_vec(),
+                    fields: project(self.plan, row),
+                    orig: maybe_late.then(|| Orig {
+                        topic: rec.topic.clone(),
+                        partition: rec.partition,
+                        offset: rec.offset,
+                        timestamp: rec.timestamp,
+                        key: rec.key.clone(),
+                        value: rec.value.bytes().to_vec(),
+                    }),
+                };
+                let dp = partition_of(key, self.hop_partitions);
+                self.routed.push((dp, key.to_vec(), hop.encode()));
+            }
+            return self.moved(store, rec.partition, ts, out);
+        }
+        let wm = stamp.max(self.watermarks.of(0));
+        self.add(store, 0, key, row, ts, rec.offset, wm, rec, None, dead)?;
+        self.moved(store, rec.partition, ts, out)
+    }
+
+    fn is_session(&self) -> bool {
+        matches!(
+            self.plan.window.assigner,
+            crate::pipeline::plan::WindowAssigner::Session { .. }
+        )
+    }
+
+    /// Whether every window of an event at `ts` has closed at `watermark` (a session: the
+    /// event's own session would have).
+    fn closed_by(&self, ts: i64, watermark: i64) -> bool {
+        let grace = self.plan.window.grace;
+        let mut w = Vec::new();
+        match self.plan.window.assigner {
+            crate::pipeline::plan::WindowAssigner::Session { gap } => {
+                w.push((ts, ts.saturating_add(gap)))
+            }
+            a => crate::operators::window::assign(a, ts, &mut w),
+        }
+        w.iter()
+            .all(|(_, end)| watermark >= end.saturating_add(grace))
+    }
+
+    /// A record of the repartition topic, downstream: an event for the windows of this
+    /// partition, or an upstream partition's marker that may close them.
+    fn process_hop(
+        &mut self,
+        store: &Store,
+        rec: &SourceRecord,
+        out: &mut dyn FnMut(Emitted),
+        dead: &mut Vec<DeadLetter>,
+    ) -> Result<(), StateError> {
+        let hop = match Hop::decode(rec.value.bytes()) {
+            Ok(h) => h,
+            Err(msg) => {
+                self.dead(rec, DeadLetterReason::Decode, msg, dead);
+                return Ok(());
+            }
+        };
+        let dp = rec.partition;
+        match hop {
+            Hop::Marker { sp, max, total } => {
+                self.counters.events_in -= 1; // not an event
+                self.upstream.entry(dp).or_default().mark(sp, max, total);
+                self.downstream_time(store, dp, i64::MIN, out)
+            }
+            Hop::Event {
+                sp,
+                so,
+                ts,
+                stamp,
+                key,
+                fields,
+                orig,
+            } => {
+                let up = self.upstream.entry(dp).or_default();
+                if up.seen(sp, so) {
+                    // Sent again by an upstream that restarted: applied already.
+                    self.counters.events_in -= 1;
+                    return Ok(());
+                }
+                up.applied(sp, so);
+                let row = unproject(self.plan, &fields);
+                let wm = stamp.max(self.watermarks.of(dp));
+                self.add(store, dp, &key, &row, ts, so, wm, rec, orig.as_ref(), dead)?;
+                self.downstream_time(store, dp, ts, out)
+            }
+        }
+    }
+
+    /// A downstream partition's time: its watermark part is the low mark of its upstream
+    /// partitions; the windows it passed close.
+    fn downstream_time(
+        &mut self,
+        store: &Store,
+        dp: u32,
+        ts: i64,
+        out: &mut dyn FnMut(Emitted),
+    ) -> Result<(), StateError> {
+        self.clock = self.clock.max(ts);
+        let low = self.upstream.get(&dp).map_or(i64::MIN, |u| u.low());
+        self.watermarks.observe(dp, low, self.clock);
+        let wm = self.watermarks.advance(self.clock);
+        let own = self.watermarks.of(dp);
+        self.emit(store, wm, Some((dp, own)), out)
     }
 
     /// A valid event's time reaches the clock and its partition's watermark; that

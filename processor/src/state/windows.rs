@@ -52,6 +52,7 @@ struct Slot {
     spilled: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Added {
     Ok,
     /// Every window of the event had closed.

@@ -188,9 +188,46 @@ pub fn compile(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems) -
         );
     }
 
+    let source_fields: Vec<String> = reader
+        .as_ref()
+        .and_then(record_fields)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    if let Some(by) = &def.source.partitioned_by {
+        for (i, f) in by.iter().enumerate() {
+            if schema_known && !source_fields.contains(f) {
+                p.add(
+                    &format!("source.partitioned_by[{i}]"),
+                    format!("`{f}` is not a field of the source schema"),
+                    format!(
+                        "name the source fields the record key is made of ({})",
+                        source_fields.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(n) = def.source.repartition.partitions {
+        if !(1..=10_000).contains(&n) {
+            p.add(
+                "source.repartition.partitions",
+                format!("{n} partitions"),
+                "give 1 to 10000, or leave it out for as many as the source topic",
+            );
+        }
+    }
+
     if !p.is_empty() {
         return None;
     }
+    let repartition = match (&def.source.partitioned_by, &key) {
+        (Some(by), Some((k, kf))) => {
+            repartition_for(by, k, kf, &row_steps, &source_fields, source.as_ref()?, def)
+        }
+        _ => None,
+    };
     let (key, _) = key?;
     let (aggs, emit) = aggregate?;
     let mut source = source?;
@@ -224,6 +261,66 @@ pub fn compile(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems) -
         sinks: def.sinks.clone(),
         dead_letter: def.dead_letter.clone(),
         state: def.state.clone(),
+        repartition,
+        stage: crate::pipeline::plan::Stage::Whole,
+    })
+}
+
+/// Whether the group key keeps every event of a key in one source partition: it does when
+/// it includes each `partitioned_by` field, copied unchanged through the maps. Otherwise
+/// the pipeline re-keys through `<group>-repartition`.
+fn repartition_for(
+    by: &[String],
+    key: &KeyPlan,
+    key_fields: &[KeyField],
+    row_steps: &[RowStep],
+    source_fields: &[String],
+    source: &crate::pipeline::plan::SourcePlan,
+    def: &PipelineDef,
+) -> Option<crate::pipeline::plan::RepartitionPlan> {
+    // Which source field each row field is an unchanged copy of.
+    let mut origin: Vec<Option<String>> = source_fields.iter().cloned().map(Some).collect();
+    for s in row_steps {
+        if let RowStep::Map(outs) = s {
+            origin = outs
+                .iter()
+                .map(|o| match o {
+                    MapOut::Field(i) => origin.get(*i).cloned().flatten(),
+                    MapOut::Expr(..) => None,
+                })
+                .collect();
+        }
+    }
+    let keyed: Vec<String> = match key {
+        KeyPlan::Fields(idx) => idx
+            .iter()
+            .filter_map(|i| origin.get(*i).cloned().flatten())
+            .collect(),
+        KeyPlan::Expr(_) => Vec::new(),
+    };
+    let missing: Vec<&String> = by.iter().filter(|f| !keyed.contains(f)).collect();
+    if !by.is_empty() && missing.is_empty() {
+        return None;
+    }
+    let names: Vec<&str> = key_fields.iter().map(|k| k.name.as_str()).collect();
+    let why = if by.is_empty() {
+        format!(
+            "the source is partitioned by no field (source.partitioned_by: []), so the events of one key ({}) are spread over its partitions",
+            names.join(", ")
+        )
+    } else {
+        format!(
+            "the group key ({}) does not include {} that the source is partitioned by (source.partitioned_by), so the events of one key are spread over its partitions",
+            names.join(", "),
+            missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
+        )
+    };
+    let group = format!("{}-repartition", source.group);
+    Some(crate::pipeline::plan::RepartitionPlan {
+        topic: group.clone(),
+        group,
+        partitions: def.source.repartition.partitions,
+        why,
     })
 }
 

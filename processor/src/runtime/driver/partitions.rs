@@ -2,13 +2,42 @@
 //! arriving (restored from the changelog, or kept in the store from an earlier stay) and
 //! leaving (revoked).
 
-use super::{Changelog, Driver, RunError};
-use crate::state::changelog::{self, PartitionMeta};
+use super::{Changelog, Driver, Router, RunError};
+use crate::operators::repartition::upstream_key;
+use crate::state::changelog::{self, Change, PartitionMeta};
 
 impl Driver<'_> {
     /// From now on every checkpoint also writes its changes to `log`.
     pub fn log_to(&mut self, log: Box<dyn Changelog>) {
         self.changelog = Some(log);
+    }
+
+    /// From now on re-keyed events (upstream of a repartition) go to `router`.
+    pub fn route_to(&mut self, router: Box<dyn Router>) {
+        self.engine.hop_partitions = router.partitions();
+        self.router = Some(router);
+    }
+
+    /// Each downstream partition's record of its upstream partitions (`u | partition`),
+    /// written with every checkpoint (and to the changelog).
+    pub(super) fn upstream_changes(&self) -> Result<Vec<Change>, RunError> {
+        let mut out = Vec::new();
+        // Only owned partitions (Kafka): another instance's record is its own to write.
+        let owned: std::collections::BTreeSet<u32> =
+            self.offsets.keys().map(|(_, p)| *p as u32).collect();
+        for (p, u) in &self.engine.upstream {
+            if !self.offsets.is_empty() && !owned.contains(p) {
+                continue;
+            }
+            let v = bincode::serialize(u)
+                .map_err(|e| crate::state::StateError::Corrupt(e.to_string()))?;
+            out.push(Change {
+                partition: *p,
+                key: upstream_key(*p),
+                value: Some(v),
+            });
+        }
+        Ok(out)
     }
 
     /// How far into changelog partition `p` the local store is.
@@ -25,6 +54,19 @@ impl Driver<'_> {
             .windows
             .adopt_partition(p, &self.store, meta.pending, meta.pending_sessions)?;
         self.engine.watermarks.adopt(p, meta.max_event_time);
+        if self.plan.stage == crate::pipeline::plan::Stage::Downstream {
+            match self.store.get(&upstream_key(p))? {
+                Some(b) => {
+                    let u = bincode::deserialize(&b).map_err(|e| {
+                        crate::state::StateError::Corrupt(format!("an upstream record: {e}"))
+                    })?;
+                    self.engine.upstream.insert(p, u);
+                }
+                None => {
+                    self.engine.upstream.remove(&p);
+                }
+            }
+        }
         for (t, o) in meta.offsets {
             self.offsets.insert((t, p as i32), o);
         }
@@ -40,6 +82,7 @@ impl Driver<'_> {
         let mut held: std::collections::BTreeSet<u32> =
             self.offsets.keys().map(|(_, p)| *p as u32).collect();
         held.extend(self.engine.windows.partitions());
+        held.extend(self.engine.upstream.keys());
         held
     }
 
@@ -73,6 +116,7 @@ impl Driver<'_> {
     pub fn release(&mut self, p: u32) -> Result<(), RunError> {
         self.engine.windows.forget_partition(p)?;
         self.engine.watermarks.forget(p);
+        self.engine.upstream.remove(&p);
         self.offsets.retain(|(_, q), _| *q as u32 != p);
         Ok(())
     }

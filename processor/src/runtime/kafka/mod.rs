@@ -19,6 +19,7 @@
 
 pub mod changelog;
 mod redrive;
+pub mod repartition;
 
 pub use redrive::{redrive, RedriveReport};
 
@@ -259,8 +260,22 @@ pub fn run_kafka(
     opts: &KafkaOptions,
     stop: Arc<AtomicBool>,
 ) -> Result<Summary, RunError> {
+    if plan.repartition.is_some() {
+        return run_rekeyed(plan, opts, stop);
+    }
     // The plan lives as long as the process; the rebalance callback needs it 'static.
     let plan: &'static Plan = Box::leak(Box::new(plan));
+    run_stage(plan, opts, &stop, None)
+}
+
+/// One stage (or the whole pipeline), with session retry and backoff. `hop`: upstream of
+/// a repartition, its (partitions, source partitions).
+fn run_stage(
+    plan: &'static Plan,
+    opts: &KafkaOptions,
+    stop: &AtomicBool,
+    hop: Option<(u32, u32)>,
+) -> Result<Summary, RunError> {
     let live = opts
         .live
         .clone()
@@ -270,7 +285,7 @@ pub fn run_kafka(
     live.record(Telemetry::StateChanged(RunState::Starting));
     loop {
         let mut progressed = false;
-        match run_session(plan, opts, &live, &stop, &mut progressed) {
+        match run_session(plan, opts, &live, stop, &mut progressed, hop) {
             Ok(s) => return Ok(s),
             Err(e) if e.is_retryable() => {
                 if progressed {
@@ -280,12 +295,8 @@ pub fn run_kafka(
                     error: &e.to_string(),
                     retry_in: backoff,
                 });
-                let until = Instant::now() + backoff;
-                while Instant::now() < until {
-                    if stop.load(Ordering::SeqCst) {
-                        return Err(e);
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
+                if !wait(stop, backoff) {
+                    return Err(e);
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
@@ -294,11 +305,111 @@ pub fn run_kafka(
     }
 }
 
+/// Sleeps `d` unless `stop` is set first; false when it was.
+fn wait(stop: &AtomicBool, d: Duration) -> bool {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// A pipeline that re-keys: its two stages side by side ([`repartition`]), each with its
+/// own group and state directory; when one ends, the other is stopped too.
+fn run_rekeyed(
+    plan: Plan,
+    opts: &KafkaOptions,
+    stop: Arc<AtomicBool>,
+) -> Result<Summary, RunError> {
+    let brokers = opts.conn.brokers();
+    let mut backoff = Duration::from_millis(500);
+    let (partitions, upstream) = loop {
+        match repartition::ensure(&plan, &brokers, &opts.kafka_config) {
+            Ok(x) => break x,
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "cannot create the repartition topic; retrying");
+                if !wait(&stop, backoff) {
+                    return Err(e);
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let Some(down) = plan.downstream() else {
+        return Err(RunError::SessionFailed);
+    };
+    let down: &'static Plan = Box::leak(Box::new(down));
+    let up: &'static Plan = Box::leak(Box::new(plan.upstream()));
+    let stage_opts = |dir: &str, live: Option<Arc<Live>>, downstream: bool| KafkaOptions {
+        state_dir: opts.state_dir.join(dir),
+        conn: opts.conn.clone(),
+        instance_id: opts.instance_id.clone(),
+        checkpoint_every: opts.checkpoint_every,
+        checkpoint_interval: opts.checkpoint_interval,
+        output: if downstream {
+            opts.output.clone()
+        } else {
+            None
+        },
+        dead_letter: opts
+            .dead_letter
+            .clone()
+            .map(|d| if downstream { format!("{d}.late") } else { d }),
+        kafka_config: opts.kafka_config.clone(),
+        stop_after: if downstream { None } else { opts.stop_after },
+        live,
+        sample_latency: opts.sample_latency,
+    };
+    for d in ["upstream", "downstream"] {
+        std::fs::create_dir_all(opts.state_dir.join(d)).map_err(|source| RunError::Io {
+            op: format!("create {}", opts.state_dir.join(d).display()),
+            source,
+        })?;
+    }
+    let up_opts = stage_opts("upstream", opts.live.clone(), false);
+    let down_opts = stage_opts("downstream", None, true);
+    let inner = AtomicBool::new(false);
+    let (a, b) = std::thread::scope(|scope| {
+        let upstream_stage = scope.spawn(|| {
+            let r = run_stage(up, &up_opts, &inner, Some((partitions, upstream)));
+            inner.store(true, Ordering::SeqCst);
+            r
+        });
+        let downstream_stage = scope.spawn(|| {
+            let r = run_stage(down, &down_opts, &inner, None);
+            inner.store(true, Ordering::SeqCst);
+            r
+        });
+        while !inner.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        inner.store(true, Ordering::SeqCst);
+        (upstream_stage.join(), downstream_stage.join())
+    });
+    let a = a.map_err(|_| RunError::SessionFailed)??;
+    let b = b.map_err(|_| RunError::SessionFailed)??;
+    let mut s = a;
+    let (c, d) = (&mut s.counters, &b.counters);
+    c.results_out += d.results_out;
+    c.dead_decode += d.dead_decode;
+    c.dead_late += d.dead_late;
+    s.watermark = b.watermark;
+    s.checkpoints += b.checkpoints;
+    s.state_writes += b.state_writes;
+    s.evicted += b.evicted;
+    Ok(s)
+}
+
 /// Opens the driver for a session against Kafka (or the re-feed).
 fn open_driver(
     plan: &'static Plan,
     opts: &KafkaOptions,
     live: &Arc<Live>,
+    discard: bool,
 ) -> Result<Driver<'static>, RunError> {
     Driver::open(
         plan,
@@ -306,7 +417,8 @@ fn open_driver(
             state_dir: &opts.state_dir,
             conn: &opts.conn,
             output: opts.output.as_deref(),
-            discard: false,
+            // Upstream of a repartition the results are the repartition records.
+            discard,
             dead_letter: opts.dead_letter.as_deref(),
             default_dead_letter: opts
                 .state_dir
@@ -444,8 +556,18 @@ fn run_session(
     live: &Arc<Live>,
     stop: &AtomicBool,
     progressed: &mut bool,
+    hop: Option<(u32, u32)>,
 ) -> Result<Summary, RunError> {
-    let mut opened = open_driver(plan, opts, live)?;
+    let mut opened = open_driver(plan, opts, live, hop.is_some())?;
+    if let Some((partitions, upstream)) = hop {
+        opened.route_to(Box::new(repartition::KafkaRouter::open(
+            plan,
+            &opts.conn.brokers(),
+            &opts.kafka_config,
+            partitions,
+            upstream,
+        )?));
+    }
     let brokers = opts.conn.brokers();
     let restore = if plan.state.changelog {
         changelog::ensure(plan, &brokers, &opts.kafka_config)?;

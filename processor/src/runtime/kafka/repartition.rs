@@ -1,0 +1,207 @@
+//! The repartition topic of a re-keying pipeline (`<group>-repartition`, see
+//! [`crate::operators::repartition`] for its records and the rules across the hop).
+//!
+//! `weir run` (and `weir serve`) runs such a pipeline as two stages in one process, each a
+//! consumer group of its own with its own state directory: the **upstream** stage reads the
+//! source topics (group `<group>`, state `<state-dir>/upstream`) and sends each valid event
+//! to the repartition partition of its group key; the **downstream** stage reads the
+//! repartition topic (group `<group>-repartition`, state `<state-dir>/downstream`) and runs
+//! the windows, aggregates and sinks. Several instances share both stages' partitions
+//! through the two groups, as Kafka Streams' sub-topologies share their tasks.
+//!
+//! **Delivery.** The upstream checkpoint sends its markers, waits until the broker has
+//! acknowledged every record sent (idempotent producer, `acks=all`), and only then writes
+//! its state and commits the source offsets: nothing is lost across the hop. A crash
+//! re-sends the events since the last checkpoint; the downstream partition skips those it
+//! has applied (by upstream partition and offset), so nothing is counted twice.
+
+use super::super::driver::Router;
+use super::super::RunError;
+use crate::kafka_client::{self, Role};
+use crate::pipeline::plan::Plan;
+use crate::sink::kafka::{ensure_topic_with, producer_config};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a checkpoint waits for the repartition records' acknowledgements.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The largest partition count of `topics`.
+pub fn partitions_of(
+    brokers: &str,
+    topics: &[String],
+    extra: &[(String, String)],
+) -> Result<i32, RunError> {
+    let meta: BaseConsumer = kafka_client::config(brokers, Role::Admin, extra)
+        .create()
+        .map_err(RunError::kafka("cannot create a metadata client"))?;
+    let mut n = 0;
+    for t in topics {
+        let m = meta
+            .fetch_metadata(Some(t), Duration::from_secs(10))
+            .map_err(RunError::kafka(format!("cannot read the metadata of {t}")))?;
+        for mt in m.topics() {
+            n = n.max(mt.partitions().len() as i32);
+        }
+    }
+    Ok(n)
+}
+
+/// Creates the repartition topic when missing; returns (its partitions, the source's).
+pub fn ensure(
+    plan: &Plan,
+    brokers: &str,
+    extra: &[(String, String)],
+) -> Result<(u32, u32), RunError> {
+    let Some(r) = &plan.repartition else {
+        return Ok((1, 1));
+    };
+    let source = partitions_of(brokers, &plan.source.topics, extra)?.max(1);
+    let want = r.partitions.unwrap_or(source);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| RunError::Io {
+            op: "start a runtime for the admin client".into(),
+            source,
+        })?;
+    // Records older than a window can stay open are of no use downstream.
+    rt.block_on(ensure_topic_with(
+        brokers,
+        &r.topic,
+        want,
+        -1,
+        &[("retention.ms", "604800000".to_string())],
+        extra,
+    ))?;
+    // An existing topic keeps its partition count: keys hash over what it has.
+    let have = partitions_of(brokers, std::slice::from_ref(&r.topic), extra)?.max(1);
+    tracing::info!(topic = %r.topic, partitions = have, source_partitions = source, why = %r.why, "re-keying through the repartition topic");
+    Ok((have as u32, source as u32))
+}
+
+/// Counts deliveries and keeps the first failure.
+#[derive(Default)]
+struct Acks {
+    state: Mutex<(u64, Option<String>)>,
+}
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 += 1;
+        if let Err((e, _)) = r {
+            g.1.get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+/// The upstream stage's producer to the repartition topic.
+pub struct KafkaRouter {
+    topic: String,
+    partitions: u32,
+    upstream: u32,
+    producer: ThreadedProducer<Acks>,
+    sent: u64,
+}
+
+impl KafkaRouter {
+    pub fn open(
+        plan: &Plan,
+        brokers: &str,
+        extra: &[(String, String)],
+        partitions: u32,
+        upstream: u32,
+    ) -> Result<KafkaRouter, RunError> {
+        let topic = plan
+            .repartition
+            .as_ref()
+            .map(|r| r.topic.clone())
+            .unwrap_or_default();
+        let producer: ThreadedProducer<Acks> = producer_config(brokers, extra)
+            .create_with_context(Acks::default())
+            .map_err(RunError::kafka("cannot create the repartition producer"))?;
+        Ok(KafkaRouter {
+            topic,
+            partitions,
+            upstream,
+            producer,
+            sent: 0,
+        })
+    }
+}
+
+impl Router for KafkaRouter {
+    fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    fn upstream_partitions(&self) -> u32 {
+        self.upstream
+    }
+
+    fn send(&mut self, partition: u32, key: &[u8], value: &[u8]) -> Result<(), RunError> {
+        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic)
+            .key(key)
+            .payload(value)
+            .partition(partition as i32);
+        let deadline = Instant::now() + FLUSH_TIMEOUT;
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => break,
+                Err((
+                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    back,
+                )) if Instant::now() < deadline => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((e, _)) => return Err(RunError::kafka("repartition send")(e)),
+            }
+        }
+        self.sent += 1;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), RunError> {
+        self.producer
+            .flush(FLUSH_TIMEOUT)
+            .map_err(RunError::kafka("repartition flush"))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            {
+                let g = self
+                    .producer
+                    .context()
+                    .state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if let Some(e) = &g.1 {
+                    return Err(RunError::Sink(crate::sink::SinkError::Write {
+                        name: self.topic.clone(),
+                        source: std::io::Error::other(format!(
+                            "a repartition delivery failed: {e}"
+                        )),
+                    }));
+                }
+                if g.0 >= self.sent {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(RunError::Sink(crate::sink::SinkError::Write {
+                    name: self.topic.clone(),
+                    source: std::io::Error::other("repartition deliveries unacknowledged"),
+                }));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
