@@ -150,6 +150,27 @@ impl Scenario {
         pg: String,
         partitions: i32,
     ) -> Scenario {
+        Scenario::build_keyed(name, events, batch, seed, step_ms, pg, partitions, false)
+    }
+
+    /// A scenario whose producer spreads each user's events over every partition at
+    /// random (not keyed by user), with a pipeline that says so (`source.partitioned_by:
+    /// []`): Weir must re-key by user through its repartition topic.
+    pub fn rekeyed(name: &str, events: u64, batch: usize, seed: u64, partitions: i32) -> Scenario {
+        Scenario::build_keyed(name, events, batch, seed, 5, pg_url(), partitions, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build_keyed(
+        name: &str,
+        events: u64,
+        batch: usize,
+        seed: u64,
+        step_ms: i64,
+        pg: String,
+        partitions: i32,
+        spread: bool,
+    ) -> Scenario {
         let suffix = format!("{}-{}", std::process::id(), seed);
         let dir = tempfile::tempdir().expect("tempdir");
         let source = format!("clicks-{name}-{suffix}");
@@ -160,6 +181,7 @@ impl Scenario {
         std::fs::write(dir.path().join("click.avsc"), CLICK).expect("schema");
         std::fs::write(dir.path().join("click_totals.avsc"), TOTALS).expect("schema");
         let pipeline = dir.path().join("pipeline.yaml");
+        let partitioned_by = if spread { "\n  partitioned_by: []" } else { "" };
         std::fs::write(
             &pipeline,
             format!(
@@ -172,7 +194,7 @@ source:
   schema: click.avsc
   writer_schemas: {{{SCHEMA_ID}: click.avsc}}
   event_time: {{field: ts}}
-  watermark: {{max_out_of_orderness: 3s}}
+  watermark: {{max_out_of_orderness: 3s}}{partitioned_by}
 steps:
   - key_by: [user]
   - window: {{type: tumbling, size: 10s, grace: 2s}}
@@ -193,13 +215,18 @@ dead_letter: {{type: kafka, topic: {dlq}}}
 
         let schema = Schema::parse_str(CLICK).expect("click schema");
         let mut rng = Rng(seed | 1);
+        let mut spread_rng = Rng(seed.rotate_left(17) | 1);
         let mut expected = Aggregates::new();
         let mut dead = BTreeMap::new();
         let mut all = Vec::with_capacity(events as usize + 8);
         for i in 0..events {
             let u = rng.below(USERS);
             let user = format!("u{u:02}");
-            let part = user_partition(u, partitions);
+            let part = if spread {
+                spread_rng.below(partitions as u64) as i32
+            } else {
+                user_partition(u, partitions)
+            };
             let base = T0 + i as i64 * step_ms;
             let key = user.clone().into_bytes();
             if i % 1000 == 999 {

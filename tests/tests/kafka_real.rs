@@ -787,6 +787,68 @@ fn two_instances_share_the_partitions_and_one_takes_over_after_a_sigkill() {
     s.drop_table();
 }
 
+/// Repartition on Apache Kafka: the producer spreads every user's events over 4 partitions
+/// at random, and the pipeline (`partitioned_by: []`, `key_by: [user]`) re-keys them by
+/// user through `<group>-repartition`. Instance A SIGKILLs itself mid-stream (a hook after
+/// 7,000 records of either stage), restarts, is joined by B, and B is SIGKILLed mid-stream
+/// too; A finishes alone. Every (user, window) must equal the aggregates computed from the
+/// produced events, which only a re-key can give (each partition holds a part of each
+/// user's window), with no double count from the re-sent events, and every invalid and
+/// late event in the dead-letter topic with its source coordinates.
+#[test]
+fn a_rekeyed_pipeline_survives_sigkills_and_a_second_instance() {
+    let Some(broker) = changelog_broker() else {
+        return;
+    };
+    let s = Scenario::rekeyed("rekey", 40_000, 1_000, 0x5eed_0016, 4).with_changelog();
+    s.create_topics(&broker);
+    let args = s.args(&broker);
+    let n = s.batches.len();
+    let out = weir_tests::weir(&["validate", &s.pipeline.display().to_string()]);
+    let said = weir_tests::text(&out.stdout);
+    assert!(
+        said.contains("re-keys through the topic") && said.contains("-repartition"),
+        "weir validate does not say the pipeline re-keys: {said}"
+    );
+    let mut a = WeirProcess::start(&args, s.log(), &[("WEIR_TEST_SIGKILL_AFTER", "7000")]);
+    s.produce(&broker.bootstrap, 0..n / 3, Duration::from_millis(10));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while a.exited().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the kill hook never fired: {}",
+            tail(&a.log_text())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut a = WeirProcess::start(&args, s.dir.path().join("weir-a2.log"), &[]);
+    wait_first_results(&s, &mut a);
+    let (args_b, log_b) = other_instance(&s, &args, "b");
+    let mut b = WeirProcess::start(&args_b, log_b, &[]);
+    wait_log(&mut b, 0, "partitions assigned", Duration::from_secs(90));
+    std::thread::scope(|scope| {
+        let producer = scope.spawn(|| {
+            s.produce(
+                &broker.bootstrap,
+                n / 3..2 * n / 3,
+                Duration::from_millis(20),
+            )
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        b.sigkill();
+        producer.join().expect("producer thread");
+    });
+    s.produce(&broker.bootstrap, 2 * n / 3..n, Duration::from_millis(10));
+    let rows = s.wait_for_table(Duration::from_secs(240), &mut || a.exited().is_none());
+    assert!(
+        a.stop(),
+        "weir A did not stop cleanly: {}",
+        tail(&a.log_text())
+    );
+    s.check_all(&broker, &rows);
+    s.drop_table();
+}
+
 /// The arguments and log of another instance of `s`'s pipeline: its own state directory and
 /// `--instance-id` (suffix `name`), the same group.
 fn other_instance(s: &Scenario, args: &[String], name: &str) -> (Vec<String>, PathBuf) {
