@@ -49,7 +49,7 @@ fn seed() -> u64 {
 #[test]
 fn sigkill_in_every_phase_loses_nothing_and_doubles_nothing() {
     let Some(broker) = real_broker() else { return };
-    sigkill_in_every_phase(broker, false);
+    sigkill_in_every_phase(broker, false, false);
 }
 
 /// The same 26 kills with `state.changelog`: every checkpoint also goes to the changelog in
@@ -61,23 +61,39 @@ fn sigkill_in_every_phase_with_a_changelog() {
     let Some(broker) = changelog_broker() else {
         return;
     };
-    sigkill_in_every_phase(broker, true);
+    sigkill_in_every_phase(broker, true, false);
 }
 
-fn sigkill_in_every_phase(broker: weir_tests::kafka::Broker, changelog: bool) {
+/// The same kills on a pipeline that re-keys (`partitioned_by: []`, each user's events
+/// spread at random over the partitions), with the changelog: the kills land in both
+/// stages (the protocol points with results in flight only downstream), and the upstream
+/// re-sends what it had sent since its last checkpoint. The table must still be exact.
+#[test]
+fn sigkill_in_every_phase_of_a_rekeyed_pipeline() {
+    let Some(broker) = changelog_broker() else {
+        return;
+    };
+    sigkill_in_every_phase(broker, true, true);
+}
+
+fn sigkill_in_every_phase(broker: weir_tests::kafka::Broker, changelog: bool, rekeyed: bool) {
     let seed = seed();
     eprintln!(
         "crash test seed: {seed:#x} (set WEIR_TEST_SEED={seed:x} to repeat the data and the plan)"
     );
     // Event i at T0 + 5i ms: a 10 s window closes every 2,000 events, so results are in
     // flight often.
-    let s = Scenario::with_step(
-        if changelog { "crashlog" } else { "crash" },
-        200_000,
-        500,
-        seed,
-        5,
-    );
+    let s = if rekeyed {
+        Scenario::rekeyed("crashkey", 200_000, 500, seed, 4)
+    } else {
+        Scenario::with_step(
+            if changelog { "crashlog" } else { "crash" },
+            200_000,
+            500,
+            seed,
+            5,
+        )
+    };
     let s = if changelog { s.with_changelog() } else { s };
     s.create_topics(&broker);
     let args = s.args(&broker);

@@ -56,6 +56,10 @@ pub struct BenchArgs {
     /// padded to it; at least about 70).
     #[arg(long, default_value_t = 100)]
     value_bytes: usize,
+    /// With --kafka: run the pipeline with `state.changelog`, then report the changelog's
+    /// bytes per input event and restore it all into an empty state directory, timed.
+    #[arg(long)]
+    changelog: bool,
     /// Extra librdkafka properties for the Kafka benchmark's clients (repeatable).
     #[arg(long, value_parser = super::parse_kv)]
     kafka_config: Vec<(String, String)>,
@@ -366,6 +370,17 @@ fn bench_kafka(a: &BenchArgs, brokers: &str) -> anyhow::Result<ExitCode> {
     let topic = format!("weir-bench-{stamp}");
     plan.source.topics = vec![topic.clone()];
     plan.source.group = format!("weir-bench-{stamp}");
+    plan.state.changelog |= a.changelog;
+    // The restore below needs the plan again (the run consumes this one).
+    let restore_plan = a.changelog.then(|| {
+        let mut p = load_file(&a.pipeline, None).plan;
+        if let Some(p) = p.as_mut() {
+            p.source.topics = plan.source.topics.clone();
+            p.source.group = plan.source.group.clone();
+            p.state.changelog = true;
+        }
+        p
+    });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -502,7 +517,61 @@ fn bench_kafka(a: &BenchArgs, brokers: &str) -> anyhow::Result<ExitCode> {
         "  peak RSS        {:.1} MiB",
         peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0
     );
+    if let Some(Some(p)) = restore_plan {
+        bench_restore(p, a, brokers, partitions)?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The changelog a `--kafka --changelog` run wrote, restored into an empty state directory
+/// as a new machine would: records, bytes (per input event), window entries and seconds.
+fn bench_restore(
+    plan: crate::pipeline::plan::Plan,
+    a: &BenchArgs,
+    brokers: &str,
+    partitions: i32,
+) -> anyhow::Result<()> {
+    let plan: &'static crate::pipeline::plan::Plan = Box::leak(Box::new(plan));
+    let dir = tempfile::Builder::new().prefix("weir-restore-").tempdir()?;
+    let conn = Connections {
+        brokers: Some(brokers.to_string()),
+        kafka_config: a.kafka_config.clone(),
+        ..Default::default()
+    };
+    let dead = dir.path().join("dead.jsonl").display().to_string();
+    let mut d = Driver::open(
+        plan,
+        DriverOptions {
+            state_dir: &dir.path().join("state"),
+            conn: &conn,
+            output: None,
+            discard: true,
+            dead_letter: Some(&dead),
+            default_dead_letter: dead.clone(),
+            input_name: "",
+            container_schema: None,
+            live: Arc::new(Live::new(&plan.name)),
+            sample_latency: false,
+        },
+    )?;
+    let parts: Vec<u32> = (0..partitions.max(1) as u32).collect();
+    let t = Instant::now();
+    let read =
+        crate::runtime::kafka::changelog::restore(&mut d, plan, brokers, &a.kafka_config, &parts)?;
+    let secs = t.elapsed().as_secs_f64();
+    let records: u64 = read.values().map(|r| r.records).sum();
+    let bytes: u64 = read.values().map(|r| r.bytes).sum();
+    let entries = d.store.iter_prefix(b"w").count();
+    println!(
+        "  changelog       {records} records, {:.1} MB: {:.1} B per input event",
+        bytes as f64 / 1e6,
+        bytes as f64 / a.events.max(1) as f64
+    );
+    println!(
+        "  restore         {records} records into an empty state dir in {secs:.2} s ({:.0} records/s); {entries} window entries restored",
+        records as f64 / secs
+    );
+    Ok(())
 }
 
 /// The bidder of a generated bid: the second zigzag varint after the 5-byte frame.
