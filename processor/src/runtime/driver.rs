@@ -44,14 +44,16 @@
 //! in its revoke callback). The session is restarted from the last checkpoint instead.
 
 mod partitions;
+mod route;
+
+pub use route::Router;
 
 use super::engine::Engine;
 use super::outputs::{open_sinks, AnySink, Connections, DeadLetters, ResultWriter};
 use super::{resolve_writer, RunError, Summary};
 use crate::faults::{reached, stall_after, Point};
 use crate::monitor::telemetry::{Live, Telemetry};
-use crate::operators::repartition::{Hop, Upstream};
-use crate::pipeline::plan::{Plan, Stage};
+use crate::pipeline::plan::Plan;
 use crate::schema::registry::Registry;
 use crate::sink::discard::DiscardSink;
 use crate::sink::encode::DeadLetter;
@@ -104,18 +106,6 @@ pub trait Changelog: Send {
     /// Writes one checkpoint's changes, each partition's record last, and waits until they
     /// are committed; returns, per changelog partition written, the next offset after them.
     fn write(&mut self, changes: Vec<Change>) -> Result<Positions, RunError>;
-}
-
-/// Where the upstream stage of a re-keying pipeline sends its records (Kafka: the
-/// repartition topic, [`super::kafka`]).
-pub trait Router: Send {
-    /// The repartition topic's partition count.
-    fn partitions(&self) -> u32;
-    /// How many upstream (source) partitions there are, for the markers.
-    fn upstream_partitions(&self) -> u32;
-    fn send(&mut self, partition: u32, key: &[u8], value: &[u8]) -> Result<(), RunError>;
-    /// Waits until every record sent so far is acknowledged.
-    fn flush(&mut self) -> Result<(), RunError>;
 }
 
 /// When checkpoints are due, and when a run stops by itself.
@@ -227,18 +217,7 @@ impl<'p> Driver<'p> {
                 offsets.insert((t.clone(), *p), *o);
             }
         }
-        if plan.repartition.is_some() && plan.stage != Stage::Upstream {
-            for (k, v) in store.scan(b"u")? {
-                if let (Some(p), Ok(u)) = (
-                    k.get(1..5)
-                        .and_then(|b| b.try_into().ok())
-                        .map(u32::from_be_bytes),
-                    bincode::deserialize::<Upstream>(&v),
-                ) {
-                    engine.upstream.insert(p, u);
-                }
-            }
-        }
+        route::load_upstream(plan, &store, &mut engine)?;
         let writer = ResultWriter::new(plan, &mut sinks);
         let positions = changelog::positions(&store)?;
         Ok(Driver {
@@ -330,12 +309,7 @@ impl<'p> Driver<'p> {
         for d in self.dead_letters.drain(..) {
             self.dead.write(&d)?;
         }
-        if let Some(r) = self.router.as_mut() {
-            for (p, k, v) in self.engine.routed.drain(..) {
-                r.send(p, &k, &v)?;
-            }
-        }
-        Ok(())
+        self.send_routed()
     }
 
     /// The end of a bounded input: every window closes and emits.
@@ -379,23 +353,7 @@ impl<'p> Driver<'p> {
             }
         };
         point(Point::CheckpointBegin);
-        if let Some(r) = self.router.as_mut() {
-            // Each owned partition's time, after its events, to every downstream partition.
-            let total = r.upstream_partitions();
-            let owned: std::collections::BTreeSet<u32> =
-                self.offsets.keys().map(|(_, p)| *p as u32).collect();
-            for sp in owned {
-                let max = self.engine.watermarks.max_event_time(sp);
-                if max == i64::MIN {
-                    continue;
-                }
-                let m = Hop::Marker { sp, max, total }.encode();
-                for dp in 0..r.partitions() {
-                    r.send(dp, b"", &m)?;
-                }
-            }
-            r.flush()?;
-        }
+        self.send_markers()?;
         let mut lengths = Vec::with_capacity(self.sinks.len());
         for s in self.sinks.iter_mut() {
             let t = Instant::now();
@@ -426,17 +384,19 @@ impl<'p> Driver<'p> {
             clock: self.engine.clock,
         };
         let mut batch = rocksdb::WriteBatch::default();
+        // Re-keying, downstream: each partition's upstream record (`u|`), kept locally too.
+        let upstream = self.upstream_changes()?;
+        for c in &upstream {
+            batch.put(&c.key, c.value.as_deref().unwrap_or_default());
+        }
         if self.changelog.is_some() {
             let mut changes = Vec::new();
             self.engine
                 .windows
                 .checkpoint_into(&mut Tee(&mut batch, &mut changes))?;
+            changes.extend(upstream);
             let owned: std::collections::BTreeSet<u32> =
                 self.offsets.keys().map(|(_, p)| *p as u32).collect();
-            for c in self.upstream_changes()? {
-                batch.put(&c.key, c.value.as_deref().unwrap_or_default());
-                changes.push(c);
-            }
             for p in owned {
                 let c = self.partition_meta(p).change(p)?;
                 // The local store keeps it too: a partition that comes back finds it.
@@ -453,9 +413,6 @@ impl<'p> Driver<'p> {
             changelog::put_positions(&mut batch, &self.positions)?;
         } else {
             self.engine.windows.checkpoint_into(&mut batch)?;
-            for c in self.upstream_changes()? {
-                batch.put(&c.key, c.value.as_deref().unwrap_or_default());
-            }
         }
         checkpoint::save(
             &mut self.store,

@@ -2,42 +2,14 @@
 //! arriving (restored from the changelog, or kept in the store from an earlier stay) and
 //! leaving (revoked).
 
-use super::{Changelog, Driver, Router, RunError};
+use super::{Changelog, Driver, RunError};
 use crate::operators::repartition::upstream_key;
-use crate::state::changelog::{self, Change, PartitionMeta};
+use crate::state::changelog::{self, PartitionMeta};
 
 impl Driver<'_> {
     /// From now on every checkpoint also writes its changes to `log`.
     pub fn log_to(&mut self, log: Box<dyn Changelog>) {
         self.changelog = Some(log);
-    }
-
-    /// From now on re-keyed events (upstream of a repartition) go to `router`.
-    pub fn route_to(&mut self, router: Box<dyn Router>) {
-        self.engine.hop_partitions = router.partitions();
-        self.router = Some(router);
-    }
-
-    /// Each downstream partition's record of its upstream partitions (`u | partition`),
-    /// written with every checkpoint (and to the changelog).
-    pub(super) fn upstream_changes(&self) -> Result<Vec<Change>, RunError> {
-        let mut out = Vec::new();
-        // Only owned partitions (Kafka): another instance's record is its own to write.
-        let owned: std::collections::BTreeSet<u32> =
-            self.offsets.keys().map(|(_, p)| *p as u32).collect();
-        for (p, u) in &self.engine.upstream {
-            if !self.offsets.is_empty() && !owned.contains(p) {
-                continue;
-            }
-            let v = bincode::serialize(u)
-                .map_err(|e| crate::state::StateError::Corrupt(e.to_string()))?;
-            out.push(Change {
-                partition: *p,
-                key: upstream_key(*p),
-                value: Some(v),
-            });
-        }
-        Ok(out)
     }
 
     /// How far into changelog partition `p` the local store is.
