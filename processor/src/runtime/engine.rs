@@ -307,7 +307,7 @@ impl<'p> Engine<'p> {
             .add(self.plan, store, partition, key, row, ts, offset, watermark)?;
         if added == Added::Late {
             let src = orig.map_or(rec.partition, |o| o.partition);
-            let msg = format!("event time {} is behind the watermark of partition {} ({}) beyond the grace period; its windows have closed", fmt_ms(ts), src, fmt_ms(watermark));
+            let msg = late(ts, src, watermark);
             match orig {
                 None => self.dead(rec, DeadLetterReason::Late, msg, dead),
                 Some(o) => {
@@ -380,7 +380,7 @@ impl<'p> Engine<'p> {
         };
         if self.plan.stage == Stage::Upstream {
             if !session && self.closed_by(ts, stamp) {
-                let msg = format!("event time {} is behind the watermark of partition {} ({}) beyond the grace period; its windows have closed", fmt_ms(ts), rec.partition, fmt_ms(stamp));
+                let msg = late(ts, rec.partition, stamp);
                 self.dead(rec, DeadLetterReason::Late, msg, dead);
             } else {
                 // A session event may be found late downstream: it carries its record.
@@ -547,6 +547,11 @@ impl<'p> Engine<'p> {
         let wm = self.watermarks.finish();
         self.emit(store, wm, None, out)
     }
+}
+
+/// Why a late event went to the dead letter.
+fn late(ts: i64, partition: u32, watermark: i64) -> String {
+    format!("event time {} is behind the watermark of partition {partition} ({}) beyond the grace period; its windows have closed", fmt_ms(ts), fmt_ms(watermark))
 }
 
 fn decode_emission(e: Emission) -> Emitted {
