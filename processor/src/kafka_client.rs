@@ -6,7 +6,11 @@
 //! rdkafka, and any layer may call it.
 
 use rdkafka::config::ClientConfig;
-use std::time::Duration;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::message::ToBytes;
+use std::time::{Duration, Instant};
 
 /// What a client is for.
 pub enum Role<'a> {
@@ -78,6 +82,33 @@ pub fn config(brokers: &str, role: Role<'_>, extra: &[(String, String)]) -> Clie
         c.set(k, v);
     }
     c
+}
+
+/// Sends `rec`, waiting while the producer's queue is full (backpressure: the broker is
+/// slow or away) for at most `within`.
+pub fn send_waiting<'a, K, P, C>(
+    producer: &ThreadedProducer<C>,
+    mut rec: BaseRecord<'a, K, P, C::DeliveryOpaque>,
+    within: Duration,
+) -> Result<(), KafkaError>
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+    C: ProducerContext,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                if Instant::now() < deadline =>
+            {
+                rec = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]

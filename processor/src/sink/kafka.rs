@@ -194,23 +194,11 @@ impl Sender {
         if let Some(t) = timestamp {
             rec = rec.timestamp(t);
         }
-        let deadline = Instant::now() + FLUSH_TIMEOUT;
-        loop {
-            match self.producer.send(rec) {
-                Ok(()) => {
-                    self.sent += 1;
-                    return Ok(());
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
-                    if Instant::now() < deadline =>
-                {
-                    // Backpressure: the broker is slow or away; wait for deliveries.
-                    rec = back;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err((e, _)) => return Err(kafka_err(&self.name, e)),
-            }
-        }
+        // Backpressure: a full queue waits for deliveries (the broker is slow or away).
+        kafka_client::send_waiting(&self.producer, rec, FLUSH_TIMEOUT)
+            .map_err(|e| kafka_err(&self.name, e))?;
+        self.sent += 1;
+        Ok(())
     }
 
     /// Records sent whose delivery report has not been counted yet.

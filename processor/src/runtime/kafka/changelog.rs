@@ -157,22 +157,9 @@ impl Changelog for KafkaChangelog {
             if let Some(v) = &c.value {
                 rec = rec.payload(&v[..]);
             }
-            let deadline = Instant::now() + TXN_TIMEOUT;
-            loop {
-                match self.producer.send(rec) {
-                    Ok(()) => break,
-                    Err((
-                        KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                        back,
-                    )) if Instant::now() < deadline => {
-                        rec = back;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err((e, _)) => {
-                        let _ = self.producer.abort_transaction(TXN_TIMEOUT);
-                        return Err(RunError::kafka("changelog send")(e));
-                    }
-                }
+            if let Err(e) = kafka_client::send_waiting(&self.producer, rec, TXN_TIMEOUT) {
+                let _ = self.producer.abort_transaction(TXN_TIMEOUT);
+                return Err(RunError::kafka("changelog send")(e));
             }
             self.sent += 1;
         }

@@ -23,7 +23,6 @@ use crate::monitor::telemetry::Live;
 use crate::pipeline::plan::Plan;
 use crate::sink::kafka::{ensure_topic_with, producer_config};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -152,24 +151,12 @@ impl Router for KafkaRouter {
     }
 
     fn send(&mut self, partition: u32, key: &[u8], value: &[u8]) -> Result<(), RunError> {
-        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic)
+        let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic)
             .key(key)
             .payload(value)
             .partition(partition as i32);
-        let deadline = Instant::now() + FLUSH_TIMEOUT;
-        loop {
-            match self.producer.send(rec) {
-                Ok(()) => break,
-                Err((
-                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                    back,
-                )) if Instant::now() < deadline => {
-                    rec = back;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err((e, _)) => return Err(RunError::kafka("repartition send")(e)),
-            }
-        }
+        kafka_client::send_waiting(&self.producer, rec, FLUSH_TIMEOUT)
+            .map_err(RunError::kafka("repartition send"))?;
         self.sent += 1;
         Ok(())
     }
