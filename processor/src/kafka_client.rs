@@ -7,9 +7,9 @@
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
+use rdkafka::message::ToBytes;
 use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::message::ToBytes;
 use std::time::{Duration, Instant};
 
 /// What a client is for.
