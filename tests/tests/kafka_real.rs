@@ -94,7 +94,11 @@ fn sigkill_in_every_phase(broker: weir_tests::kafka::Broker, changelog: bool, re
             5,
         )
     };
-    let s = if changelog { s.with_changelog() } else { s };
+    let s = if changelog {
+        s.with_changelog()
+    } else {
+        s.without_changelog()
+    };
     s.create_topics(&broker);
     let args = s.args(&broker);
 

@@ -120,8 +120,14 @@ fn tail(s: &str) -> String {
 }
 
 /// Total lag of a served pipeline, from `weir offsets --pipeline` (committed offsets must
-/// have caught up too).
+/// have caught up too), and this server owns every partition it lists.
 fn caught_up(url: &str, pipeline: &str) -> bool {
+    group_caught_up(url, pipeline) && owns_partitions(url, pipeline)
+}
+
+/// Every partition of the pipeline's group has committed its log end (whichever server
+/// owns it).
+fn group_caught_up(url: &str, pipeline: &str) -> bool {
     let out = weir(&[
         "offsets",
         "--pipeline",
@@ -142,7 +148,6 @@ fn caught_up(url: &str, pipeline: &str) -> bool {
                 && p["committed"].as_i64().is_some()
                 && p["committed"] == p["log_end"]
         })
-        && owns_partitions(url, pipeline)
 }
 
 /// Whether every partition of the pipeline has an owner (it has joined its group).
@@ -1198,4 +1203,177 @@ fn serve_keeps_serving_under_hostile_requests_and_hides_secrets() {
     s.drop_table();
     let _ = postgres::Client::connect(&pg_url(), postgres::NoTls)
         .map(|mut c| c.batch_execute(&format!("DROP TABLE IF EXISTS {flappy_table}")));
+}
+
+/// The members that own the pipeline's partitions, as `weir offsets` on `url` shows them
+/// (read from the group, so one server shows the other's too).
+fn owners(url: &str, pipeline: &str) -> std::collections::BTreeSet<String> {
+    let out = weir(&[
+        "offsets",
+        "--pipeline",
+        pipeline,
+        "--server",
+        url,
+        "--output",
+        "json",
+    ]);
+    let v: Value = serde_json::from_str(&text(&out.stdout)).unwrap_or(Value::Null);
+    v["partitions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| p["member"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Partitions the pipeline on `url` owns (`weir status`).
+fn owned(url: &str, pipeline: &str) -> usize {
+    let out = weir(&["status", pipeline, "--server", url, "--output", "json"]);
+    let v: Value = serde_json::from_str(&text(&out.stdout)).unwrap_or(Value::Null);
+    v["partitions"].as_array().map_or(0, |ps| {
+        ps.iter().filter(|p| p["member"].as_str().is_some()).count()
+    })
+}
+
+/// Two servers host one deployment, as two machines would (README: Running many
+/// instances). Each joins the pipeline's group and `weir offsets` shows each partition's
+/// owner. A SIGKILLed server's partitions move to the other with their state, restored from
+/// the changelog. A replay on the survivor is written to the changelog too, and a new server
+/// with an empty data directory that takes partitions back gets the replayed state. The
+/// sinks end exact: the table, the last value per key and window in the output topic, and
+/// every dead letter.
+#[test]
+fn two_servers_share_a_deployment_and_its_state() {
+    let Some(broker) = real_broker() else { return };
+    if matches!(broker.kind, "mock" | "tansu") {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true and the changelog needs transaction markers, which {} does not write",
+            broker.kind
+        );
+        return;
+    }
+    // 8,000 events, 10 ms apart: 80 s of event time.
+    let s = Scenario::with_step("paired", 8_000, 400, 0x5e7e_0003, 10);
+    s.create_topics(&broker);
+    let pipeline = s.pipeline.to_str().expect("path").to_string();
+    let log = |n: &str| s.dir.path().join(format!("{n}.log"));
+    let mut one = serve(&broker, &s.dir.path().join("one"), log("one"));
+    let mut two = serve(&broker, &s.dir.path().join("two"), log("two"));
+    for served in [&one, &two] {
+        assert!(ok(weir(&["deploy", &pipeline, "--server", &served.url])).contains("created"));
+    }
+    let (url1, url2) = (one.url.clone(), two.url.clone());
+    wait_for(
+        "each server to own some partitions",
+        Duration::from_secs(90),
+        &mut one,
+        || owned(&url1, "paired") > 0 && owned(&url2, "paired") > 0,
+    );
+    let members = owners(&url1, "paired");
+    assert_eq!(members.len(), 2, "two owners in weir offsets: {members:?}");
+    assert_eq!(
+        owners(&url2, "paired"),
+        members,
+        "both servers show the same owners"
+    );
+    assert_eq!(owned(&url1, "paired") + owned(&url2, "paired"), 4);
+
+    // Half the traffic, then the second server dies; its partitions move to the first.
+    let n = s.batches.len();
+    s.produce(&broker.bootstrap, 0..n / 2, Duration::from_millis(100));
+    wait_for(
+        "results from both servers",
+        Duration::from_secs(60),
+        &mut one,
+        || s.table_events() > 0,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    two.proc.sigkill();
+    let from = one.proc.log_text().len();
+    wait_for(
+        "the survivor to own every partition",
+        Duration::from_secs(90),
+        &mut one,
+        || owned(&url1, "paired") == 4,
+    );
+    s.produce(&broker.bootstrap, n / 2..n, Duration::from_millis(50));
+    wait_for(
+        "the survivor to catch up",
+        Duration::from_secs(180),
+        &mut one,
+        || caught_up(&url1, "paired") && s.table_rows().is_ok_and(|r| r == s.expected),
+    );
+    let after_kill = one.proc.log_text()[from..].to_string();
+    assert!(
+        after_kill.contains("restored from the changelog"),
+        "the moved partitions were not restored from the changelog:\n{}",
+        tail(&after_kill)
+    );
+
+    // A replay on the survivor, paused (as every instance must be for a replay): damage
+    // the windows from T0 + 40 s on, replay from there.
+    ok(weir(&["pause", "paired", "--server", &url1]));
+    let from_ms = 1_700_000_000_000i64 + 40_000;
+    let mut pg = postgres::Client::connect(&pg_url(), postgres::NoTls).expect("pg");
+    let damaged = pg
+        .execute(
+            &format!("UPDATE {} SET events = -1 WHERE window_start >= to_timestamp({}) AND \"user\" NOT LIKE 'zz-%'", s.table, from_ms / 1000),
+            &[],
+        )
+        .expect("damage");
+    assert!(damaged > 100, "{damaged} rows");
+    let plan = ok(weir(&[
+        "replay",
+        "paired",
+        "--from",
+        "2023-11-14T22:14:00Z",
+        "--server",
+        &url1,
+    ]));
+    assert!(plan.contains("will be rebuilt"), "{plan}");
+    // A new machine, with an empty data directory, takes every partition while the first
+    // server stays paused: it rebuilds the replayed windows from the changelog alone (the
+    // rewound offsets, and the guard that keeps the records counted before the rewind out
+    // of the earlier windows, which would otherwise reopen with partial counts).
+    let mut three = serve(&broker, &s.dir.path().join("three"), log("three"));
+    assert!(ok(weir(&["deploy", &pipeline, "--server", &three.url])).contains("created"));
+    let url3 = three.url.clone();
+    wait_for(
+        "the new server to own every partition",
+        Duration::from_secs(90),
+        &mut three,
+        || owned(&url3, "paired") == 4,
+    );
+    wait_for(
+        "the replayed windows to converge on the new server",
+        Duration::from_secs(180),
+        &mut three,
+        || s.table_rows().is_ok_and(|r| r == s.expected),
+    );
+    // The first server comes back: the two share the partitions again.
+    ok(weir(&["resume", "paired", "--server", &url1]));
+    wait_for(
+        "both servers to own partitions and catch up",
+        Duration::from_secs(120),
+        &mut one,
+        || {
+            group_caught_up(&url1, "paired")
+                && owned(&url1, "paired") > 0
+                && owned(&url1, "paired") + owned(&url3, "paired") == 4
+        },
+    );
+    let three_log = three.proc.log_text();
+    assert!(
+        three_log.contains("restored from the changelog"),
+        "the new server restored nothing:\n{}",
+        tail(&three_log)
+    );
+    let rows = s.table_rows().expect("rows");
+    s.check_all(&broker, &rows);
+    for served in [&mut one, &mut three] {
+        served.proc.stop();
+    }
+    s.drop_table();
 }

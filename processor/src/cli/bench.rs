@@ -61,6 +61,10 @@ pub struct BenchArgs {
     /// bytes per input event and restore it all into an empty state directory, timed.
     #[arg(long)]
     changelog: bool,
+    /// With --kafka: run the pipeline without its changelog (`state.changelog: false`), to
+    /// compare against a run with it.
+    #[arg(long, conflicts_with = "changelog")]
+    no_changelog: bool,
     /// With --kafka: also run the pipeline as 1 and then 2 instances sharing a new
     /// consumer group, each timed from its first record until all are processed, and print
     /// the 2-to-1 throughput ratio (both instances and the broker share this machine's

@@ -326,11 +326,16 @@ pub struct StateDef {
     #[serde(default = "default_write_buffer_mb")]
     pub write_buffer_mb: usize,
     /// Kafka path: also write every checkpoint's state changes to the compacted topic
-    /// `<group>-changelog`, from which a new machine restores the state.
-    #[serde(default)]
+    /// `<group>-changelog`, from which a new machine restores the state. On by default, as
+    /// Kafka Streams' changelogs are: without it a partition that moves to another instance
+    /// starts there without its windows.
+    #[serde(default = "default_changelog")]
     pub changelog: bool,
 }
 
+fn default_changelog() -> bool {
+    true
+}
 fn default_cache_entries() -> usize {
     1_000_000
 }
@@ -347,7 +352,7 @@ impl Default for StateDef {
             cache_entries: default_cache_entries(),
             block_cache_mb: default_block_cache_mb(),
             write_buffer_mb: default_write_buffer_mb(),
-            changelog: false,
+            changelog: default_changelog(),
         }
     }
 }

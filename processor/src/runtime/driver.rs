@@ -175,6 +175,8 @@ pub struct Driver<'p> {
     positions: Positions,
     /// Upstream of a repartition: where re-keyed events go.
     router: Option<Box<dyn Router>>,
+    /// Partitions whose entries predate the changelog ([`Driver::log_in_full`]).
+    unlogged: std::collections::BTreeSet<u32>,
 }
 
 /// Test hook: `WEIR_TEST_SIGKILL_AFTER=N` makes the process SIGKILL itself after it has
@@ -248,6 +250,7 @@ impl<'p> Driver<'p> {
             changelog: None,
             positions,
             router: None,
+            unlogged: Default::default(),
         })
     }
 
@@ -390,11 +393,15 @@ impl<'p> Driver<'p> {
             batch.put(&c.key, c.value.as_deref().unwrap_or_default());
         }
         if self.changelog.is_some() {
-            let mut changes = Vec::new();
+            let mut changes = self.full_entries()?;
             self.engine
                 .windows
                 .checkpoint_into(&mut Tee(&mut batch, &mut changes))?;
             changes.extend(upstream);
+            for c in self.finished_guards()? {
+                batch.delete(&c.key);
+                changes.push(c);
+            }
             let owned: std::collections::BTreeSet<u32> =
                 self.offsets.keys().map(|(_, p)| *p as u32).collect();
             for p in owned {

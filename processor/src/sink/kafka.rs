@@ -146,6 +146,67 @@ pub async fn ensure_topic_with(
     }
 }
 
+/// Deletes `topic` (a no-op when it does not exist) and waits, bounded, until the broker no
+/// longer lists it, so that it can be created again at once.
+pub async fn delete_topic(
+    brokers: &str,
+    topic: &str,
+    extra: &[(String, String)],
+) -> Result<(), SinkError> {
+    let admin: AdminClient<DefaultClientContext> =
+        kafka_client::config(brokers, Role::Admin, extra)
+            .create()
+            .map_err(|e| kafka_err(topic, e))?;
+    if !topic_exists(&admin, topic) {
+        return Ok(());
+    }
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
+    let res = match tokio::time::timeout(
+        Duration::from_secs(15),
+        admin.delete_topics(&[topic], &opts),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(KafkaError::AdminOp(RDKafkaErrorCode::RequestTimedOut)),
+    };
+    match res {
+        Ok(results) => {
+            for r in results {
+                match r {
+                    Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                    Err((_, code)) => {
+                        return Err(kafka_err(
+                            topic,
+                            format!("cannot delete topic {topic}: {code}"),
+                        ))
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            return Err(kafka_err(
+                topic,
+                format!("cannot delete topic {topic}: {e}"),
+            ));
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while topic_exists(&admin, topic) {
+        if std::time::Instant::now() > deadline {
+            return Err(kafka_err(
+                topic,
+                format!("topic {topic} is still listed 30 s after its deletion"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tracing::info!(topic, "deleted topic");
+    Ok(())
+}
+
 fn topic_exists(admin: &AdminClient<DefaultClientContext>, topic: &str) -> bool {
     admin
         .inner()

@@ -131,6 +131,18 @@ pub fn apply(batch: &mut WriteBatch, key: &[u8], value: Option<&[u8]>) {
 /// and what else its windows need beyond their entries.
 pub const PARTITION_META: u8 = b'p';
 
+/// The tag of a partition's replay guard (`g | partition`): written by a replay of a
+/// pipeline with a changelog, so that whichever instance gets the partition next counts its
+/// reprocessed records only in the windows the replay discarded; deleted (a tombstone) by
+/// the first checkpoint after the partition has caught up.
+pub const REPLAY_GUARD: u8 = b'g';
+
+pub fn replay_guard_key(partition: u32) -> Vec<u8> {
+    let mut k = vec![REPLAY_GUARD];
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
 /// Where the local store is in each changelog partition (the next offset to apply); kept in
 /// the checkpoint's batch.
 pub const POSITIONS_KEY: &[u8] = b"m|changelog";

@@ -3,7 +3,6 @@
 
 use super::{StateError, Store, WindowId};
 use crate::operators::aggregate::WindowAcc;
-use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,15 +54,16 @@ impl WindowMeta {
     }
 }
 
-/// Removes the sessions starting in `[floor, ceil)` from the store (into `batch`); returns
-/// how many.
+/// Removes the sessions starting in `[floor, ceil)` from the store (into `changes`); returns
+/// how many, and the keys left with no session.
 pub fn discard_sessions(
     store: &Store,
-    batch: &mut WriteBatch,
+    changes: &mut impl super::changelog::StateChanges,
     floor: i64,
     ceil: i64,
-) -> Result<usize, StateError> {
+) -> Result<(usize, Vec<Vec<u8>>), StateError> {
     let mut n = 0;
+    let mut emptied = Vec::new();
     for (k, v) in store.scan(b"s")? {
         let list: Vec<Session> =
             bincode::deserialize(&v).map_err(|e| StateError::Corrupt(e.to_string()))?;
@@ -74,12 +74,13 @@ pub fn discard_sessions(
             .collect();
         n += before - kept.len();
         if kept.is_empty() {
-            batch.delete(&k);
+            changes.delete(&k);
+            emptied.push(k);
         } else if kept.len() != before {
             let bytes =
                 bincode::serialize(&kept).map_err(|e| StateError::Corrupt(e.to_string()))?;
-            batch.put(&k, bytes);
+            changes.put(&k, &bytes);
         }
     }
-    Ok(n)
+    Ok((n, emptied))
 }

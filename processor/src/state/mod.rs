@@ -79,6 +79,25 @@ pub fn window_prefix(id: &WindowId) -> Vec<u8> {
     k
 }
 
+/// The window a `w|…` entry key belongs to (the inverse of [`window_prefix`]).
+pub fn window_id_of(key: &[u8]) -> Option<WindowId> {
+    if key.len() < 21 || key[0] != b'w' {
+        return None;
+    }
+    let time = |b: &[u8]| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        (u64::from_be_bytes(a) ^ (1 << 63)) as i64
+    };
+    let mut p = [0u8; 4];
+    p.copy_from_slice(&key[1..5]);
+    Some(WindowId {
+        partition: u32::from_be_bytes(p),
+        start: time(&key[5..13]),
+        end: time(&key[13..21]),
+    })
+}
+
 pub fn window_key(id: &WindowId, key: &[u8]) -> Vec<u8> {
     let mut k = window_prefix(id);
     k.extend_from_slice(key);

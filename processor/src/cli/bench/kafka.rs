@@ -31,7 +31,7 @@ pub(super) fn bench_kafka(a: &BenchArgs, brokers: &str) -> anyhow::Result<ExitCo
     let topic = format!("weir-bench-{stamp}");
     plan.source.topics = vec![topic.clone()];
     plan.source.group = format!("weir-bench-{stamp}");
-    plan.state.changelog |= a.changelog;
+    set_changelog(&mut plan, a);
     // The restore below needs the plan again (the run consumes this one).
     let restore_plan = a.changelog.then(|| {
         let mut p = load_file(&a.pipeline, None).plan;
@@ -218,7 +218,7 @@ fn instances_rate(
         };
         plan.source.topics = vec![topic.to_string()];
         plan.source.group = format!("weir-bench-{stamp}-x{n}");
-        plan.state.changelog |= a.changelog;
+        set_changelog(&mut plan, a);
         let at = dir.path().join(i.to_string());
         let opts = KafkaOptions {
             state_dir: at.join("state"),
@@ -339,4 +339,14 @@ fn decode_bidder(b: &[u8]) -> Option<i64> {
     };
     read()?;
     read()
+}
+
+/// `--changelog` turns the pipeline's changelog on, `--no-changelog` off; neither keeps the
+/// definition's (`state.changelog`, on by default).
+fn set_changelog(plan: &mut crate::pipeline::plan::Plan, a: &BenchArgs) {
+    if a.no_changelog {
+        plan.state.changelog = false;
+    } else {
+        plan.state.changelog |= a.changelog;
+    }
 }

@@ -5,6 +5,7 @@
 use super::{Changelog, Driver, RunError};
 use crate::operators::repartition::upstream_key;
 use crate::state::changelog::{self, PartitionMeta};
+use crate::state::checkpoint::ReplayGuard;
 
 impl Driver<'_> {
     /// From now on every checkpoint also writes its changes to `log`.
@@ -15,6 +16,56 @@ impl Driver<'_> {
     /// How far into changelog partition `p` the local store is.
     pub fn changelog_position(&self, p: u32) -> Option<i64> {
         self.positions.get(&p).copied()
+    }
+
+    /// How far into each changelog partition the local store is.
+    pub fn changelog_positions(&self) -> &changelog::Positions {
+        &self.positions
+    }
+
+    /// Partition `p`'s entries predate the changelog: the next checkpoint writes them all.
+    pub fn log_in_full(&mut self, p: u32) {
+        self.unlogged.insert(p);
+    }
+
+    /// The changelog records of every entry of the unlogged partitions this instance owns
+    /// ([`Driver::log_in_full`]), as of the store before this checkpoint's batch (whose
+    /// changes follow them).
+    pub(super) fn full_entries(&mut self) -> Result<Vec<changelog::Change>, RunError> {
+        let owned: std::collections::BTreeSet<u32> =
+            self.offsets.keys().map(|(_, p)| *p as u32).collect();
+        let mut out = Vec::new();
+        for p in std::mem::take(&mut self.unlogged) {
+            if !owned.contains(&p) {
+                continue;
+            }
+            let before = out.len();
+            for tag in [b'w', b's', b'u'] {
+                let mut prefix = vec![tag];
+                prefix.extend_from_slice(&p.to_be_bytes());
+                for item in self.store.iter_prefix(&prefix) {
+                    let (k, v) = item?;
+                    out.push(changelog::Change {
+                        partition: p,
+                        key: k.to_vec(),
+                        value: Some(v.to_vec()),
+                    });
+                }
+            }
+            if out.len() > before {
+                tracing::info!(
+                    partition = p,
+                    entries = out.len() - before,
+                    "writing a partition's entries that predate the changelog to it"
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// The changelog partition `p` was reset: the local store has none of it.
+    pub fn forget_position(&mut self, p: u32) {
+        self.positions.remove(&p);
     }
 
     /// Partition `p`'s entries in the store are its state (restored from the changelog up
@@ -42,6 +93,7 @@ impl Driver<'_> {
         for (t, o) in meta.offsets {
             self.offsets.insert((t, p as i32), o);
         }
+        self.adopt_guard(p)?;
         self.positions.insert(p, next);
         let mut batch = rocksdb::WriteBatch::default();
         changelog::put_positions(&mut batch, &self.positions)?;
@@ -86,6 +138,10 @@ impl Driver<'_> {
     /// sessions, watermark part and offsets leave memory. Its entries stay in the local
     /// store for a later return, which restores only what the changelog has beyond them.
     pub fn release(&mut self, p: u32) -> Result<(), RunError> {
+        self.unlogged.remove(&p);
+        if let Some(g) = self.engine.replay.as_mut() {
+            g.until.retain(|(_, q, _)| *q != p);
+        }
         self.engine.windows.forget_partition(p)?;
         self.engine.watermarks.forget(p);
         self.engine.upstream.remove(&p);
@@ -115,5 +171,51 @@ impl Driver<'_> {
             pending,
             pending_sessions,
         }
+    }
+
+    /// A replay's guard of partition `p` (`g|p`, from the changelog) joins the one in
+    /// memory: its records below the guard's offsets count only in the windows the replay
+    /// discarded, on whichever instance reprocesses them.
+    fn adopt_guard(&mut self, p: u32) -> Result<(), RunError> {
+        let Some(b) = self.store.get(&changelog::replay_guard_key(p))? else {
+            return Ok(());
+        };
+        let g: ReplayGuard = bincode::deserialize(&b)
+            .map_err(|e| crate::state::StateError::Corrupt(format!("a replay guard: {e}")))?;
+        match self.engine.replay.as_mut() {
+            None => self.engine.replay = Some(g),
+            Some(cur) => {
+                cur.until.retain(|(_, q, _)| *q != p);
+                cur.until.extend(g.until);
+                cur.floor = cur.floor.min(g.floor);
+                cur.ceil = cur.ceil.max(g.ceil);
+                cur.old_watermark = cur.old_watermark.min(g.old_watermark);
+            }
+        }
+        Ok(())
+    }
+
+    /// The replay guards of owned partitions that have caught up: deleted locally and in
+    /// the changelog (tombstones), so that a later restore does not bring them back.
+    pub(super) fn finished_guards(&self) -> Result<Vec<changelog::Change>, RunError> {
+        let owned: std::collections::BTreeSet<u32> =
+            self.offsets.keys().map(|(_, p)| *p as u32).collect();
+        let mut out = Vec::new();
+        for p in owned {
+            let guarded = self
+                .engine
+                .replay
+                .as_ref()
+                .is_some_and(|g| g.until.iter().any(|(_, q, _)| *q == p));
+            let key = changelog::replay_guard_key(p);
+            if !guarded && self.store.get(&key)?.is_some() {
+                out.push(changelog::Change {
+                    partition: p,
+                    key,
+                    value: None,
+                });
+            }
+        }
+        Ok(out)
     }
 }

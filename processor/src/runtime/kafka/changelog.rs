@@ -22,7 +22,10 @@ use super::super::RunError;
 use crate::kafka_client::{self, Role};
 use crate::pipeline::plan::{Plan, WindowAssigner};
 use crate::sink::kafka::{ensure_topic_with, producer_config};
-use crate::state::changelog::{apply, Change, PartitionMeta, Positions, PARTITION_META};
+use crate::state::changelog::{
+    apply, Change, PartitionMeta, Positions, PARTITION_META, REPLAY_GUARD,
+};
+use crate::state::Store;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -229,21 +232,39 @@ impl ClientContext for Quiet {
 
 impl rdkafka::consumer::ConsumerContext for Quiet {}
 
-/// Restores source partitions `parts` from their changelog partitions into the driver's
-/// store, each from the local store's position to its end, in one reader; then the driver
-/// adopts each partition that read anything. Returns what each read (nothing when the
-/// local store is current).
-pub fn restore(
-    driver: &mut Driver<'_>,
-    plan: &Plan,
+/// What [`read`] did.
+#[derive(Default)]
+pub struct Read {
+    /// What each partition read.
+    pub restored: BTreeMap<u32, Restored>,
+    /// Per partition that read anything: its last partition record and the next offset.
+    pub reached: BTreeMap<u32, (Option<PartitionMeta>, i64)>,
+    /// Partitions whose local entries were discarded: the changelog was reset.
+    pub reset: Vec<u32>,
+    /// Partitions that have never been written to the changelog from this store (no
+    /// position) and whose changelog partition is empty: a store that predates the
+    /// changelog (`state.changelog` turned on later), whose entries the next checkpoint
+    /// writes in full.
+    pub unlogged: Vec<u32>,
+}
+
+/// Applies changelog partitions `parts` to `store`, each from `positions` (the local
+/// store's) to its end, in one reader. A position beyond the partition's end means the
+/// changelog was reset (deleted and created again, as a replay from `earliest` does): the
+/// local entries of that partition are stale, so they are deleted and it is read from its
+/// start (`reset` lists those partitions).
+pub fn read(
+    store: &mut Store,
+    positions: &Positions,
+    group: &str,
     brokers: &str,
     extra: &[(String, String)],
     parts: &[u32],
-) -> Result<BTreeMap<u32, Restored>, RunError> {
-    let topic = topic(&plan.source.group);
-    let group = format!("{}-restore", plan.source.group);
+) -> Result<Read, RunError> {
+    let topic = topic(group);
+    let reader = format!("{group}-restore");
     let consumer: BaseConsumer<Quiet> =
-        kafka_client::config(brokers, Role::Tool { group: &group }, extra)
+        kafka_client::config(brokers, Role::Tool { group: &reader }, extra)
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
             // librdkafka's default (1000 ms) idles the fetcher for a second whenever the
@@ -252,6 +273,8 @@ pub fn restore(
             .create_with_context(Quiet)
             .map_err(RunError::kafka("cannot create the changelog reader"))?;
     let mut out = BTreeMap::new();
+    let mut reset = Vec::new();
+    let mut unlogged = Vec::new();
     let mut tpl = TopicPartitionList::new();
     // Per partition being read: the records' batch, its last partition record, the next offset.
     let mut reading: BTreeMap<i32, (rocksdb::WriteBatch, Option<PartitionMeta>, i64)> =
@@ -261,7 +284,18 @@ pub fn restore(
         let (low, high) = consumer
             .fetch_watermarks(&topic, p as i32, Duration::from_secs(10))
             .map_err(RunError::kafka(format!("changelog {topic}-{p}: offsets")))?;
-        let start = driver.changelog_position(p).unwrap_or(low).max(low);
+        let mut start = positions.get(&p).copied().unwrap_or(low).max(low);
+        if start > high {
+            tracing::warn!(partition = p, position = start, end = high,
+                "the local store is ahead of the changelog (it was reset): discarding its entries of this partition");
+            let mut batch = rocksdb::WriteBatch::default();
+            discard_partition(&mut batch, p);
+            store.write(batch)?;
+            reset.push(p);
+            start = low;
+        } else if !positions.contains_key(&p) && high <= low {
+            unlogged.push(p);
+        }
         // At the end, or only a transaction marker after it: current.
         if start + 1 >= high {
             continue;
@@ -270,8 +304,6 @@ pub fn restore(
             .map_err(RunError::kafka("changelog assign"))?;
         reading.insert(p as i32, (rocksdb::WriteBatch::default(), None, start));
     }
-    // Nothing to read still goes on to the partition records below: a current store's own
-    // record may be newer than memory (the kill-after-restore case).
     if !reading.is_empty() {
         consumer
             .assign(&tpl)
@@ -309,15 +341,65 @@ pub fn restore(
                 }
                 apply(batch, key, value);
                 if batch.len() >= 10_000 {
-                    driver.store.write(std::mem::take(batch))?;
+                    store.write(std::mem::take(batch))?;
                 }
             }
         }
     }
     let mut read = BTreeMap::new();
     for (p, (batch, meta, next)) in reading {
-        driver.store.write(batch)?;
+        store.write(batch)?;
         read.insert(p as u32, (meta, next));
+    }
+    Ok(Read {
+        restored: out,
+        reached: read,
+        reset,
+        unlogged,
+    })
+}
+
+/// Deletes every local entry of source partition `p`: its windows, sessions, partition
+/// record, upstream record and replay guard.
+pub fn discard_partition(batch: &mut rocksdb::WriteBatch, p: u32) {
+    for tag in [b'w', b's', PARTITION_META, b'u', REPLAY_GUARD] {
+        let mut prefix = vec![tag];
+        prefix.extend_from_slice(&p.to_be_bytes());
+        Store::delete_prefix(batch, &prefix);
+    }
+}
+
+/// Restores source partitions `parts` from their changelog partitions into the driver's
+/// store ([`read`]); then the driver adopts each partition that read anything. Returns what
+/// each read (nothing when the local store is current).
+pub fn restore(
+    driver: &mut Driver<'_>,
+    plan: &Plan,
+    brokers: &str,
+    extra: &[(String, String)],
+    parts: &[u32],
+) -> Result<BTreeMap<u32, Restored>, RunError> {
+    let positions = driver.changelog_positions().clone();
+    let Read {
+        restored: out,
+        reached: mut read,
+        reset,
+        unlogged,
+    } = read(
+        &mut driver.store,
+        &positions,
+        &plan.source.group,
+        brokers,
+        extra,
+        parts,
+    )?;
+    // A reset partition's state in memory is as stale as its local entries.
+    for &p in &reset {
+        driver.release(p)?;
+        driver.forget_position(p);
+    }
+    for &p in &unlogged {
+        driver.log_in_full(p);
     }
     for &p in parts {
         let got = out.get(&p).is_some_and(|r| r.records > 0);

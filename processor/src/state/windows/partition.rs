@@ -78,18 +78,8 @@ impl WindowState {
         let mut last: Option<WindowId> = None;
         for item in store.iter_prefix(&prefix) {
             let (k, _) = item?;
-            if k.len() < 21 {
+            let Some(id) = crate::state::window_id_of(&k) else {
                 continue;
-            }
-            let time = |b: &[u8]| {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(b);
-                (u64::from_be_bytes(a) ^ (1 << 63)) as i64
-            };
-            let id = WindowId {
-                partition: p,
-                start: time(&k[5..13]),
-                end: time(&k[13..21]),
             };
             if last != Some(id) {
                 last = Some(id);
