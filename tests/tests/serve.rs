@@ -288,6 +288,10 @@ const EXPECTED_WARNINGS: &[&str] = &[
     // broker is still loading the transaction coordinator's state; librdkafka retries.
     "Coordinator load in progress",
     "Failed to acquire idempotence PID",
+    // The changelog's transactional producer of a restarted (or resumed) pipeline asks for
+    // its producer id while the broker still completes the previous incarnation's
+    // transaction (CONCURRENT_TRANSACTIONS, retriable); librdkafka retries.
+    "Failed to acquire transactional PID",
 ];
 
 #[test]

@@ -309,11 +309,11 @@ pub fn plan_replay(
     extra: &[(String, String)],
     dry_run: bool,
 ) -> Result<ReplayPlan, RunError> {
-    if let Some(r) = &plan.repartition {
+    if let (Some(r), false) = (&plan.repartition, *from == ReplayFrom::Earliest) {
         return Err(RunError::Usage(format!(
             "`{}` re-keys through `{}`, and a replay does not rewind a re-keying pipeline yet \
-             (its two stages keep their state apart); to rebuild it, undeploy it with \
-             --purge and deploy it again",
+             (its two stages keep their state apart); replay it from `earliest`, or \
+             undeploy it with --purge and deploy it again",
             plan.name, r.topic
         )));
     }
@@ -357,12 +357,11 @@ pub fn plan_replay(
         }
         if !dry_run {
             drop(store);
-            if plan.state.changelog {
-                // The state lives in the changelog too: Kafka Streams' reset deletes its
-                // internal topics, and so does this. Another instance's store that is ahead
-                // of the new changelog discards its entries of that partition on restore.
-                delete_changelog(plan, brokers, extra)?;
-            }
+            // The state lives in the changelog too (and, re-keying, in the repartition
+            // topic): Kafka Streams' reset deletes its internal topics, and so does this.
+            // Another instance's store that is ahead of a new changelog discards its
+            // entries of that partition on restore.
+            delete_internal_topics(plan, brokers, extra)?;
             if state_dir.exists() {
                 std::fs::remove_dir_all(state_dir).map_err(|e| RunError::Io {
                     op: format!("remove {}", state_dir.display()),
@@ -374,7 +373,12 @@ pub fn plan_replay(
                 .iter()
                 .map(|p| (p.topic.clone(), p.partition, p.new_offset))
                 .collect();
-            start_state(plan, state_dir, &offsets)?;
+            if plan.repartition.is_some() {
+                // Its upstream stage reads the source topics.
+                start_state(plan, &state_dir.join("upstream"), &offsets)?;
+            } else {
+                start_state(plan, state_dir, &offsets)?;
+            }
             report.group_offsets_moved = commit_for_display(&c, &offsets);
         }
         return Ok(report);
@@ -492,12 +496,41 @@ pub fn plan_replay(
     Ok(report)
 }
 
-fn delete_changelog(
+/// The topics Weir made for a pipeline's state: its changelog and, when it re-keys, the
+/// repartition topic and the downstream stage's changelog.
+pub fn internal_topics(plan: &Plan) -> Vec<String> {
+    let mut out = Vec::new();
+    if plan.state.changelog {
+        out.push(kchangelog::topic(&plan.source.group));
+    }
+    if let Some(r) = &plan.repartition {
+        out.push(r.topic.clone());
+        if plan.state.changelog {
+            out.push(kchangelog::topic(&r.group));
+        }
+    }
+    out
+}
+
+/// Deletes a purged pipeline's internal topics ([`internal_topics`]): nothing of its state
+/// may come back from them when it is deployed again (Kafka Streams' reset tool does the
+/// same).
+pub fn delete_internal_topics(
     plan: &Plan,
     brokers: &str,
     extra: &[(String, String)],
 ) -> Result<(), RunError> {
-    let topic = kchangelog::topic(&plan.source.group);
+    delete_topics(&internal_topics(plan), brokers, extra)
+}
+
+fn delete_topics(
+    topics: &[String],
+    brokers: &str,
+    extra: &[(String, String)],
+) -> Result<(), RunError> {
+    if topics.is_empty() {
+        return Ok(());
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -505,7 +538,9 @@ fn delete_changelog(
             op: "start a runtime for the admin client".into(),
             source,
         })?;
-    rt.block_on(delete_topic(brokers, &topic, extra))?;
+    for t in topics {
+        rt.block_on(delete_topic(brokers, t, extra))?;
+    }
     Ok(())
 }
 

@@ -506,6 +506,14 @@ impl Server {
                     "{e}; the pipeline is paused and its state kept"
                 )));
             }
+            if let Err(e) = replay::delete_internal_topics(
+                &plan,
+                &self.cfg.conn.brokers(),
+                &self.cfg.conn.kafka_config,
+            ) {
+                tracing::warn!(pipeline = %name, error = %e,
+                    "cannot delete the pipeline's internal topics; a new deployment under its group may restore old state from them");
+            }
             let _ = std::fs::remove_dir_all(self.state_dir(name));
         }
         lock(&self.pipelines).remove(name);
