@@ -116,6 +116,23 @@ pub struct KafkaChangelog {
     topic: String,
     producer: ThreadedProducer<Delivered>,
     sent: u64,
+    /// How long a send, commit or abort may wait: the delivery timeout and a margin.
+    wait: Duration,
+}
+
+/// How long a changelog record may wait for its delivery: the user's `message.timeout.ms`
+/// (or `delivery.timeout.ms`) when given, as for the sink's producer, else [`TXN_TIMEOUT`].
+/// A broker outage longer than this fails the checkpoint and the session restarts, as it
+/// does when the sink's deliveries time out.
+fn delivery_timeout(extra: &[(String, String)]) -> Duration {
+    extra
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "message.timeout.ms" || k == "delivery.timeout.ms")
+        .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
+        .unwrap_or(TXN_TIMEOUT)
 }
 
 impl KafkaChangelog {
@@ -126,11 +143,12 @@ impl KafkaChangelog {
         extra: &[(String, String)],
     ) -> Result<KafkaChangelog, RunError> {
         let mut cfg = producer_config(brokers, extra);
-        let txn = TXN_TIMEOUT.as_millis().to_string();
+        let delivery = delivery_timeout(extra);
+        // A transaction must outlive its records' delivery retries.
+        let txn = TXN_TIMEOUT.max(delivery);
         cfg.set("transactional.id", transactional_id)
-            .set("transaction.timeout.ms", &txn)
-            // A transaction must outlive its records' delivery retries.
-            .set("message.timeout.ms", &txn);
+            .set("transaction.timeout.ms", txn.as_millis().to_string())
+            .set("message.timeout.ms", delivery.as_millis().to_string());
         let producer: ThreadedProducer<Delivered> =
             cfg.create_with_context(Delivered::default())
                 .map_err(RunError::kafka("cannot create the changelog producer"))?;
@@ -141,6 +159,7 @@ impl KafkaChangelog {
             topic: topic(&plan.source.group),
             producer,
             sent: 0,
+            wait: delivery + Duration::from_secs(5),
         })
     }
 }
@@ -160,14 +179,14 @@ impl Changelog for KafkaChangelog {
             if let Some(v) = &c.value {
                 rec = rec.payload(&v[..]);
             }
-            if let Err(e) = kafka_client::send_waiting(&self.producer, rec, TXN_TIMEOUT) {
-                let _ = self.producer.abort_transaction(TXN_TIMEOUT);
+            if let Err(e) = kafka_client::send_waiting(&self.producer, rec, self.wait) {
+                let _ = self.producer.abort_transaction(self.wait);
                 return Err(RunError::kafka("changelog send")(e));
             }
             self.sent += 1;
         }
-        if let Err(e) = self.producer.commit_transaction(TXN_TIMEOUT) {
-            let _ = self.producer.abort_transaction(TXN_TIMEOUT);
+        if let Err(e) = self.producer.commit_transaction(self.wait) {
+            let _ = self.producer.abort_transaction(self.wait);
             return Err(RunError::kafka("commit_transaction (changelog)")(e));
         }
         // The commit waited for every delivery; their reports may still be on their way.
@@ -431,4 +450,34 @@ pub fn restore(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(k: &str, v: &str) -> (String, String) {
+        (k.to_string(), v.to_string())
+    }
+
+    #[test]
+    fn the_users_delivery_timeout_bounds_a_changelog_write() {
+        assert_eq!(delivery_timeout(&[]), TXN_TIMEOUT);
+        assert_eq!(
+            delivery_timeout(&[kv("message.timeout.ms", "3000")]),
+            Duration::from_secs(3)
+        );
+        // The last setting wins, as in the client's configuration.
+        assert_eq!(
+            delivery_timeout(&[
+                kv("message.timeout.ms", "3000"),
+                kv("delivery.timeout.ms", "9000")
+            ]),
+            Duration::from_secs(9)
+        );
+        assert_eq!(
+            delivery_timeout(&[kv("message.timeout.ms", "soon")]),
+            TXN_TIMEOUT
+        );
+    }
 }
