@@ -1006,3 +1006,63 @@ fn offsets_json(
     );
     serde_json::from_slice(&out.stdout).expect("weir offsets --output json")
 }
+
+/// An upgrade: a pipeline that ran without its changelog is started with it (the default
+/// now). Its changelog partitions are empty and its store has no position in them, so its
+/// first checkpoint writes every entry of its partitions, not only the ones that change
+/// afterwards. A new machine (the state directory deleted) then restores the windows that
+/// were open at the upgrade; without the full write they would be lost and the table short.
+#[test]
+fn a_store_from_before_the_changelog_is_written_to_it_in_full() {
+    let Some(broker) = changelog_broker() else {
+        return;
+    };
+    let s = Scenario::with_step("upgrade", 20_000, 1_000, 0x5eed_0017, 5).without_changelog();
+    s.create_topics(&broker);
+    let args = s.args(&broker);
+    let n = s.batches.len();
+    // Half the traffic without the changelog, then a clean stop.
+    let mut weir = WeirProcess::start(&args, s.log(), &[]);
+    s.produce(&broker.bootstrap, 0..n / 2, Duration::from_millis(20));
+    wait_first_results(&s, &mut weir);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(weir.stop(), "weir did not stop: {}", tail(&weir.log_text()));
+    // The upgrade: the changelog on. No traffic meanwhile: only the full write can carry
+    // the open windows.
+    let yaml = std::fs::read_to_string(&s.pipeline).expect("pipeline");
+    std::fs::write(
+        &s.pipeline,
+        yaml.replace("state: {changelog: false}", "state: {changelog: true}"),
+    )
+    .expect("pipeline");
+    let from = weir.log_text().len();
+    let mut weir = WeirProcess::start(&args, s.log(), &[]);
+    wait_log(
+        &mut weir,
+        from,
+        "partitions assigned",
+        Duration::from_secs(60),
+    );
+    assert!(weir.stop(), "weir did not stop: {}", tail(&weir.log_text()));
+    let log = weir.log_text();
+    assert!(
+        log[from..].contains("predate the changelog"),
+        "the upgraded store was not written to the changelog: {}",
+        tail(&log[from..])
+    );
+    // A new machine.
+    std::fs::remove_dir_all(s.state_dir()).expect("remove the state directory");
+    let from = weir.log_text().len();
+    let mut weir = WeirProcess::start(&args, s.log(), &[]);
+    wait_log(
+        &mut weir,
+        from,
+        "restored from the changelog",
+        Duration::from_secs(60),
+    );
+    s.produce(&broker.bootstrap, n / 2..n, Duration::from_millis(20));
+    let rows = s.wait_for_table(Duration::from_secs(180), &mut || weir.exited().is_none());
+    assert!(weir.stop(), "weir did not stop: {}", tail(&weir.log_text()));
+    s.check_all(&broker, &rows);
+    s.drop_table();
+}

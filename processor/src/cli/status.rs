@@ -61,6 +61,25 @@ pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
     );
     println!();
     partition_table(&live.partitions, false);
+    if let Some(d) = &live.downstream {
+        // A re-keying pipeline: the table above is its upstream stage's (source topics).
+        println!();
+        println!(
+            "downstream stage (group {}-repartition: windows, aggregates, sinks): {}",
+            s.group,
+            d.state.as_str()
+        );
+        println!("watermark:       {}", opt_time(d.watermark));
+        println!(
+            "last checkpoint: {} ({} checkpoints); {} results out, {} late",
+            opt_time(d.last_checkpoint),
+            d.checkpoints,
+            d.counters.results_out,
+            d.counters.dead_late
+        );
+        println!();
+        partition_table(&d.partitions, false);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -7,7 +7,7 @@
 use super::Counters;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What a pipeline is doing, as `weir status` shows it.
@@ -85,6 +85,11 @@ pub struct LiveStatus {
     /// What restores from the changelog read (`state.changelog`).
     #[serde(default)]
     pub restore: RestoreStatus,
+    /// A re-keying pipeline's downstream stage (group `<group>-repartition`: windows,
+    /// aggregates, sinks); this status is then the upstream stage's, with the downstream's
+    /// results and late events added to its counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downstream: Option<Box<LiveStatus>>,
 }
 
 /// Restores from the changelog since the pipeline started (every session of it).
@@ -163,6 +168,8 @@ pub enum Telemetry<'a> {
 pub struct Live {
     name: String,
     inner: Mutex<LiveInner>,
+    /// A re-keying pipeline's downstream stage ([`Live::downstream`]).
+    downstream: Mutex<Option<Arc<Live>>>,
 }
 
 #[derive(Default)]
@@ -188,7 +195,15 @@ impl Live {
         Live {
             name: name.to_string(),
             inner: Mutex::new(LiveInner::default()),
+            downstream: Mutex::new(None),
         }
+    }
+
+    /// The live status of a re-keying pipeline's downstream stage, shown inside this one's.
+    pub fn downstream(&self) -> Arc<Live> {
+        let mut d = self.downstream.lock().unwrap_or_else(|e| e.into_inner());
+        d.get_or_insert_with(|| Arc::new(Live::new(&format!("{} (downstream)", self.name))))
+            .clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LiveInner> {
@@ -364,6 +379,18 @@ impl Live {
                 }
             })
             .collect();
+        drop(g);
+        let down = self
+            .downstream
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(d) = down {
+            let d = d.snapshot();
+            s.counters.results_out += d.counters.results_out;
+            s.counters.dead_late += d.counters.dead_late;
+            s.downstream = Some(Box::new(d));
+        }
         s
     }
 
@@ -384,5 +411,50 @@ impl Live {
             v.0 = None;
         }
         g.event_times.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A re-keying pipeline's status: the upstream stage's, with the downstream stage inside
+    /// it and the downstream's results and late events in its counters.
+    #[test]
+    fn a_downstream_stage_shows_inside_its_pipeline() {
+        let live = Live::new("p");
+        let up = Counters {
+            events_in: 10,
+            dead_decode: 1,
+            ..Default::default()
+        };
+        let down = Counters {
+            events_in: 9,
+            results_out: 4,
+            dead_late: 2,
+            ..Default::default()
+        };
+        let progress = |l: &Live, c: &Counters, wm: i64| {
+            l.record(Telemetry::Progress {
+                counters: c,
+                watermark: wm,
+                positions: &[],
+                event_times: &[],
+                max_out_of_orderness_ms: 0,
+            })
+        };
+        progress(&live, &up, 50);
+        assert!(live.snapshot().downstream.is_none());
+        progress(&live.downstream(), &down, 40);
+        let s = live.snapshot();
+        assert_eq!(s.counters.events_in, 10);
+        assert_eq!(s.counters.results_out, 4);
+        assert_eq!(s.counters.dead_late, 2);
+        assert_eq!(s.counters.dead_decode, 1);
+        let d = s.downstream.expect("downstream");
+        assert_eq!(d.watermark, Some(40));
+        assert_eq!(d.counters.events_in, 9);
+        // The same child every time.
+        assert!(Arc::ptr_eq(&live.downstream(), &live.downstream()));
     }
 }

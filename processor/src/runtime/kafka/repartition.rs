@@ -251,7 +251,11 @@ pub(super) fn run_rekeyed(
         })?;
     }
     let up_opts = stage_opts("upstream", opts.live.clone(), false);
-    let down_opts = stage_opts("downstream", None, true);
+    let down_opts = stage_opts(
+        "downstream",
+        opts.live.as_ref().map(|l| l.downstream()),
+        true,
+    );
     let inner = AtomicBool::new(false);
     let (a, b) = std::thread::scope(|scope| {
         let upstream_stage = scope.spawn(|| {
