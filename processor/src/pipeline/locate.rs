@@ -96,7 +96,7 @@ impl LineIndex {
     pub fn new(text: &str) -> LineIndex {
         let mut rec = Recorder::default();
         let mut parser = Parser::new_from_str(text);
-        // A syntax error is reported by serde_yaml with its own position; keep what was seen.
+        // A syntax error comes with yaml_serde's own position; keep what was seen.
         let _ = parser.load(&mut rec, false);
         LineIndex { lines: rec.lines }
     }

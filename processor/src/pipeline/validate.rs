@@ -12,8 +12,8 @@ use super::problems::{Problem, Problems};
 use super::{ApiVersion, PipelineDef, StateDef, StepDef, TOP_LEVEL_KEYS};
 use crate::schema::SchemaResolver;
 use serde::de::DeserializeOwned;
-use serde_yaml::Value as Yaml;
 use std::path::Path;
+use yaml_serde::Value as Yaml;
 
 /// The result of loading: the plan when there is no problem, else every problem found.
 pub struct Loaded {
@@ -215,7 +215,7 @@ pub fn load_str(text: &str, file: &str, resolver: &SchemaResolver) -> Loaded {
         };
     }
     let mut p = Problems::new(file, text);
-    let doc: Yaml = match serde_yaml::from_str(text) {
+    let doc: Yaml = match yaml_serde::from_str(text) {
         Ok(d) => d,
         Err(e) => {
             let line = e.location().map(|l| l.line());
@@ -371,7 +371,7 @@ pub fn load_str(text: &str, file: &str, resolver: &SchemaResolver) -> Loaded {
 }
 
 fn yaml_text(v: &Yaml) -> String {
-    serde_yaml::to_string(v)
+    yaml_serde::to_string(v)
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
 }

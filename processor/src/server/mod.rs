@@ -41,11 +41,11 @@ use crate::pipeline::Problem;
 use crate::runtime::kafka::{redrive, KafkaOptions};
 use crate::runtime::replay::{self, ReplayFrom};
 use crate::runtime::RunError;
-use serde_yaml::Value as Yaml;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use yaml_serde::Value as Yaml;
 
 /// What an operation on a halted pipeline needs.
 struct Halted {
@@ -109,7 +109,7 @@ impl Server {
                 .unwrap_or_default();
             format!("{}:{}", s.kind_name(), target)
         };
-        let description = serde_yaml::from_str::<Yaml>(yaml).ok().and_then(|y| {
+        let description = yaml_serde::from_str::<Yaml>(yaml).ok().and_then(|y| {
             y.get("description")
                 .and_then(Yaml::as_str)
                 .map(str::to_string)

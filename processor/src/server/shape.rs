@@ -1,7 +1,7 @@
 //! What a deployment compares: the schema files a definition names, the parts of it that
 //! shape its state (a redeploy that changes them cannot keep the state), safe names.
 
-use serde_yaml::Value as Yaml;
+use yaml_serde::Value as Yaml;
 
 pub(super) fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -31,7 +31,7 @@ fn schema_names(yaml: &Yaml) -> Vec<String> {
 
 /// The schema files a definition names, for `weir deploy` to send along.
 pub fn referenced_schemas(definition: &str) -> Vec<String> {
-    serde_yaml::from_str::<Yaml>(definition)
+    yaml_serde::from_str::<Yaml>(definition)
         .map(|y| schema_names(&y))
         .unwrap_or_default()
 }
@@ -40,7 +40,7 @@ pub fn referenced_schemas(definition: &str) -> Vec<String> {
 /// moves the closing time) and aggregates. Two definitions with the same shape can share
 /// state, as Kafka Streams can keep a store when its topology is unchanged.
 fn state_shape(yaml: &str) -> Vec<(String, String)> {
-    let doc: Yaml = serde_yaml::from_str(yaml).unwrap_or(Yaml::Null);
+    let doc: Yaml = yaml_serde::from_str(yaml).unwrap_or(Yaml::Null);
     let mut out = Vec::new();
     let render = |v: &Yaml| serde_json::to_string(v).unwrap_or_default();
     if let Some(Yaml::Sequence(steps)) = doc.get("steps") {
