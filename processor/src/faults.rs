@@ -37,6 +37,10 @@ pub enum Point {
     SinksFlushed,
     /// Dead letters acknowledged; the state batch is not written yet.
     DeadLettersFlushed,
+    /// With `state.changelog`: the checkpoint's transaction holds everything (the changelog
+    /// records; exactly-once, also the results, dead letters and source offsets) and is not
+    /// committed yet: a kill here is a kill just before (or during) the commit.
+    TransactionSent,
     /// With `state.changelog`: the changelog transaction is committed; the local state
     /// batch is not written yet (the changelog is ahead of the local store).
     ChangelogCommitted,
@@ -47,8 +51,8 @@ pub enum Point {
 }
 
 impl Point {
-    /// Every point a pipeline without a changelog reaches ([`Point::ChangelogCommitted`]
-    /// is reached only with one: see [`Point::WITH_CHANGELOG`]).
+    /// Every point a pipeline without a changelog reaches ([`Point::TransactionSent`] and
+    /// [`Point::ChangelogCommitted`] are reached only with one: see [`Point::WITH_CHANGELOG`]).
     pub const ALL: [Point; 9] = [
         Point::Restored,
         Point::Assigned,
@@ -70,6 +74,7 @@ impl Point {
             Point::SinkWritten => "sink.written",
             Point::SinksFlushed => "sinks.flushed",
             Point::DeadLettersFlushed => "dead_letters.flushed",
+            Point::TransactionSent => "transaction.sent",
             Point::ChangelogCommitted => "changelog.committed",
             Point::StateWritten => "state.written",
             Point::OffsetsCommitted => "offsets.committed",
@@ -77,7 +82,7 @@ impl Point {
     }
 
     /// The points of a pipeline with `state.changelog`.
-    pub const WITH_CHANGELOG: [Point; 10] = [
+    pub const WITH_CHANGELOG: [Point; 11] = [
         Point::Restored,
         Point::Assigned,
         Point::Emitted,
@@ -85,6 +90,7 @@ impl Point {
         Point::SinkWritten,
         Point::SinksFlushed,
         Point::DeadLettersFlushed,
+        Point::TransactionSent,
         Point::ChangelogCommitted,
         Point::StateWritten,
         Point::OffsetsCommitted,

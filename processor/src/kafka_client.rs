@@ -43,6 +43,9 @@ pub fn config(brokers: &str, role: Role<'_>, extra: &[(String, String)]) -> Clie
                 .set("partition.assignment.strategy", "cooperative-sticky")
                 .set("enable.partition.eof", "false")
                 .set("session.timeout.ms", "10000")
+                // What a transaction aborted (a crash, a fenced zombie) is never read:
+                // librdkafka's default, said here because exactly-once depends on it.
+                .set("isolation.level", "read_committed")
                 // Bounded prefetch: librdkafka stops fetching a partition past this much...
                 .set("queued.max.messages.kbytes", "16384")
                 // ...and fetches again this soon once the queue has room. librdkafka's

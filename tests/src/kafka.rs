@@ -530,6 +530,83 @@ pub fn log_ends(bootstrap: &str, topic: &str, partitions: i32) -> Vec<i64> {
         .collect()
 }
 
+/// Every record of `topic` as a consumer with `isolation.level` `read_committed`
+/// (`committed`) or `read_uncommitted` sees it, read until each partition reports its end
+/// (a transactional topic's last offsets are commit markers, which no consumer is given).
+/// For a topic nothing writes to any more.
+pub fn read_isolated(
+    bootstrap: &str,
+    topic: &str,
+    extra: &[(&str, &str)],
+    committed: bool,
+) -> Vec<Record> {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", bootstrap)
+        .set("group.id", "weir-test-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set(
+            "isolation.level",
+            if committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        );
+    for (k, v) in extra {
+        cfg.set(*k, *v);
+    }
+    let consumer: BaseConsumer = cfg.create().expect("reader");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let parts: Vec<i32> = md
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut tpl = TopicPartitionList::new();
+    for p in &parts {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)
+            .expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let mut ended = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ended.len() < parts.len() {
+        assert!(
+            Instant::now() < deadline,
+            "reading {topic}: only partitions {ended:?} of {parts:?} reached their end"
+        );
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|x| (x.key.to_string(), x.value.unwrap_or(&[]).to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(Record {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(|k| k.to_vec()),
+                    value: m.payload().unwrap_or(&[]).to_vec(),
+                    headers,
+                });
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                ended.insert(p);
+            }
+            Some(Err(e)) => eprintln!("reader: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
 pub fn read_all(bootstrap: &str, topic: &str, extra: &[(&str, &str)]) -> Vec<Record> {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", bootstrap)

@@ -73,6 +73,8 @@ pub struct Scenario {
     /// The broker the topics were created on (bootstrap, client settings): what a failed
     /// wait reads to explain itself.
     broker: std::sync::OnceLock<(String, Vec<(&'static str, &'static str)>)>,
+    /// `delivery: exactly_once`: the outputs are transactional, read `read_committed`.
+    pub exactly_once: bool,
 }
 
 fn user_partition(u: u64, partitions: i32) -> i32 {
@@ -285,6 +287,7 @@ dead_letter: {{type: kafka, topic: {dlq}}}
             expected,
             dead,
             broker: std::sync::OnceLock::new(),
+            exactly_once: false,
         }
     }
 
@@ -298,6 +301,27 @@ dead_letter: {{type: kafka, topic: {dlq}}}
     /// needs it (its transactions write no markers, so `read_committed` sees aborted data).
     pub fn without_changelog(self) -> Scenario {
         self.changelog(false)
+    }
+
+    /// `delivery: exactly_once`: one Kafka transaction per checkpoint; the output and
+    /// dead-letter topics are then read `read_committed`, and must hold every result and
+    /// dead letter once.
+    pub fn exactly_once(mut self) -> Scenario {
+        let mut yaml = std::fs::read_to_string(&self.pipeline).expect("pipeline");
+        yaml.push_str("delivery: exactly_once\n");
+        std::fs::write(&self.pipeline, yaml).expect("pipeline");
+        self.exactly_once = true;
+        self
+    }
+
+    /// The records of one of the pipeline's output topics, as a consumer should read
+    /// them (`read_committed`; exactly-once topics end in commit markers).
+    fn read_output(&self, bootstrap: &str, topic: &str, settings: &[(&str, &str)]) -> Vec<Record> {
+        if self.exactly_once {
+            crate::kafka::read_isolated(bootstrap, topic, settings, true)
+        } else {
+            read_all(bootstrap, topic, settings)
+        }
     }
 
     fn changelog(self, on: bool) -> Scenario {
@@ -467,7 +491,7 @@ dead_letter: {{type: kafka, topic: {dlq}}}
             return s;
         };
         let schema = Schema::parse_str(TOTALS).expect("totals schema");
-        let records = read_all(bootstrap, &self.out_topic, settings);
+        let records = self.read_output(bootstrap, &self.out_topic, settings);
         for (k, _) in differ.iter().take(4) {
             let _ = writeln!(s, "  output records of {k:?}:");
             for r in &records {
@@ -493,7 +517,7 @@ dead_letter: {{type: kafka, topic: {dlq}}}
             }
         }
         let mut reasons: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-        for r in read_all(bootstrap, &self.dlq, settings) {
+        for r in self.read_output(bootstrap, &self.dlq, settings) {
             let e = reasons
                 .entry(r.header("weir-reason").unwrap_or_default())
                 .or_default();
@@ -518,7 +542,7 @@ dead_letter: {{type: kafka, topic: {dlq}}}
     /// value and one event id: a repeat is an at-least-once redelivery, nothing else.
     pub fn topic_results(&self, broker: &Broker) -> (Aggregates, TopicCounts) {
         let schema = Schema::parse_str(TOTALS).expect("totals schema");
-        let records = read_all(
+        let records = self.read_output(
             &broker.bootstrap,
             &self.out_topic,
             &broker.client_settings(),
@@ -618,7 +642,7 @@ dead_letter: {{type: kafka, topic: {dlq}}}
         // lagged the log end; a record that is really missing stays missing.
         let mut records: Vec<Record> = Vec::new();
         for attempt in 0..3 {
-            records = read_all(&broker.bootstrap, &self.dlq, &broker.client_settings());
+            records = self.read_output(&broker.bootstrap, &self.dlq, &broker.client_settings());
             let values: BTreeSet<&Vec<u8>> = records.iter().map(|r| &r.value).collect();
             if self.dead.keys().all(|v| values.contains(v)) {
                 break;

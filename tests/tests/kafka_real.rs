@@ -49,7 +49,7 @@ fn seed() -> u64 {
 #[test]
 fn sigkill_in_every_phase_loses_nothing_and_doubles_nothing() {
     let Some(broker) = real_broker() else { return };
-    sigkill_in_every_phase(broker, false, false);
+    sigkill_in_every_phase(broker, false, false, false);
 }
 
 /// The same 26 kills with `state.changelog`: every checkpoint also goes to the changelog in
@@ -61,7 +61,23 @@ fn sigkill_in_every_phase_with_a_changelog() {
     let Some(broker) = changelog_broker() else {
         return;
     };
-    sigkill_in_every_phase(broker, true, false);
+    sigkill_in_every_phase(broker, true, false, false);
+}
+
+/// Exactly-once (`delivery: exactly_once`): the same kills, two at each point of the
+/// protocol, now with one Kafka transaction per checkpoint holding the results, the dead
+/// letters, the changelog records and the source offsets. A `read_committed` reader of the
+/// output topic must see every (user, window) result exactly once with the right value,
+/// and every invalid event once in the dead-letter topic; a `read_uncommitted` reader must
+/// see the aborted records too (so the test is not passing by accident); and each restart
+/// must resume from its local store, restoring only what it lacks, never the whole
+/// changelog.
+#[test]
+fn sigkill_in_every_phase_exactly_once() {
+    let Some(broker) = changelog_broker() else {
+        return;
+    };
+    sigkill_in_every_phase(broker, true, false, true);
 }
 
 /// The same kills on a pipeline that re-keys (`partitioned_by: []`, each user's events
@@ -73,10 +89,15 @@ fn sigkill_in_every_phase_of_a_rekeyed_pipeline() {
     let Some(broker) = changelog_broker() else {
         return;
     };
-    sigkill_in_every_phase(broker, true, true);
+    sigkill_in_every_phase(broker, true, true, false);
 }
 
-fn sigkill_in_every_phase(broker: weir_tests::kafka::Broker, changelog: bool, rekeyed: bool) {
+fn sigkill_in_every_phase(
+    broker: weir_tests::kafka::Broker,
+    changelog: bool,
+    rekeyed: bool,
+    exactly_once: bool,
+) {
     let seed = seed();
     eprintln!(
         "crash test seed: {seed:#x} (set WEIR_TEST_SEED={seed:x} to repeat the data and the plan)"
@@ -87,7 +108,11 @@ fn sigkill_in_every_phase(broker: weir_tests::kafka::Broker, changelog: bool, re
         Scenario::rekeyed("crashkey", 200_000, 500, seed, 4)
     } else {
         Scenario::with_step(
-            if changelog { "crashlog" } else { "crash" },
+            match (exactly_once, changelog) {
+                (true, _) => "crasheos",
+                (false, true) => "crashlog",
+                (false, false) => "crash",
+            },
             200_000,
             500,
             seed,
@@ -99,6 +124,7 @@ fn sigkill_in_every_phase(broker: weir_tests::kafka::Broker, changelog: bool, re
     } else {
         s.without_changelog()
     };
+    let s = if exactly_once { s.exactly_once() } else { s };
     s.create_topics(&broker);
     let args = s.args(&broker);
 
@@ -291,6 +317,11 @@ fn sigkill_in_every_phase(broker: weir_tests::kafka::Broker, changelog: bool, re
         never.is_empty(),
         "no kill landed in {never:?} (seed {seed:#x}); hits {hits:?}"
     );
+    if exactly_once {
+        check_exactly_once(&s, &broker, counts, dead, &weir.log_text());
+        s.drop_table();
+        return;
+    }
     // Re-emission happened (kills after the sinks acknowledged and before the state was
     // written guarantee it) and was absorbed: same id, same value (checked while reading),
     // the last value per key right. Bounded: a kill re-emits at most what one checkpoint
@@ -305,6 +336,80 @@ fn sigkill_in_every_phase(broker: weir_tests::kafka::Broker, changelog: bool, re
         counts.repeated
     );
     s.drop_table();
+}
+
+/// The end checks of the exactly-once crash test, after [`Scenario::check_all`] found the
+/// table, the last value per window and the dead letters right (read `read_committed`).
+fn check_exactly_once(
+    s: &Scenario,
+    broker: &weir_tests::kafka::Broker,
+    counts: weir_tests::scenario::TopicCounts,
+    dead: usize,
+    log: &str,
+) {
+    // Not one record twice: every (user, window) once (the sentinels' windows too).
+    assert_eq!(
+        counts.repeated, 0,
+        "a read_committed consumer saw {} results twice ({counts:?})",
+        counts.repeated
+    );
+    assert_eq!(counts.records, counts.distinct_ids, "{counts:?}");
+    let sentinels = counts.records - s.expected.len();
+    assert!(
+        sentinels <= s.partitions as usize,
+        "{} records for {} windows ({counts:?})",
+        counts.records,
+        s.expected.len()
+    );
+    assert_eq!(
+        dead,
+        s.dead.len(),
+        "read_committed: {dead} dead letters for {} invalid or late events",
+        s.dead.len()
+    );
+    // The kills before the commits left aborted transactions: a read_uncommitted consumer
+    // sees their records, a read_committed one does not.
+    let settings = broker.client_settings();
+    let uncommitted =
+        weir_tests::kafka::read_isolated(&broker.bootstrap, &s.out_topic, &settings, false);
+    assert!(
+        uncommitted.len() > counts.records,
+        "read_uncommitted sees {} records, read_committed {}: no transaction was aborted",
+        uncommitted.len(),
+        counts.records
+    );
+    // Each restart resumed from its local store: a restore reads what the store lacks (at
+    // most a few checkpoints), never the whole changelog.
+    let changelog = format!("{}-changelog", s.group);
+    let mut per_partition: BTreeMap<i32, usize> = BTreeMap::new();
+    for r in weir_tests::kafka::read_isolated(&broker.bootstrap, &changelog, &settings, true) {
+        *per_partition.entry(r.partition).or_default() += 1;
+    }
+    let field = |l: &str, name: &str| -> Option<u64> {
+        l.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|n| n.trim_matches('"').parse().ok())
+    };
+    // (partition, records) of every partition restore.
+    let restored: Vec<(i32, u64)> = log
+        .lines()
+        .filter(|l| l.contains("restored from the changelog"))
+        .filter_map(|l| Some((field(l, "partition=")? as i32, field(l, "records=")?)))
+        .collect();
+    eprintln!(
+        "exactly once: {} records read_committed, {} read_uncommitted; {} partition restores {restored:?}; changelog records per partition {per_partition:?}",
+        counts.records,
+        uncommitted.len(),
+        restored.len()
+    );
+    assert!(!restored.is_empty(), "no restart restored anything");
+    for (p, n) in &restored {
+        let total = per_partition.get(p).copied().unwrap_or(0);
+        assert!(
+            (*n as usize) * 4 < total,
+            "a restore of partition {p} read {n} of its {total} changelog records: a rebuild, not a roll forward"
+        );
+    }
 }
 
 /// Says why a test cannot run: under `CI=true` that fails it, elsewhere it is skipped.
@@ -374,7 +479,24 @@ const SESSION_FAILED: &str = "pipeline session failed; restarting from the last 
 /// fails and restarts from the last checkpoint once the broker is back. Nothing is lost.
 #[test]
 fn broker_killed_twice_mid_run_fails_a_session_and_loses_nothing() {
-    let Some(mut broker) = real_broker() else {
+    broker_killed_twice(false);
+}
+
+/// The same two broker outages with `delivery: exactly_once`: each failed session's
+/// transaction is aborted (by the next incarnation's `init_transactions` when the broker
+/// was away for the abort), and a `read_committed` reader sees every result and every dead
+/// letter once.
+#[test]
+fn broker_killed_twice_mid_run_exactly_once() {
+    broker_killed_twice(true);
+}
+
+fn broker_killed_twice(exactly_once: bool) {
+    let Some(mut broker) = (if exactly_once {
+        changelog_broker()
+    } else {
+        real_broker()
+    }) else {
         return;
     };
     if !broker.can_restart() {
@@ -385,7 +507,11 @@ fn broker_killed_twice_mid_run_fails_a_session_and_loses_nothing() {
     }
     // Event i at T0 + 5i ms: a window closes every 2,000 events, so the held records close
     // windows.
-    let s = Scenario::with_step("outage", 40_000, 1_000, 0x5eed_0002, 5);
+    let s = if exactly_once {
+        Scenario::with_step("outageeos", 40_000, 1_000, 0x5eed_0032, 5).exactly_once()
+    } else {
+        Scenario::with_step("outage", 40_000, 1_000, 0x5eed_0002, 5)
+    };
     s.create_topics(&broker);
     let args = s.args_with(&broker, &[("message.timeout.ms", "3000")]);
     let mut weir = WeirProcess::start(&args, s.log(), &[("WEIR_TEST_STALL_AT", "5000:4000")]);
@@ -425,9 +551,13 @@ fn broker_killed_twice_mid_run_fails_a_session_and_loses_nothing() {
         "weir did not stop cleanly: {}",
         tail(&weir.log_text())
     );
-    s.check_all(&broker, &rows);
+    let (counts, dead) = s.check_all(&broker, &rows);
+    if exactly_once {
+        assert_eq!(counts.repeated, 0, "results seen twice: {counts:?}");
+        assert_eq!(dead, s.dead.len(), "dead letters seen twice or missing");
+    }
     let failed = weir.log_text().matches(SESSION_FAILED).count();
-    eprintln!("broker outage test: {failed} failed sessions logged");
+    eprintln!("broker outage test: {failed} failed sessions logged; output {counts:?}");
     s.drop_table();
 }
 
@@ -804,6 +934,82 @@ fn two_instances_share_the_partitions_and_one_takes_over_after_a_sigkill() {
     );
     eprintln!("instance B restored {restores} partitions from the changelog");
     s.check_all(&broker, &rows);
+    s.drop_table();
+}
+
+/// Fencing (exactly-once): a second process started mid-run with the first one's identity
+/// (the same `--instance-id`, so the same `transactional.id` and `group.instance.id`) on a
+/// state directory of its own fences the first. The first stops writing, says why and exits
+/// non-zero (it does not retry: that would fence the newcomer in turn); the second restores
+/// the state from the changelog and finishes. A `read_committed` reader sees every result
+/// and every dead letter once, and the table is exact.
+#[test]
+fn a_second_instance_with_the_same_identity_fences_the_first() {
+    let Some(broker) = changelog_broker() else {
+        return;
+    };
+    let s = Scenario::with_step("fence", 30_000, 1_000, 0x5eed_0031, 5)
+        .with_changelog()
+        .exactly_once();
+    s.create_topics(&broker);
+    let args_a = s.args(&broker);
+    let state_b = s.dir.path().join("state-b");
+    let args_b: Vec<String> = args_a
+        .iter()
+        .map(|a| {
+            if *a == s.state_dir().display().to_string() {
+                state_b.display().to_string()
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    let n = s.batches.len();
+    let mut a = WeirProcess::start(&args_a, s.log(), &[]);
+    s.produce(&broker.bootstrap, 0..n / 2, Duration::from_millis(20));
+    wait_first_results(&s, &mut a);
+    let mut b = WeirProcess::start(&args_b, s.dir.path().join("weir-b.log"), &[]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while a.exited().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = a.exited();
+    let log_a = a.log_text();
+    assert!(
+        status.is_some_and(|c| !c.success()),
+        "the first instance was not fenced out ({status:?}): {}",
+        tail(&log_a)
+    );
+    assert!(
+        log_a.to_lowercase().contains("fenced"),
+        "the first instance exited without saying it was fenced: {}",
+        tail(&log_a)
+    );
+    assert!(
+        b.exited().is_none(),
+        "the second instance exited: {}",
+        tail(&b.log_text())
+    );
+    s.produce(&broker.bootstrap, n / 2..n, Duration::from_millis(20));
+    let rows = s.wait_for_table(Duration::from_secs(240), &mut || b.exited().is_none());
+    assert!(
+        b.stop(),
+        "the second instance did not stop cleanly: {}",
+        tail(&b.log_text())
+    );
+    let log_b = b.log_text();
+    assert!(
+        log_b.contains("restored from the changelog"),
+        "the second instance restored nothing: {}",
+        tail(&log_b)
+    );
+    let (counts, dead) = s.check_all(&broker, &rows);
+    assert_eq!(counts.repeated, 0, "results seen twice: {counts:?}");
+    assert_eq!(dead, s.dead.len(), "dead letters seen twice or missing");
+    eprintln!(
+        "fenced: {status:?}; output {counts:?}, {dead} dead letters; first instance's last words: {}",
+        log_a.lines().rev().find(|l| l.to_lowercase().contains("fenced")).unwrap_or("")
+    );
     s.drop_table();
 }
 

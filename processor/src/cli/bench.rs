@@ -71,6 +71,11 @@ pub struct BenchArgs {
     /// cores: a second instance gains only what an idle core gives).
     #[arg(long)]
     compare_instances: bool,
+    /// With --kafka: also run the pipeline twice in each delivery mode, alternating, with
+    /// its results to a new Kafka topic and 1 s checkpoints, and print the exactly-once to
+    /// at-least-once throughput ratio.
+    #[arg(long)]
+    compare_delivery: bool,
     /// Extra librdkafka properties for the Kafka benchmark's clients (repeatable).
     #[arg(long, value_parser = super::parse_kv)]
     kafka_config: Vec<(String, String)>,
@@ -174,6 +179,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
             container_schema: None,
             live: Arc::new(Live::new(&plan.name)),
             sample_latency: true,
+            producer: None,
         },
     )
     .context("opening the state store")?;

@@ -32,6 +32,7 @@ pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
     println!("topics:          {}", s.topics.join(", "));
     println!("sinks:           {}", s.sinks.join(", "));
     println!("dead letter:     {}", opt(s.dead_letter.as_ref()));
+    println!("delivery:        {}", s.delivery);
     println!("member:          {}", opt(live.member_id.as_ref()));
     println!("watermark:       {}", opt_time(live.watermark));
     println!(

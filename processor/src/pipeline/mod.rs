@@ -39,6 +39,30 @@ pub struct PipelineDef {
     pub sinks: Vec<SinkDef>,
     pub dead_letter: Option<SinkDef>,
     pub state: StateDef,
+    pub delivery: Delivery,
+}
+
+/// The delivery guarantee of a pipeline's Kafka outputs (`delivery:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// A crash re-emits the results since the last checkpoint: the same records with the
+    /// same `weir-event-id`, which idempotent consumers absorb.
+    #[default]
+    AtLeastOnce,
+    /// One Kafka transaction per checkpoint holds the results, the dead letters, the
+    /// changelog and repartition records and the source offsets: a `read_committed`
+    /// consumer sees every result once.
+    ExactlyOnce,
+}
+
+impl Delivery {
+    pub fn name(self) -> &'static str {
+        match self {
+            Delivery::AtLeastOnce => "at_least_once",
+            Delivery::ExactlyOnce => "exactly_once",
+        }
+    }
 }
 
 /// Top-level keys of a definition, in the order they are documented.
@@ -52,6 +76,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "sinks",
     "dead_letter",
     "state",
+    "delivery",
 ];
 
 #[derive(Debug, Clone, Deserialize)]

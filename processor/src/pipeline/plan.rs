@@ -1,7 +1,7 @@
 //! The plan: an executable pipeline, every name resolved to an index and every duration
 //! in milliseconds. [`super::compile`] makes it from a definition; the engine runs it.
 
-use super::{AggFn, SinkDef, StateDef, ValueFormat};
+use super::{AggFn, Delivery, SinkDef, StateDef, ValueFormat};
 use crate::schema::FieldType;
 use apache_avro::Schema;
 use cel_interpreter::Program;
@@ -19,6 +19,7 @@ pub struct Plan {
     pub sinks: Vec<SinkDef>,
     pub dead_letter: Option<SinkDef>,
     pub state: StateDef,
+    pub delivery: Delivery,
     /// Re-keying through a repartition topic, when the group key is not the source's.
     pub repartition: Option<RepartitionPlan>,
     /// Which part of the pipeline this plan runs (see [`Stage`]).
@@ -195,6 +196,7 @@ impl Plan {
             sinks: self.sinks.clone(),
             dead_letter,
             state: self.state.clone(),
+            delivery: self.delivery,
             repartition: Some(r),
             stage: Stage::Downstream,
         })

@@ -9,7 +9,7 @@
 use super::compile::compile;
 use super::plan::Plan;
 use super::problems::{Problem, Problems};
-use super::{ApiVersion, PipelineDef, StateDef, StepDef, TOP_LEVEL_KEYS};
+use super::{ApiVersion, Delivery, PipelineDef, StateDef, StepDef, TOP_LEVEL_KEYS};
 use crate::schema::SchemaResolver;
 use serde::de::DeserializeOwned;
 use std::path::Path;
@@ -90,7 +90,9 @@ fn name_and_expected(rest: &str) -> (&str, Vec<&str>) {
         .nth(1)
         .or_else(|| rest.split("expected ").nth(1))
         .unwrap_or_default()
+        // Two names come as "`a` or `b`", more as "one of `a`, `b`, `c`".
         .split(", ")
+        .flat_map(|s| s.split(" or "))
         .map(|s| s.trim_matches('`'))
         .collect();
     (name, known)
@@ -336,6 +338,10 @@ pub fn load_str(text: &str, file: &str, resolver: &SchemaResolver) -> Loaded {
         None => Some(StateDef::default()),
         Some(v) => section(&mut p, "state", v),
     };
+    let delivery = match get("delivery") {
+        None => Some(Delivery::default()),
+        Some(v) => section(&mut p, "delivery", v),
+    };
     let (
         Some(api_version),
         Some(name),
@@ -345,7 +351,18 @@ pub fn load_str(text: &str, file: &str, resolver: &SchemaResolver) -> Loaded {
         Some(sinks),
         Some(dead_letter),
         Some(state),
-    ) = (api, name, source, steps, output, sinks, dead_letter, state)
+        Some(delivery),
+    ) = (
+        api,
+        name,
+        source,
+        steps,
+        output,
+        sinks,
+        dead_letter,
+        state,
+        delivery,
+    )
     else {
         return fail(p);
     };
@@ -359,6 +376,7 @@ pub fn load_str(text: &str, file: &str, resolver: &SchemaResolver) -> Loaded {
         sinks,
         dead_letter,
         state,
+        delivery,
     };
     let plan = compile(&def, resolver, &mut p);
     // In file order; problems on one line keep the order they were found in.

@@ -39,11 +39,45 @@
 //!   offsets decide where a partition resumes, and records below them are skipped, so
 //!   nothing is counted twice in state.
 //!
+//! # Exactly-once (`delivery: exactly_once`, Kafka)
+//! One Kafka transaction per checkpoint, on one transactional producer that every Kafka
+//! output writes through ([`super::kafka::transaction`]): the sinks' results, the dead
+//! letters, the repartition records and the changelog records are all sent into the open
+//! transaction as they are produced. At a checkpoint, step 1 flushes them (a failed
+//! delivery fails it, as above) and commits PostgreSQL; step 2 sends the changelog
+//! records, then **the source offsets with the group's metadata** (KIP-447) into the same
+//! transaction, and commits it; step 3 writes the RocksDB batch; step 4 commits nothing
+//! (the offsets are in the transaction). The source reads `read_committed`.
+//!
+//! State and transaction always agree, and the state is never discarded to be rebuilt:
+//! - a crash (or failure) **before the commit**: the transaction is aborted, by the next
+//!   incarnation's `init_transactions` at the latest (same `transactional.id`). Nothing of
+//!   it is visible to a `read_committed` reader: not its results, not its changelog
+//!   records, not its offsets. The local store is still at the previous checkpoint, which
+//!   is what the changelog and the group hold: the restart resumes from it and produces the
+//!   same results again, in a new transaction (roll back);
+//! - a crash **during the commit**: the coordinator either completed it or not, and the
+//!   next `init_transactions` waits for the outcome; then one of the two other cases holds;
+//! - a crash **after the commit, before the RocksDB batch**: the changelog holds the
+//!   checkpoint's changes and partition records and the group its offsets; the local store
+//!   is one checkpoint behind. The restart's restore reads the changelog from the local
+//!   store's position (only what it lacks) and the partition records decide where each
+//!   partition resumes: the store rolls forward to exactly the committed checkpoint, and
+//!   nothing of it is produced again;
+//! - a crash after the batch: the store, the changelog and the group agree.
+//!
+//! So exactly-once needs the changelog (`state.changelog`, on by default): validation says
+//! so. The PostgreSQL sink commits in step 1, before the Kafka transaction: a crash before
+//! the Kafka commit replays its upserts, which write the same row values again (an
+//! idempotent effect, not an exactly-once write). A file sink is truncated to the length its
+//! checkpoint records, as at least once.
+//!
 //! Once any step fails the driver is poisoned: no later checkpoint may be written past
 //! results that were not delivered (the Kafka consumer's close would otherwise checkpoint
 //! in its revoke callback). The session is restarted from the last checkpoint instead.
 
 mod partitions;
+mod protocol;
 mod route;
 
 pub use route::Router;
@@ -57,8 +91,9 @@ use crate::pipeline::plan::Plan;
 use crate::schema::registry::Registry;
 use crate::sink::discard::DiscardSink;
 use crate::sink::encode::DeadLetter;
+use crate::sink::kafka::SharedProducer;
 use crate::source::SourceRecord;
-use crate::state::changelog::{self, Change, Positions, Tee};
+use crate::state::changelog::{self, Change, Positions};
 use crate::state::checkpoint::{self, Checkpoint};
 use crate::state::Store;
 use std::collections::BTreeMap;
@@ -101,11 +136,20 @@ pub trait Source {
 }
 
 /// Where a checkpoint's state changes go besides the local store (Kafka: the changelog
-/// topic, [`super::kafka`]).
+/// topic, [`super::kafka`]), in a transaction: exactly-once, the pipeline's, which also
+/// holds the results, the dead letters and the source offsets.
 pub trait Changelog: Send {
-    /// Writes one checkpoint's changes, each partition's record last, and waits until they
-    /// are committed; returns, per changelog partition written, the next offset after them.
-    fn write(&mut self, changes: Vec<Change>) -> Result<Positions, RunError>;
+    /// Sends one checkpoint's changes, each partition's record last, into the open
+    /// transaction; exactly-once, the source `offsets` too.
+    fn send(&mut self, changes: &[Change], offsets: &[(String, i32, i64)]) -> Result<(), RunError>;
+    /// Commits the transaction; returns, per changelog partition written, the next offset
+    /// after its records.
+    fn commit(&mut self, changes: &[Change]) -> Result<Positions, RunError>;
+    /// [`Changelog::send`] and [`Changelog::commit`] (no offsets: an offline rewind).
+    fn write(&mut self, changes: Vec<Change>) -> Result<Positions, RunError> {
+        self.send(&changes, &[])?;
+        self.commit(&changes)
+    }
 }
 
 /// When checkpoints are due, and when a run stops by itself.
@@ -136,6 +180,8 @@ pub struct DriverOptions<'a> {
     pub live: Arc<Live>,
     /// Time every 16th record and every checkpoint (the benchmark).
     pub sample_latency: bool,
+    /// Exactly-once: the transactional producer every Kafka output writes through.
+    pub producer: Option<SharedProducer>,
 }
 
 /// Everything a running pipeline owns: the engine, the state, the sinks, the dead letter,
@@ -196,7 +242,14 @@ impl<'p> Driver<'p> {
         let mut sinks = if o.discard {
             vec![AnySink::Discard(DiscardSink::default())]
         } else {
-            open_sinks(plan, o.output, o.conn, &mut registry, &lengths)?
+            open_sinks(
+                plan,
+                o.output,
+                o.conn,
+                &mut registry,
+                &lengths,
+                o.producer.as_ref(),
+            )?
         };
         let (dead, dead_letter_path) = DeadLetters::open(
             plan.dead_letter.as_ref(),
@@ -205,6 +258,7 @@ impl<'p> Driver<'p> {
             o.conn,
             resume.as_ref().and_then(|c| c.dead_letter),
             o.input_name,
+            o.producer.as_ref(),
         )?;
         let mut engine = Engine::new(plan, o.container_schema);
         let store = opened.store;
@@ -329,121 +383,6 @@ impl<'p> Driver<'p> {
             || c.interval
                 .is_some_and(|i| self.since_checkpoint > 0 && self.last_checkpoint.elapsed() >= i)
             || self.engine.windows.over_capacity()
-    }
-
-    /// Marks the session failed: no checkpoint may be written any more.
-    pub fn poison(&mut self) {
-        self.poisoned = true;
-    }
-
-    /// Steps 1-3 of the protocol; `after` is step 3.
-    pub fn checkpoint(&mut self, after: &mut dyn FnMut(&Checkpoint)) -> Result<(), RunError> {
-        if self.poisoned {
-            return Err(RunError::SessionFailed);
-        }
-        let r = self.checkpoint_inner(after);
-        self.poisoned |= r.is_err();
-        r
-    }
-
-    fn checkpoint_inner(&mut self, after: &mut dyn FnMut(&Checkpoint)) -> Result<(), RunError> {
-        let started = Instant::now();
-        // Crash points (tests): only checkpoints with results in flight count.
-        let in_flight = self.writer.written > self.written_at_checkpoint;
-        let point = |p: Point| {
-            if in_flight {
-                reached(p)
-            }
-        };
-        point(Point::CheckpointBegin);
-        self.send_markers()?;
-        let mut lengths = Vec::with_capacity(self.sinks.len());
-        for s in self.sinks.iter_mut() {
-            let t = Instant::now();
-            lengths.push(s.as_sink().flush()?);
-            let label = s.label();
-            self.live.record(Telemetry::SinkFlushed {
-                sink: &label,
-                took: t.elapsed(),
-            });
-        }
-        point(Point::SinksFlushed);
-        let t = Instant::now();
-        let dead_letter = self.dead.flush()?;
-        self.live.record(Telemetry::SinkFlushed {
-            sink: "dead_letter",
-            took: t.elapsed(),
-        });
-        point(Point::DeadLettersFlushed);
-        let cp = Checkpoint {
-            pipeline: self.plan.name.clone(),
-            position: self.position,
-            offsets: self.positions(),
-            watermarks: self.engine.watermarks.clone(),
-            windows: self.engine.windows.meta(),
-            counters: self.engine.counters.clone(),
-            sinks: lengths,
-            dead_letter,
-            clock: self.engine.clock,
-        };
-        let mut batch = rocksdb::WriteBatch::default();
-        // Re-keying, downstream: each partition's upstream record (`u|`), kept locally too.
-        let upstream = self.upstream_changes()?;
-        for c in &upstream {
-            batch.put(&c.key, c.value.as_deref().unwrap_or_default());
-        }
-        if self.changelog.is_some() {
-            let mut changes = self.full_entries()?;
-            self.engine
-                .windows
-                .checkpoint_into(&mut Tee(&mut batch, &mut changes))?;
-            changes.extend(upstream);
-            for c in self.finished_guards()? {
-                batch.delete(&c.key);
-                changes.push(c);
-            }
-            let owned: std::collections::BTreeSet<u32> =
-                self.offsets.keys().map(|(_, p)| *p as u32).collect();
-            for p in owned {
-                let c = self.partition_meta(p).change(p)?;
-                // The local store keeps it too: a partition that comes back finds it.
-                if let Some(v) = &c.value {
-                    batch.put(&c.key, v);
-                }
-                changes.push(c);
-            }
-            if let Some(log) = self.changelog.as_mut() {
-                let reached = log.write(changes)?;
-                self.positions.extend(reached);
-                point(Point::ChangelogCommitted);
-            }
-            changelog::put_positions(&mut batch, &self.positions)?;
-        } else {
-            self.engine.windows.checkpoint_into(&mut batch)?;
-        }
-        checkpoint::save(
-            &mut self.store,
-            &mut self.engine.windows,
-            batch,
-            &cp,
-            self.engine.replay.as_ref(),
-        )?;
-        point(Point::StateWritten);
-        after(&cp);
-        point(Point::OffsetsCommitted);
-        self.written_at_checkpoint = self.writer.written;
-        self.since_checkpoint = 0;
-        self.last_checkpoint = Instant::now();
-        self.checkpoints += 1;
-        let took = started.elapsed();
-        if self.latencies.is_some() {
-            self.checkpoint_times.push(took);
-        }
-        self.live.record(Telemetry::CheckpointWritten {
-            took,
-            state_bytes: self.store.size_bytes(),
-        });
-        Ok(())
     }
 
     fn positions(&self) -> Vec<(String, i32, i64)> {

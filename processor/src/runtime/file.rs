@@ -110,6 +110,7 @@ pub fn run_file_reporting(
             container_schema: file.container_schema().cloned(),
             live,
             sample_latency: false,
+            producer: None,
         },
     )?;
     let mut source = FileInput {

@@ -49,6 +49,14 @@ pub enum RunError {
         code: RDKafkaErrorCode,
         reason: String,
     },
+    /// Exactly-once: another process started with this pipeline's identity (the same
+    /// `transactional.id`, or the same `--instance-id`) and fenced this one. Not retried: a
+    /// new session would fence the newcomer in turn.
+    #[error("fenced: another instance of this pipeline took over transactional id {transactional_id} ({reason}); this one stops. Give each instance its own --instance-id and state directory")]
+    Fenced {
+        transactional_id: String,
+        reason: String,
+    },
     /// A bounded wait on the broker ran out.
     #[error("kafka: timed out {0}")]
     TimedOut(String),
@@ -68,7 +76,12 @@ impl RunError {
     /// Who must act: a user mistake, an outside failure, or a bug in Weir.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            RunError::Source(_) | RunError::Usage(_) => ErrorKind::User,
+            RunError::Source(_) | RunError::Usage(_) | RunError::Fenced { .. } => ErrorKind::User,
+            // Static membership: another member took this --instance-id.
+            RunError::KafkaFatal {
+                code: RDKafkaErrorCode::FencedInstanceId,
+                ..
+            } => ErrorKind::User,
             RunError::Sink(SinkError::Truncated { .. }) => ErrorKind::User,
             RunError::State(StateError::OtherPipeline { .. } | StateError::BadCheckpoint(_)) => {
                 ErrorKind::User

@@ -7,7 +7,7 @@ use crate::schema::registry::Registry;
 use crate::sink::discard::DiscardSink;
 use crate::sink::encode::{DeadLetter, Emitted, ResultFormat};
 use crate::sink::file::{FileSink, StdoutSink};
-use crate::sink::kafka::{ensure_topic, KafkaDeadLetter, KafkaSink};
+use crate::sink::kafka::{ensure_topic, KafkaDeadLetter, KafkaSink, SharedProducer};
 use crate::sink::postgres::{PostgresSink, DEFAULT_URL};
 use crate::sink::{Output, Sink, SinkError};
 
@@ -115,13 +115,15 @@ fn create_topic(
 }
 
 /// Opens the sinks. `lengths[i]`: where file sink `i` was at the checkpoint being resumed.
-/// `output` overrides the pipeline's sinks with one file (`-` = stdout).
+/// `output` overrides the pipeline's sinks with one file (`-` = stdout). `shared`: the
+/// transactional producer Kafka sinks write through (exactly-once).
 pub fn open_sinks(
     plan: &Plan,
     output: Option<&str>,
     conn: &Connections,
     registry: &mut Option<Registry>,
     lengths: &[Option<u64>],
+    shared: Option<&SharedProducer>,
 ) -> Result<Vec<AnySink>, SinkError> {
     let defs: Vec<SinkDef> = match output {
         Some(o) => vec![SinkDef {
@@ -150,7 +152,13 @@ pub fn open_sinks(
                 let topic = d.topic.clone().unwrap_or_default();
                 let id = output_schema_id(plan, &topic, d, registry)?;
                 create_topic(&brokers, d, &conn.kafka_config)?;
-                AnySink::Kafka(KafkaSink::new(&brokers, &topic, id, &conn.kafka_config)?)
+                AnySink::Kafka(KafkaSink::new(
+                    &brokers,
+                    &topic,
+                    id,
+                    &conn.kafka_config,
+                    shared,
+                )?)
             }
             SinkKind::Postgres => AnySink::Postgres(Box::new(PostgresSink::open(
                 plan,
@@ -224,6 +232,7 @@ impl DeadLetters {
         conn: &Connections,
         resume_at: Option<u64>,
         input_name: &str,
+        shared: Option<&SharedProducer>,
     ) -> Result<(DeadLetters, String), SinkError> {
         if let Some(p) = file_override {
             return Ok((
@@ -236,7 +245,12 @@ impl DeadLetters {
                 let brokers = conn.brokers();
                 let topic = create_topic(&brokers, d, &conn.kafka_config)?;
                 Ok((
-                    DeadLetters::Kafka(KafkaDeadLetter::new(&brokers, &topic, &conn.kafka_config)?),
+                    DeadLetters::Kafka(KafkaDeadLetter::new(
+                        &brokers,
+                        &topic,
+                        &conn.kafka_config,
+                        shared,
+                    )?),
                     format!("kafka topic {topic}"),
                 ))
             }

@@ -62,6 +62,7 @@ struct Pipeline {
     description: Option<String>,
     sinks: Vec<String>,
     dead_letter: Option<String>,
+    delivery: &'static str,
     paused: bool,
     live: Arc<Live>,
     runner: Option<Runner>,
@@ -122,6 +123,7 @@ impl Server {
             description,
             sinks: plan.sinks.iter().map(sink_name).collect(),
             dead_letter: plan.dead_letter.as_ref().map(sink_name),
+            delivery: plan.delivery.name(),
             paused,
             live,
             runner: None,
@@ -410,6 +412,7 @@ impl Server {
             topics: p.topics.clone(),
             sinks: p.sinks.clone(),
             dead_letter: p.dead_letter.clone(),
+            delivery: p.delivery.to_string(),
             live: p.live.snapshot(),
         })
     }

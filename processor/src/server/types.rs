@@ -49,6 +49,9 @@ pub struct PipelineStatus {
     pub topics: Vec<String>,
     pub sinks: Vec<String>,
     pub dead_letter: Option<String>,
+    /// `at_least_once` or `exactly_once` (the definition's `delivery`).
+    #[serde(default)]
+    pub delivery: String,
     #[serde(flatten)]
     pub live: LiveStatus,
 }

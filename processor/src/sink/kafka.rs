@@ -17,25 +17,50 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a flush waits for delivery reports before the checkpoint is abandoned (the
 /// runtime then restarts from the previous checkpoint).
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Counts delivery reports, and failed ones; the first error is kept for the message.
-/// `flush` waits until every sent record has its report counted: the producer's own flush
-/// can return while the background thread is still inside a delivery callback.
+/// Counts records sent and their delivery reports, and failed ones; the first error is kept
+/// for the message. `flush` waits until every sent record has its report counted: the
+/// producer's own flush can return while the background thread is still inside a delivery
+/// callback. For one topic (`track`, the changelog's) it keeps the highest offset delivered
+/// per partition: how far into it a checkpoint reached.
 #[derive(Default)]
 pub struct DeliveryCounter {
+    sent: AtomicU64,
     reported: AtomicU64,
     failed: AtomicU64,
     first_error: Mutex<Option<String>>,
+    track: Option<String>,
+    reached: Mutex<BTreeMap<i32, i64>>,
+}
+
+impl DeliveryCounter {
+    /// A counter that keeps the highest delivered offset per partition of `topic`.
+    pub fn tracking(topic: &str) -> DeliveryCounter {
+        DeliveryCounter {
+            track: Some(topic.to_string()),
+            ..DeliveryCounter::default()
+        }
+    }
+
+    /// The highest offset delivered to partition `p` of the tracked topic.
+    pub fn reached(&self, p: i32) -> Option<i64> {
+        self.reached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&p)
+            .copied()
+    }
 }
 
 impl ClientContext for DeliveryCounter {}
@@ -43,15 +68,29 @@ impl ClientContext for DeliveryCounter {}
 impl ProducerContext for DeliveryCounter {
     type DeliveryOpaque = ();
     fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = r {
-            if let Ok(mut first) = self.first_error.lock() {
-                first.get_or_insert_with(|| e.to_string());
+        match r {
+            Err((e, _)) => {
+                if let Ok(mut first) = self.first_error.lock() {
+                    first.get_or_insert_with(|| e.to_string());
+                }
+                self.failed.fetch_add(1, Ordering::SeqCst);
             }
-            self.failed.fetch_add(1, Ordering::SeqCst);
+            Ok(m) => {
+                if self.track.as_deref() == Some(m.topic()) {
+                    let mut g = self.reached.lock().unwrap_or_else(|e| e.into_inner());
+                    let e = g.entry(m.partition()).or_insert(-1);
+                    *e = (*e).max(m.offset());
+                }
+            }
         }
         self.reported.fetch_add(1, Ordering::SeqCst);
     }
 }
+
+/// A producer several writers share (exactly-once: the pipeline's transactional producer,
+/// which the sinks, the dead letter, the changelog and the repartition topic all write
+/// through, so one transaction holds them all).
+pub type SharedProducer = Arc<ThreadedProducer<DeliveryCounter>>;
 
 /// Producer settings shared by result and dead-letter sinks ([`Role::Producer`]).
 /// `extra` (from `--kafka-config`) overrides any of them.
@@ -220,12 +259,11 @@ fn topic_exists(admin: &AdminClient<DefaultClientContext>, topic: &str) -> bool 
 }
 
 /// A producer whose sends wait (bounded) when its queue is full and whose flush reports
-/// every failed delivery.
+/// every failed delivery. Its producer is its own, or [`SharedProducer`] (then a flush
+/// waits for every writer's records, and one failure fails them all).
 pub struct Sender {
     name: String,
-    producer: ThreadedProducer<DeliveryCounter>,
-    /// Records handed to the producer.
-    sent: u64,
+    producer: SharedProducer,
 }
 
 impl Sender {
@@ -233,11 +271,20 @@ impl Sender {
         let producer = producer_config(brokers, extra)
             .create_with_context(DeliveryCounter::default())
             .map_err(|e| kafka_err(name, e))?;
-        Ok(Sender {
+        Ok(Sender::shared(name, Arc::new(producer)))
+    }
+
+    /// A sender on `producer`, which others may write through too.
+    pub fn shared(name: &str, producer: SharedProducer) -> Sender {
+        Sender {
             name: name.to_string(),
             producer,
-            sent: 0,
-        })
+        }
+    }
+
+    /// The producer (for its transactions).
+    pub fn producer(&self) -> &SharedProducer {
+        &self.producer
     }
 
     pub fn send(
@@ -255,27 +302,65 @@ impl Sender {
         if let Some(t) = timestamp {
             rec = rec.timestamp(t);
         }
+        self.send_record(rec)
+    }
+
+    /// Sends `value` (none: a tombstone) with `key` to one partition of `topic`.
+    pub fn send_to(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), SinkError> {
+        let mut rec: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(topic).key(key).partition(partition);
+        if let Some(v) = value {
+            rec = rec.payload(v);
+        }
+        self.send_record(rec)
+    }
+
+    fn send_record<K, P>(&mut self, rec: BaseRecord<'_, K, P>) -> Result<(), SinkError>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
         // Backpressure: a full queue waits for deliveries (the broker is slow or away).
-        kafka_client::send_waiting(&self.producer, rec, FLUSH_TIMEOUT)
+        kafka_client::send_waiting(&*self.producer, rec, FLUSH_TIMEOUT)
             .map_err(|e| kafka_err(&self.name, e))?;
-        self.sent += 1;
+        self.producer.context().sent.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
     /// Records sent whose delivery report has not been counted yet.
     pub fn unacknowledged(&self) -> u64 {
-        self.sent
-            .saturating_sub(self.producer.context().reported.load(Ordering::SeqCst))
+        let ctx = self.producer.context();
+        ctx.sent
+            .load(Ordering::SeqCst)
+            .saturating_sub(ctx.reported.load(Ordering::SeqCst))
     }
 
     /// Waits for every outstanding delivery report; fails if any delivery failed.
     pub fn flush(&mut self) -> Result<(), SinkError> {
-        let deadline = Instant::now() + FLUSH_TIMEOUT;
+        self.flush_within(FLUSH_TIMEOUT)
+    }
+
+    /// [`Sender::flush`], waiting at most `within`.
+    pub fn flush_within(&mut self, within: Duration) -> Result<(), SinkError> {
+        let deadline = Instant::now() + within;
         self.producer
-            .flush(FLUSH_TIMEOUT)
+            .flush(within)
             .map_err(|e| kafka_err(&self.name, format!("flush: {e}")))?;
+        self.wait_reported(deadline)
+    }
+
+    /// Waits until every record sent has its delivery report counted (a transaction's
+    /// commit flushes, but the last reports may still be on their way); fails if any
+    /// delivery failed.
+    pub fn wait_reported(&self, deadline: Instant) -> Result<(), SinkError> {
         let ctx = self.producer.context();
-        while ctx.reported.load(Ordering::SeqCst) < self.sent {
+        while ctx.reported.load(Ordering::SeqCst) < ctx.sent.load(Ordering::SeqCst) {
             if Instant::now() > deadline {
                 return Err(kafka_err(&self.name, "flush: delivery reports missing"));
             }
@@ -300,6 +385,19 @@ impl Sender {
     }
 }
 
+/// A sender of its own, or on the shared producer.
+fn sender(
+    brokers: &str,
+    name: &str,
+    extra: &[(String, String)],
+    shared: Option<&SharedProducer>,
+) -> Result<Sender, SinkError> {
+    match shared {
+        Some(p) => Ok(Sender::shared(name, p.clone())),
+        None => Sender::new(brokers, name, extra),
+    }
+}
+
 /// Derived events to a topic.
 pub struct KafkaSink {
     topic: String,
@@ -315,12 +413,13 @@ impl KafkaSink {
         topic: &str,
         schema_id: u32,
         extra: &[(String, String)],
+        shared: Option<&SharedProducer>,
     ) -> Result<KafkaSink, SinkError> {
         let mut frame = [0u8; 5];
         frame[1..].copy_from_slice(&schema_id.to_be_bytes());
         Ok(KafkaSink {
             topic: topic.to_string(),
-            sender: Sender::new(brokers, &format!("kafka:{topic}"), extra)?,
+            sender: sender(brokers, &format!("kafka:{topic}"), extra, shared)?,
             frame,
             buf: Vec::with_capacity(256),
         })
@@ -378,10 +477,11 @@ impl KafkaDeadLetter {
         brokers: &str,
         topic: &str,
         extra: &[(String, String)],
+        shared: Option<&SharedProducer>,
     ) -> Result<KafkaDeadLetter, SinkError> {
         Ok(KafkaDeadLetter {
             topic: topic.to_string(),
-            sender: Sender::new(brokers, &format!("dead-letter:{topic}"), extra)?,
+            sender: sender(brokers, &format!("dead-letter:{topic}"), extra, shared)?,
         })
     }
 

@@ -5,7 +5,7 @@
 use super::{bid_padded, BenchArgs, Rng};
 use crate::monitor::peak_rss_bytes;
 use crate::monitor::telemetry::Live;
-use crate::pipeline::load_file;
+use crate::pipeline::{load_file, Delivery, SinkDef, SinkKind};
 use crate::runtime::driver::{Driver, DriverOptions};
 use crate::runtime::outputs::Connections;
 use std::process::ExitCode;
@@ -182,8 +182,8 @@ pub(super) fn bench_kafka(a: &BenchArgs, brokers: &str) -> anyhow::Result<ExitCo
         bench_restore(p, a, brokers, partitions)?;
     }
     if a.compare_instances {
-        let one = instances_rate(1, a, brokers, &topic, stamp)?;
-        let two = instances_rate(2, a, brokers, &topic, stamp)?;
+        let one = instances_rate(1, a, brokers, &topic, stamp, None)?;
+        let two = instances_rate(2, a, brokers, &topic, stamp, None)?;
         println!(
             "  1 instance      {one:.0} events/s (a new group; first record to all processed)"
         );
@@ -195,30 +195,88 @@ pub(super) fn bench_kafka(a: &BenchArgs, brokers: &str) -> anyhow::Result<ExitCo
             two / one
         );
     }
+    if a.compare_delivery {
+        // Alternating, so a drift of the machine's speed does not favour either.
+        let mut alo = Vec::new();
+        let mut eos = Vec::new();
+        for _ in 0..2 {
+            alo.push(instances_rate(
+                1,
+                a,
+                brokers,
+                &topic,
+                stamp,
+                Some(Delivery::AtLeastOnce),
+            )?);
+            eos.push(instances_rate(
+                1,
+                a,
+                brokers,
+                &topic,
+                stamp,
+                Some(Delivery::ExactlyOnce),
+            )?);
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        println!(
+            "  at least once   {:.0} events/s ({alo:.0?}; results to a Kafka topic, changelog on, 1 s checkpoints)",
+            mean(&alo)
+        );
+        println!(
+            "  exactly once    {:.0} events/s ({eos:.0?}; one transaction per checkpoint)",
+            mean(&eos)
+        );
+        println!("  exactly / least {:.2}", mean(&eos) / mean(&alo));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 /// `n` instances of the pipeline in one new consumer group on `topic`: events per second
 /// from the first record any of them processed until together they processed them all.
+/// `delivery`: the pipeline writes its results to a new Kafka topic in that mode (with its
+/// changelog), instead of a file.
 fn instances_rate(
     n: usize,
     a: &BenchArgs,
     brokers: &str,
     topic: &str,
     stamp: u128,
+    delivery: Option<Delivery>,
 ) -> anyhow::Result<f64> {
     use crate::runtime::kafka::{run_kafka, KafkaOptions};
     let dir = tempfile::Builder::new().prefix("weir-bench-x").tempdir()?;
     let stop = Arc::new(AtomicBool::new(false));
     let lives: Vec<Arc<Live>> = (0..n).map(|_| Arc::new(Live::new("bench"))).collect();
     let mut runs = Vec::new();
+    // A new group (and output topic) for every run: each reads the topic from the start.
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mode = delivery
+        .map(|d| {
+            let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            format!("-{}-{run}", d.name())
+        })
+        .unwrap_or_default();
     for (i, live) in lives.iter().enumerate() {
         let Some(mut plan) = load_file(&a.pipeline, None).plan else {
             anyhow::bail!("{} is not a valid pipeline", a.pipeline.display());
         };
         plan.source.topics = vec![topic.to_string()];
-        plan.source.group = format!("weir-bench-{stamp}-x{n}");
+        plan.source.group = format!("weir-bench-{stamp}-x{n}{mode}");
         set_changelog(&mut plan, a);
+        if let Some(d) = delivery {
+            plan.delivery = d;
+            plan.state.changelog = true;
+            plan.sinks = vec![SinkDef {
+                kind: SinkKind::Kafka,
+                path: None,
+                topic: Some(format!("weir-bench-{stamp}-out{mode}")),
+                partitions: Some(a.partitions.max(1)),
+                replication_factor: None,
+                schema_id: Some(1),
+                url: None,
+                table: None,
+            }];
+        }
         let at = dir.path().join(i.to_string());
         let opts = KafkaOptions {
             state_dir: at.join("state"),
@@ -230,7 +288,9 @@ fn instances_rate(
             instance_id: None,
             checkpoint_every: a.checkpoint_every,
             checkpoint_interval: Duration::from_secs(1),
-            output: Some(at.join("results.jsonl").display().to_string()),
+            output: delivery
+                .is_none()
+                .then(|| at.join("results.jsonl").display().to_string()),
             dead_letter: Some(at.join("dead.jsonl").display().to_string()),
             kafka_config: a.kafka_config.clone(),
             stop_after: None,
@@ -299,6 +359,7 @@ fn bench_restore(
             container_schema: None,
             live: Arc::new(Live::new(&plan.name)),
             sample_latency: false,
+            producer: None,
         },
     )?;
     let parts: Vec<u32> = (0..partitions.max(1) as u32).collect();

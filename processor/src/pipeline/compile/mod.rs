@@ -19,7 +19,7 @@ use crate::pipeline::plan::{
     AggPlan, EmitPlan, EventTime, KeyField, KeyPlan, MapOut, Plan, RowStep, WindowPlan,
 };
 use crate::pipeline::problems::Problems;
-use crate::pipeline::{MapFieldDef, PipelineDef, SinkKind};
+use crate::pipeline::{Delivery, MapFieldDef, PipelineDef, SinkKind};
 use crate::schema::{record_fields, FieldType, SchemaResolver};
 use expr::{compile_expr, declared_type};
 use output::{check_output, check_sink};
@@ -180,6 +180,13 @@ pub fn compile(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems) -
             );
         }
     }
+    if def.delivery == Delivery::ExactlyOnce && !def.state.changelog {
+        p.add(
+            "delivery",
+            "exactly_once needs the changelog: a crash after a transaction's commit is rolled forward from it",
+            "remove `changelog: false` from the state section, or use delivery: at_least_once",
+        );
+    }
     if def.state.cache_entries == 0 {
         p.add(
             "state.cache_entries",
@@ -261,6 +268,7 @@ pub fn compile(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems) -
         sinks: def.sinks.clone(),
         dead_letter: def.dead_letter.clone(),
         state: def.state.clone(),
+        delivery: def.delivery,
         repartition,
         stage: crate::pipeline::plan::Stage::Whole,
     })

@@ -19,9 +19,10 @@
 
 use super::super::driver::{Changelog, Driver};
 use super::super::RunError;
+use super::transaction::{SharedGroup, Transaction};
 use crate::kafka_client::{self, Role};
 use crate::pipeline::plan::{Plan, WindowAssigner};
-use crate::sink::kafka::{ensure_topic_with, producer_config};
+use crate::sink::kafka::{ensure_topic_with, Sender};
 use crate::state::changelog::{
     apply, Change, PartitionMeta, Positions, PARTITION_META, REPLAY_GUARD,
 };
@@ -29,11 +30,10 @@ use crate::state::Store;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::Producer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The changelog topic of a consumer group.
@@ -43,7 +43,6 @@ pub fn topic(group: &str) -> String {
 
 /// How long a restore may take before the session gives up (and retries).
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
-const TXN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Creates the changelog topic when missing: as many partitions as the largest source
 /// topic, compacted, and deleted after a window's lifetime plus a day.
@@ -86,140 +85,83 @@ pub fn ensure(plan: &Plan, brokers: &str, extra: &[(String, String)]) -> Result<
     Ok(())
 }
 
-/// The highest offset delivered per partition, and the first failure.
-#[derive(Default)]
-struct Delivered {
-    reached: Mutex<(BTreeMap<i32, i64>, u64, Option<String>)>,
-}
-
-impl ClientContext for Delivered {}
-
-impl ProducerContext for Delivered {
-    type DeliveryOpaque = ();
-    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
-        let mut g = self.reached.lock().unwrap_or_else(|e| e.into_inner());
-        g.1 += 1;
-        match r {
-            Ok(m) => {
-                let e = g.0.entry(m.partition()).or_insert(-1);
-                *e = (*e).max(m.offset());
-            }
-            Err((e, _)) => {
-                g.2.get_or_insert_with(|| e.to_string());
-            }
-        }
-    }
-}
-
-/// Writes checkpoints' changes to the changelog, one transaction each.
+/// Writes checkpoints' changes to the changelog: in a transaction of its own per
+/// checkpoint (at least once), or in the pipeline's transaction, with the source offsets
+/// (exactly-once: [`KafkaChangelog::exactly_once`]).
 pub struct KafkaChangelog {
     topic: String,
-    producer: ThreadedProducer<Delivered>,
-    sent: u64,
-    /// How long a send, commit or abort may wait: the delivery timeout and a margin.
-    wait: Duration,
-}
-
-/// How long a changelog record may wait for its delivery: the user's `message.timeout.ms`
-/// (or `delivery.timeout.ms`) when given, as for the sink's producer, else [`TXN_TIMEOUT`].
-/// A broker outage longer than this fails the checkpoint and the session restarts, as it
-/// does when the sink's deliveries time out.
-fn delivery_timeout(extra: &[(String, String)]) -> Duration {
-    extra
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "message.timeout.ms" || k == "delivery.timeout.ms")
-        .and_then(|(_, v)| v.trim().parse::<u64>().ok())
-        .filter(|ms| *ms > 0)
-        .map(Duration::from_millis)
-        .unwrap_or(TXN_TIMEOUT)
+    txn: Transaction,
+    sender: Sender,
+    /// Exactly-once: the consumer group whose offsets go into the transaction.
+    group: Option<SharedGroup>,
 }
 
 impl KafkaChangelog {
+    /// The changelog with a transactional producer of its own.
     pub fn open(
         plan: &Plan,
         brokers: &str,
         transactional_id: &str,
         extra: &[(String, String)],
     ) -> Result<KafkaChangelog, RunError> {
-        let mut cfg = producer_config(brokers, extra);
-        let delivery = delivery_timeout(extra);
-        // A transaction must outlive its records' delivery retries.
-        let txn = TXN_TIMEOUT.max(delivery);
-        cfg.set("transactional.id", transactional_id)
-            .set("transaction.timeout.ms", txn.as_millis().to_string())
-            .set("message.timeout.ms", delivery.as_millis().to_string());
-        let producer: ThreadedProducer<Delivered> =
-            cfg.create_with_context(Delivered::default())
-                .map_err(RunError::kafka("cannot create the changelog producer"))?;
-        producer
-            .init_transactions(TXN_TIMEOUT)
-            .map_err(RunError::kafka("init_transactions (changelog)"))?;
-        Ok(KafkaChangelog {
-            topic: topic(&plan.source.group),
-            producer,
-            sent: 0,
-            wait: delivery + Duration::from_secs(5),
-        })
+        let topic = topic(&plan.source.group);
+        let txn = Transaction::open(brokers, transactional_id, extra, &topic)?;
+        Ok(KafkaChangelog::on(topic, txn, None))
+    }
+
+    /// Exactly-once: the changelog in the pipeline's transaction `txn`, whose commit also
+    /// holds the source offsets of `group`'s partitions.
+    pub fn exactly_once(plan: &Plan, txn: Transaction, group: SharedGroup) -> KafkaChangelog {
+        KafkaChangelog::on(topic(&plan.source.group), txn, Some(group))
+    }
+
+    fn on(topic: String, txn: Transaction, group: Option<SharedGroup>) -> KafkaChangelog {
+        let sender = Sender::shared(&format!("changelog:{topic}"), txn.producer().clone());
+        KafkaChangelog {
+            topic,
+            txn,
+            sender,
+            group,
+        }
     }
 }
 
 impl Changelog for KafkaChangelog {
-    fn write(&mut self, changes: Vec<Change>) -> Result<Positions, RunError> {
-        if changes.is_empty() {
+    fn send(&mut self, changes: &[Change], offsets: &[(String, i32, i64)]) -> Result<(), RunError> {
+        for c in changes {
+            let sent =
+                self.sender
+                    .send_to(&self.topic, c.partition as i32, &c.key, c.value.as_deref());
+            if let Err(e) = sent {
+                self.txn.abort();
+                return Err(self.txn.fenced().unwrap_or(RunError::Sink(e)));
+            }
+        }
+        if let Some(g) = &self.group {
+            if let Err(e) = self.txn.send_offsets(offsets, g) {
+                self.txn.abort();
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, changes: &[Change]) -> Result<Positions, RunError> {
+        if changes.is_empty() && self.group.is_none() {
             return Ok(Positions::new());
         }
-        self.producer
-            .begin_transaction()
-            .map_err(RunError::kafka("begin_transaction (changelog)"))?;
-        for c in &changes {
-            let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic)
-                .key(&c.key[..])
-                .partition(c.partition as i32);
-            if let Some(v) = &c.value {
-                rec = rec.payload(&v[..]);
-            }
-            if let Err(e) = kafka_client::send_waiting(&self.producer, rec, self.wait) {
-                let _ = self.producer.abort_transaction(self.wait);
-                return Err(RunError::kafka("changelog send")(e));
-            }
-            self.sent += 1;
-        }
-        if let Err(e) = self.producer.commit_transaction(self.wait) {
-            let _ = self.producer.abort_transaction(self.wait);
-            return Err(RunError::kafka("commit_transaction (changelog)")(e));
-        }
+        self.txn.commit()?;
         // The commit waited for every delivery; their reports may still be on their way.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let g = self
-                .producer
-                .context()
-                .reached
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if let Some(e) = &g.2 {
-                return Err(RunError::Sink(crate::sink::SinkError::Write {
-                    name: self.topic.clone(),
-                    source: std::io::Error::other(format!("a changelog delivery failed: {e}")),
-                }));
-            }
-            if g.1 >= self.sent {
-                let written: std::collections::BTreeSet<u32> =
-                    changes.iter().map(|c| c.partition).collect();
-                return Ok(written
-                    .into_iter()
-                    .filter_map(|p| g.0.get(&(p as i32)).map(|o| (p, o + 1)))
-                    .collect());
-            }
-            drop(g);
-            if Instant::now() > deadline {
-                return Err(RunError::TimedOut(
-                    "changelog delivery reports after the commit".into(),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        self.sender
+            .wait_reported(Instant::now() + Duration::from_secs(30))
+            .map_err(|e| self.txn.fenced().unwrap_or(RunError::Sink(e)))?;
+        let written: std::collections::BTreeSet<u32> =
+            changes.iter().map(|c| c.partition).collect();
+        let ctx = self.txn.producer().context();
+        Ok(written
+            .into_iter()
+            .filter_map(|p| ctx.reached(p as i32).map(|o| (p, o + 1)))
+            .collect())
     }
 }
 
@@ -450,34 +392,4 @@ pub fn restore(
         }
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn kv(k: &str, v: &str) -> (String, String) {
-        (k.to_string(), v.to_string())
-    }
-
-    #[test]
-    fn the_users_delivery_timeout_bounds_a_changelog_write() {
-        assert_eq!(delivery_timeout(&[]), TXN_TIMEOUT);
-        assert_eq!(
-            delivery_timeout(&[kv("message.timeout.ms", "3000")]),
-            Duration::from_secs(3)
-        );
-        // The last setting wins, as in the client's configuration.
-        assert_eq!(
-            delivery_timeout(&[
-                kv("message.timeout.ms", "3000"),
-                kv("delivery.timeout.ms", "9000")
-            ]),
-            Duration::from_secs(9)
-        );
-        assert_eq!(
-            delivery_timeout(&[kv("message.timeout.ms", "soon")]),
-            TXN_TIMEOUT
-        );
-    }
 }

@@ -20,6 +20,7 @@
 pub mod changelog;
 mod redrive;
 pub mod repartition;
+pub mod transaction;
 
 pub use redrive::{redrive, RedriveReport};
 
@@ -29,6 +30,8 @@ use super::{RunError, Summary};
 use crate::faults::{reached, Point};
 use crate::monitor::telemetry::{Live, RunState, Telemetry};
 use crate::pipeline::plan::Plan;
+use crate::pipeline::Delivery;
+use crate::sink::kafka::SharedProducer;
 use crate::source::kafka::{consumer_config, record_of};
 use crate::source::SourceRecord;
 use crate::state::checkpoint::Checkpoint;
@@ -41,6 +44,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use transaction::{SharedGroup, Transaction};
 
 pub struct KafkaOptions {
     pub state_dir: PathBuf,
@@ -117,6 +121,9 @@ struct Ctx {
     restore: Option<Restore>,
     /// An error raised inside a rebalance callback, reported by the next poll.
     failed: Mutex<Option<RunError>>,
+    /// Exactly-once: the group's metadata and owned partitions, for the transaction's
+    /// offsets (which the checkpoint commits instead of the consumer).
+    eos: Option<SharedGroup>,
 }
 
 impl Ctx {
@@ -195,6 +202,11 @@ impl ConsumerContext for Ctx {
                 if let Err(e) = r {
                     self.fail(RunError::kafka("assign")(e));
                 }
+                if let Some(g) = &self.eos {
+                    let mut g = transaction::group(g);
+                    g.metadata = c.group_metadata();
+                    g.owned.extend(owned.iter().cloned());
+                }
                 reached(Point::Assigned);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -212,12 +224,22 @@ impl ConsumerContext for Ctx {
                 self.live.record(Telemetry::Revoked { partitions: &owned });
                 // A lost assignment cannot commit; the checkpoint still saves state.
                 let lost = c.assignment_lost();
+                if let Some(g) = &self.eos {
+                    transaction::group(g).metadata = c.group_metadata();
+                }
                 let mut d = lock(&self.driver);
                 let r = d.checkpoint(&mut |cp| {
-                    if !lost {
+                    // Exactly-once: the offsets were committed in the transaction.
+                    if !lost && self.eos.is_none() {
                         commit(c, cp, CommitMode::Sync)
                     }
                 });
+                if let Some(g) = &self.eos {
+                    let mut g = transaction::group(g);
+                    for o in &owned {
+                        g.owned.remove(o);
+                    }
+                }
                 match r {
                     Err(e) => self.fail(e),
                     // With a changelog, a revoked partition's state leaves memory: its
@@ -248,6 +270,9 @@ impl ConsumerContext for Ctx {
             other => {
                 tracing::warn!(error = ?other, "rebalance error");
                 let _ = c.unassign();
+                if let Some(g) = &self.eos {
+                    transaction::group(g).owned.clear();
+                }
             }
         }
     }
@@ -323,6 +348,7 @@ fn open_driver(
     opts: &KafkaOptions,
     live: &Arc<Live>,
     discard: bool,
+    producer: Option<SharedProducer>,
 ) -> Result<Driver<'static>, RunError> {
     Driver::open(
         plan,
@@ -342,6 +368,7 @@ fn open_driver(
             container_schema: None,
             live: live.clone(),
             sample_latency: opts.sample_latency,
+            producer,
         },
     )
 }
@@ -353,6 +380,8 @@ struct KafkaSource {
     current: Option<SourceRecord>,
     consumer: BaseConsumer<Ctx>,
     last_warning: Option<(String, Instant)>,
+    /// Exactly-once: the offsets go into each checkpoint's transaction instead.
+    eos: bool,
 }
 
 impl Source for KafkaSource {
@@ -395,6 +424,9 @@ impl Source for KafkaSource {
     }
 
     fn after_checkpoint(&mut self, cp: &Checkpoint, last: bool) {
+        if self.eos {
+            return;
+        }
         let mode = if last {
             CommitMode::Sync
         } else {
@@ -444,8 +476,10 @@ impl Restore {
     }
 }
 
-/// The changelog's transactional id: stable per pipeline and instance, so a restart fences
-/// its previous incarnation.
+/// The pipeline's transactional id (its changelog's; exactly-once, also its results'):
+/// stable per pipeline and instance, so a restart fences its previous incarnation. One id
+/// for both delivery modes: a pipeline moved from one to the other fences what the
+/// other left open.
 fn transactional_id(plan: &Plan, opts: &KafkaOptions) -> String {
     let instance = match &opts.instance_id {
         Some(id) => id.clone(),
@@ -471,25 +505,48 @@ fn run_session(
     progressed: &mut bool,
     hop: Option<(u32, u32)>,
 ) -> Result<Summary, RunError> {
-    let mut opened = open_driver(plan, opts, live, hop.is_some())?;
-    if let Some((partitions, upstream)) = hop {
-        opened.route_to(Box::new(repartition::KafkaRouter::open(
-            plan,
-            &opts.conn.brokers(),
-            &opts.kafka_config,
-            partitions,
-            upstream,
-        )?));
-    }
     let brokers = opts.conn.brokers();
-    let restore = if plan.state.changelog {
+    let eos = plan.delivery == Delivery::ExactlyOnce;
+    // Exactly-once: one transactional producer for every Kafka output, opened first (it
+    // fences the previous incarnation before anything is read).
+    let txn = if eos {
         changelog::ensure(plan, &brokers, &opts.kafka_config)?;
-        opened.log_to(Box::new(changelog::KafkaChangelog::open(
-            plan,
+        Some(Transaction::open(
             &brokers,
             &transactional_id(plan, opts),
             &opts.kafka_config,
+            &changelog::topic(&plan.source.group),
+        )?)
+    } else {
+        None
+    };
+    let shared = txn.as_ref().map(|t| t.producer().clone());
+    let group: Option<SharedGroup> = eos.then(SharedGroup::default);
+    let mut opened = open_driver(plan, opts, live, hop.is_some(), shared.clone())?;
+    if let Some((partitions, upstream)) = hop {
+        opened.route_to(Box::new(repartition::KafkaRouter::open(
+            plan,
+            &brokers,
+            &opts.kafka_config,
+            partitions,
+            upstream,
+            shared.as_ref(),
         )?));
+    }
+    let restore = if plan.state.changelog {
+        let log = match (txn, &group) {
+            (Some(txn), Some(g)) => changelog::KafkaChangelog::exactly_once(plan, txn, g.clone()),
+            _ => {
+                changelog::ensure(plan, &brokers, &opts.kafka_config)?;
+                changelog::KafkaChangelog::open(
+                    plan,
+                    &brokers,
+                    &transactional_id(plan, opts),
+                    &opts.kafka_config,
+                )?
+            }
+        };
+        opened.log_to(Box::new(log));
         Some(Restore {
             plan,
             brokers: brokers.clone(),
@@ -512,25 +569,33 @@ fn run_session(
         live: live.clone(),
         restore: restore.clone(),
         failed: Mutex::new(None),
+        eos: group.clone(),
     })
     .map_err(RunError::kafka("cannot create the consumer"))?;
     let topics: Vec<&str> = plan.source.topics.iter().map(|s| s.as_str()).collect();
     consumer
         .subscribe(&topics)
         .map_err(RunError::kafka(format!("cannot subscribe to {topics:?}")))?;
-    tracing::info!(pipeline = %plan.name, group = %plan.source.group, ?topics, "consuming");
+    tracing::info!(pipeline = %plan.name, group = %plan.source.group, ?topics, delivery = plan.delivery.name(), "consuming");
     live.record(Telemetry::StateChanged(RunState::Running));
     let mut source = KafkaSource {
         current: None,
         consumer,
         last_warning: None,
+        eos,
     };
     let cadence = Cadence {
         every: opts.checkpoint_every,
         interval: Some(opts.checkpoint_interval),
         stop_after: opts.stop_after,
     };
-    let summary = drive(&driver, &mut source, &cadence, stop, progressed)?;
+    let summary = drive(&driver, &mut source, &cadence, stop, progressed).map_err(|e| {
+        // A fenced producer fails whatever it was doing; say why, once.
+        match &shared {
+            Some(p) => transaction::fenced(p, &transactional_id(plan, opts)).unwrap_or(e),
+            None => e,
+        }
+    })?;
     // Graceful stop: the last checkpoint is committed; leave the group.
     source.consumer.unsubscribe();
     Ok(summary)

@@ -112,7 +112,7 @@ pub fn redrive(plan: Plan, opts: &KafkaOptions) -> Result<RedriveReport, RunErro
         failed_again: 0,
         results_out: 0,
     };
-    let driver = Mutex::new(open_driver(plan, opts, &live, false)?);
+    let driver = Mutex::new(open_driver(plan, opts, &live, false, None)?);
     let (results_before, dead_before) = {
         let d = lock(&driver);
         (

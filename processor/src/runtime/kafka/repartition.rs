@@ -21,14 +21,11 @@ use super::{run_stage, wait, KafkaOptions};
 use crate::kafka_client::{self, Role};
 use crate::monitor::telemetry::Live;
 use crate::pipeline::plan::Plan;
-use crate::sink::kafka::{ensure_topic_with, producer_config};
+use crate::sink::kafka::{ensure_topic_with, Sender, SharedProducer};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long a checkpoint waits for the repartition records' acknowledgements.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -87,32 +84,14 @@ pub fn ensure(
     Ok((have as u32, source as u32))
 }
 
-/// Counts deliveries and keeps the first failure.
-#[derive(Default)]
-struct Acks {
-    state: Mutex<(u64, Option<String>)>,
-}
-
-impl ClientContext for Acks {}
-
-impl ProducerContext for Acks {
-    type DeliveryOpaque = ();
-    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
-        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        g.0 += 1;
-        if let Err((e, _)) = r {
-            g.1.get_or_insert_with(|| e.to_string());
-        }
-    }
-}
-
-/// The upstream stage's producer to the repartition topic.
+/// The upstream stage's producer to the repartition topic: its own, or the pipeline's
+/// transactional producer (exactly-once: the records are in the checkpoint's transaction,
+/// and the downstream stage reads them `read_committed`).
 pub struct KafkaRouter {
     topic: String,
     partitions: u32,
     upstream: u32,
-    producer: ThreadedProducer<Acks>,
-    sent: u64,
+    sender: Sender,
 }
 
 impl KafkaRouter {
@@ -122,21 +101,23 @@ impl KafkaRouter {
         extra: &[(String, String)],
         partitions: u32,
         upstream: u32,
+        shared: Option<&SharedProducer>,
     ) -> Result<KafkaRouter, RunError> {
         let topic = plan
             .repartition
             .as_ref()
             .map(|r| r.topic.clone())
             .unwrap_or_default();
-        let producer: ThreadedProducer<Acks> = producer_config(brokers, extra)
-            .create_with_context(Acks::default())
-            .map_err(RunError::kafka("cannot create the repartition producer"))?;
+        let name = format!("repartition:{topic}");
+        let sender = match shared {
+            Some(p) => Sender::shared(&name, p.clone()),
+            None => Sender::new(brokers, &name, extra)?,
+        };
         Ok(KafkaRouter {
             topic,
             partitions,
             upstream,
-            producer,
-            sent: 0,
+            sender,
         })
     }
 }
@@ -151,49 +132,14 @@ impl Router for KafkaRouter {
     }
 
     fn send(&mut self, partition: u32, key: &[u8], value: &[u8]) -> Result<(), RunError> {
-        let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic)
-            .key(key)
-            .payload(value)
-            .partition(partition as i32);
-        kafka_client::send_waiting(&self.producer, rec, FLUSH_TIMEOUT)
-            .map_err(RunError::kafka("repartition send"))?;
-        self.sent += 1;
+        self.sender
+            .send_to(&self.topic, partition as i32, key, Some(value))?;
         Ok(())
     }
 
     fn flush(&mut self) -> Result<(), RunError> {
-        self.producer
-            .flush(FLUSH_TIMEOUT)
-            .map_err(RunError::kafka("repartition flush"))?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            {
-                let g = self
-                    .producer
-                    .context()
-                    .state
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                if let Some(e) = &g.1 {
-                    return Err(RunError::Sink(crate::sink::SinkError::Write {
-                        name: self.topic.clone(),
-                        source: std::io::Error::other(format!(
-                            "a repartition delivery failed: {e}"
-                        )),
-                    }));
-                }
-                if g.0 >= self.sent {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(RunError::Sink(crate::sink::SinkError::Write {
-                    name: self.topic.clone(),
-                    source: std::io::Error::other("repartition deliveries unacknowledged"),
-                }));
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        self.sender.flush_within(FLUSH_TIMEOUT)?;
+        Ok(())
     }
 }
 

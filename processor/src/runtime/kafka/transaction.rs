@@ -1,0 +1,212 @@
+//! Kafka transactions: the changelog's own (at least once), and the pipeline's one per
+//! checkpoint under `delivery: exactly_once` (the protocol is in the
+//! [driver](super::super::driver)'s module doc).
+//!
+//! **Identity.** The `transactional.id` is stable per pipeline (consumer group) and instance:
+//! `weir-<group>-changelog-<instance>` at least once, `weir-<group>-eos-<instance>` exactly
+//! once, the instance being `--instance-id` or a hash of the host name and the state
+//! directory. A restart of the same instance fences its previous incarnation and aborts the
+//! transaction it left open (`init_transactions`), before anything is read.
+//!
+//! **Fencing.** A second process that starts with the same identity fences the first: the
+//! broker refuses the first one's producer from then on, librdkafka reports a fatal
+//! `PRODUCER_FENCED`, and [`fenced`] turns it into [`RunError::Fenced`], which is not
+//! retried (a retry would fence the newcomer in turn). The consumer offsets go into the
+//! transaction with the group's metadata (KIP-447), so a zombie whose group generation is
+//! over cannot commit them either.
+
+use super::super::RunError;
+use crate::sink::kafka::{producer_config, DeliveryCounter, SharedProducer};
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{Producer, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long a transaction may stay open on the broker, at least.
+pub const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the consumer's rebalance callbacks tell the transaction: the group's metadata
+/// (member and generation) and the partitions this member owns.
+#[derive(Default)]
+pub struct Group {
+    pub metadata: Option<ConsumerGroupMetadata>,
+    pub owned: BTreeSet<(String, i32)>,
+}
+
+/// The [`Group`] the consumer's callbacks and the transaction share.
+pub type SharedGroup = Arc<Mutex<Group>>;
+
+/// Locks the shared group (a panic elsewhere leaves the data usable).
+pub fn group(g: &SharedGroup) -> std::sync::MutexGuard<'_, Group> {
+    g.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How long a record may wait for its delivery: the user's `message.timeout.ms` (or
+/// `delivery.timeout.ms`) when given, as for the sink's producer, else [`TXN_TIMEOUT`].
+/// A broker outage longer than this fails the checkpoint and the session restarts, as it
+/// does when the sink's deliveries time out.
+pub fn delivery_timeout(extra: &[(String, String)]) -> Duration {
+    extra
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "message.timeout.ms" || k == "delivery.timeout.ms")
+        .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
+        .unwrap_or(TXN_TIMEOUT)
+}
+
+/// A transactional producer with its transaction open.
+pub struct Transaction {
+    id: String,
+    producer: SharedProducer,
+    /// How long a send, commit or abort may wait: the delivery timeout and a margin.
+    pub wait: Duration,
+}
+
+impl Transaction {
+    /// Creates the producer, fences the previous incarnation (aborting what it left open)
+    /// and begins the first transaction. `track`: the topic whose delivered offsets are
+    /// kept (the changelog).
+    pub fn open(
+        brokers: &str,
+        transactional_id: &str,
+        extra: &[(String, String)],
+        track: &str,
+    ) -> Result<Transaction, RunError> {
+        let mut cfg = producer_config(brokers, extra);
+        let delivery = delivery_timeout(extra);
+        // A transaction must outlive its records' delivery retries.
+        let txn = TXN_TIMEOUT.max(delivery);
+        cfg.set("transactional.id", transactional_id)
+            .set("transaction.timeout.ms", txn.as_millis().to_string())
+            .set("message.timeout.ms", delivery.as_millis().to_string());
+        let producer: ThreadedProducer<DeliveryCounter> = cfg
+            .create_with_context(DeliveryCounter::tracking(track))
+            .map_err(RunError::kafka("cannot create a transactional producer"))?;
+        let t = Transaction {
+            id: transactional_id.to_string(),
+            producer: Arc::new(producer),
+            wait: delivery + Duration::from_secs(5),
+        };
+        t.producer
+            .init_transactions(TXN_TIMEOUT)
+            .map_err(|e| t.failed("init_transactions", e))?;
+        t.begin()?;
+        Ok(t)
+    }
+
+    /// The producer, for the writers that share this transaction.
+    pub fn producer(&self) -> &SharedProducer {
+        &self.producer
+    }
+
+    fn begin(&self) -> Result<(), RunError> {
+        self.producer
+            .begin_transaction()
+            .map_err(|e| self.failed("begin_transaction", e))
+    }
+
+    /// Exactly-once: adds the source offsets of the partitions this member owns to the
+    /// transaction, with the group's metadata.
+    pub fn send_offsets(
+        &self,
+        offsets: &[(String, i32, i64)],
+        group: &SharedGroup,
+    ) -> Result<(), RunError> {
+        let g = self::group(group);
+        let mut tpl = TopicPartitionList::new();
+        for (t, p, o) in offsets {
+            if g.owned.contains(&(t.clone(), *p)) {
+                let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
+            }
+        }
+        if tpl.count() == 0 {
+            return Ok(()); // nothing assigned yet, or nothing read
+        }
+        // Set with the assignment that made the partitions owned.
+        let Some(metadata) = g.metadata.as_ref() else {
+            return Err(RunError::SessionFailed);
+        };
+        self.producer
+            .send_offsets_to_transaction(&tpl, metadata, self.wait)
+            .map_err(|e| self.failed("send_offsets_to_transaction", e))
+    }
+
+    /// Commits the open transaction and begins the next one. A failed commit is aborted:
+    /// nothing of it becomes visible to a `read_committed` reader.
+    pub fn commit(&self) -> Result<(), RunError> {
+        if let Err(e) = self.producer.commit_transaction(self.wait) {
+            let err = self.failed("commit_transaction", e);
+            let _ = self.producer.abort_transaction(self.wait);
+            return Err(err);
+        }
+        self.begin()
+    }
+
+    /// Aborts the open transaction (a failed send) and begins the next one.
+    pub fn abort(&self) {
+        if self.producer.abort_transaction(self.wait).is_ok() {
+            let _ = self.begin();
+        }
+    }
+
+    /// `op` failed: fenced, or an ordinary broker error.
+    fn failed(&self, op: &str, e: KafkaError) -> RunError {
+        fenced(&self.producer, &self.id).unwrap_or_else(|| RunError::kafka(op.to_string())(e))
+    }
+
+    /// Whether another incarnation fenced this one ([`fenced`]).
+    pub fn fenced(&self) -> Option<RunError> {
+        fenced(&self.producer, &self.id)
+    }
+}
+
+/// [`RunError::Fenced`] when the producer is fenced: another process with the same
+/// `transactional.id` took over.
+pub fn fenced(producer: &SharedProducer, id: &str) -> Option<RunError> {
+    let (code, reason) = producer.client().fatal_error()?;
+    matches!(
+        code,
+        RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+    )
+    .then(|| RunError::Fenced {
+        transactional_id: id.to_string(),
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(k: &str, v: &str) -> (String, String) {
+        (k.to_string(), v.to_string())
+    }
+
+    #[test]
+    fn the_users_delivery_timeout_bounds_a_changelog_write() {
+        assert_eq!(delivery_timeout(&[]), TXN_TIMEOUT);
+        assert_eq!(
+            delivery_timeout(&[kv("message.timeout.ms", "3000")]),
+            Duration::from_secs(3)
+        );
+        // The last setting wins, as in the client's configuration.
+        assert_eq!(
+            delivery_timeout(&[
+                kv("message.timeout.ms", "3000"),
+                kv("delivery.timeout.ms", "9000")
+            ]),
+            Duration::from_secs(9)
+        );
+        assert_eq!(
+            delivery_timeout(&[kv("message.timeout.ms", "soon")]),
+            TXN_TIMEOUT
+        );
+    }
+}
