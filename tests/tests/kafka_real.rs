@@ -561,6 +561,52 @@ fn broker_killed_twice(exactly_once: bool) {
     s.drop_table();
 }
 
+/// Exactly-once: a transaction the broker times out. With `transaction.timeout.ms=3000`,
+/// Weir's processing thread stalls for 15 s after the 5,000th record of each session, with
+/// results and dead letters in its open transaction (the broker checks for timed-out
+/// transactions every 10 s by default). The coordinator aborts the transaction; Weir's
+/// next send or commit fails, the session fails (it is not mistaken for a fencing) and
+/// restarts from the last committed checkpoint. A `read_committed` reader sees every result
+/// and dead letter once.
+#[test]
+fn a_transaction_the_broker_times_out_is_aborted_and_the_session_restarts() {
+    let Some(broker) = changelog_broker() else {
+        return;
+    };
+    let s = Scenario::with_step("txntimeout", 12_000, 1_000, 0x5eed_0033, 5).exactly_once();
+    s.create_topics(&broker);
+    let args = s.args_with(&broker, &[("transaction.timeout.ms", "3000")]);
+    let mut weir = WeirProcess::start(&args, s.log(), &[("WEIR_TEST_STALL_AT", "5000:15000")]);
+    s.produce(
+        &broker.bootstrap,
+        0..s.batches.len(),
+        Duration::from_millis(20),
+    );
+    wait_log(&mut weir, 0, SESSION_FAILED, Duration::from_secs(120));
+    let rows = s.wait_for_table(Duration::from_secs(240), &mut || weir.exited().is_none());
+    assert!(
+        weir.stop(),
+        "weir did not stop cleanly: {}",
+        tail(&weir.log_text())
+    );
+    let log = weir.log_text();
+    assert!(
+        !log.contains("fenced: another instance"),
+        "a timed-out transaction was taken for a fencing: {}",
+        tail(&log)
+    );
+    let (counts, dead) = s.check_all(&broker, &rows);
+    assert_eq!(counts.repeated, 0, "results seen twice: {counts:?}");
+    assert_eq!(dead, s.dead.len(), "dead letters seen twice or missing");
+    let failed = log.matches(SESSION_FAILED).count();
+    let why = log
+        .lines()
+        .find(|l| l.contains(SESSION_FAILED))
+        .unwrap_or("");
+    eprintln!("transaction timeout test: {failed} failed sessions (the first: {why}); output {counts:?}, {dead} dead letters");
+    s.drop_table();
+}
+
 /// PostgreSQL (a private server, so other tests keep theirs) crashes mid-run while results
 /// flow (`pg_ctl stop -m immediate`) and comes back: the sink's transaction fails, the
 /// session fails and restarts from the last checkpoint (retrying while the database is

@@ -521,6 +521,7 @@ fn run_session(
         None
     };
     let shared = txn.as_ref().map(|t| t.producer().clone());
+    let clock = txn.as_ref().map(|t| t.clock());
     let group: Option<SharedGroup> = eos.then(SharedGroup::default);
     let mut opened = open_driver(plan, opts, live, hop.is_some(), shared.clone())?;
     if let Some((partitions, upstream)) = hop {
@@ -591,9 +592,11 @@ fn run_session(
     };
     let summary = drive(&driver, &mut source, &cadence, stop, progressed).map_err(|e| {
         // A fenced producer fails whatever it was doing; say why, once.
-        match &shared {
-            Some(p) => transaction::fenced(p, &transactional_id(plan, opts)).unwrap_or(e),
-            None => e,
+        match (&shared, &clock) {
+            (Some(p), Some(clock)) => {
+                transaction::fenced(p, &transactional_id(plan, opts), clock).unwrap_or(e)
+            }
+            _ => e,
         }
     })?;
     // Graceful stop: the last checkpoint is committed; leave the group.

@@ -10,8 +10,10 @@
 //!
 //! **Fencing.** A second process that starts with the same identity fences the first: the
 //! broker refuses the first one's producer from then on, librdkafka reports a fatal
-//! `PRODUCER_FENCED`, and [`fenced`] turns it into [`RunError::Fenced`], which is not
-//! retried (a retry would fence the newcomer in turn). The consumer offsets go into the
+//! `_FENCED`, and [`fenced`] turns it into [`RunError::Fenced`], which is not retried (a
+//! retry would fence the newcomer in turn). The broker's own abort of a transaction open
+//! past `transaction.timeout.ms` looks the same to librdkafka (the epoch is bumped); a
+//! fencing of a transaction that old restarts the session instead (see [`fenced`]). The consumer offsets go into the
 //! transaction with the group's metadata (KIP-447), so a zombie whose group generation is
 //! over cannot commit them either.
 
@@ -23,9 +25,10 @@ use rdkafka::producer::{Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// How long a transaction may stay open on the broker, at least.
+/// How long a transaction may stay open on the broker, at least (unless the user sets
+/// `transaction.timeout.ms`).
 pub const TXN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the consumer's rebalance callbacks tell the transaction: the group's metadata
@@ -49,20 +52,44 @@ pub fn group(g: &SharedGroup) -> std::sync::MutexGuard<'_, Group> {
 /// A broker outage longer than this fails the checkpoint and the session restarts, as it
 /// does when the sink's deliveries time out.
 pub fn delivery_timeout(extra: &[(String, String)]) -> Duration {
+    user_ms(extra, &["message.timeout.ms", "delivery.timeout.ms"]).unwrap_or(TXN_TIMEOUT)
+}
+
+/// The last of the user's settings named `keys`, in milliseconds, when it is one.
+fn user_ms(extra: &[(String, String)], keys: &[&str]) -> Option<Duration> {
     extra
         .iter()
         .rev()
-        .find(|(k, _)| k == "message.timeout.ms" || k == "delivery.timeout.ms")
+        .find(|(k, _)| keys.contains(&k.as_str()))
         .and_then(|(_, v)| v.trim().parse::<u64>().ok())
         .filter(|ms| *ms > 0)
         .map(Duration::from_millis)
-        .unwrap_or(TXN_TIMEOUT)
+}
+
+/// When the open transaction began, and how long the broker lets one stay open: a fatal
+/// fencing of a transaction older than that may be the broker's timeout (which bumps the
+/// producer's epoch, and librdkafka then reports `_FENCED` as for a newer instance).
+pub struct Clock {
+    begun: Mutex<Instant>,
+    timeout: Duration,
+}
+
+impl Clock {
+    /// Whether the open transaction has been open past the broker's timeout.
+    fn expired(&self) -> bool {
+        self.begun
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            >= self.timeout
+    }
 }
 
 /// A transactional producer with its transaction open.
 pub struct Transaction {
     id: String,
     producer: SharedProducer,
+    clock: Arc<Clock>,
     /// How long a send, commit or abort may wait: the delivery timeout and a margin.
     pub wait: Duration,
 }
@@ -79,8 +106,11 @@ impl Transaction {
     ) -> Result<Transaction, RunError> {
         let mut cfg = producer_config(brokers, extra);
         let delivery = delivery_timeout(extra);
-        // A transaction must outlive its records' delivery retries.
-        let txn = TXN_TIMEOUT.max(delivery);
+        // A transaction must outlive its records' delivery retries, unless the user says
+        // otherwise (`--kafka-config transaction.timeout.ms=...`).
+        let txn = user_ms(extra, &["transaction.timeout.ms"]).unwrap_or(TXN_TIMEOUT.max(delivery));
+        // librdkafka refuses a delivery timeout longer than the transaction's.
+        let delivery = delivery.min(txn);
         cfg.set("transactional.id", transactional_id)
             .set("transaction.timeout.ms", txn.as_millis().to_string())
             .set("message.timeout.ms", delivery.as_millis().to_string());
@@ -90,6 +120,10 @@ impl Transaction {
         let t = Transaction {
             id: transactional_id.to_string(),
             producer: Arc::new(producer),
+            clock: Arc::new(Clock {
+                begun: Mutex::new(Instant::now()),
+                timeout: txn,
+            }),
             wait: delivery + Duration::from_secs(5),
         };
         t.producer
@@ -104,7 +138,13 @@ impl Transaction {
         &self.producer
     }
 
+    /// The open transaction's clock (for [`fenced`] after a failed session).
+    pub fn clock(&self) -> Arc<Clock> {
+        self.clock.clone()
+    }
+
     fn begin(&self) -> Result<(), RunError> {
+        *self.clock.begun.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         self.producer
             .begin_transaction()
             .map_err(|e| self.failed("begin_transaction", e))
@@ -156,26 +196,34 @@ impl Transaction {
 
     /// `op` failed: fenced, or an ordinary broker error.
     fn failed(&self, op: &str, e: KafkaError) -> RunError {
-        fenced(&self.producer, &self.id).unwrap_or_else(|| RunError::kafka(op.to_string())(e))
+        fenced(&self.producer, &self.id, &self.clock)
+            .unwrap_or_else(|| RunError::kafka(op.to_string())(e))
     }
 
     /// Whether another incarnation fenced this one ([`fenced`]).
     pub fn fenced(&self) -> Option<RunError> {
-        fenced(&self.producer, &self.id)
+        fenced(&self.producer, &self.id, &self.clock)
     }
 }
 
-/// [`RunError::Fenced`] when the producer is fenced: another process with the same
-/// `transactional.id` took over.
-pub fn fenced(producer: &SharedProducer, id: &str) -> Option<RunError> {
+/// [`RunError::Fenced`] when the producer is fenced by another process with the same
+/// `transactional.id`. A transaction open for longer than the broker's timeout was more
+/// likely aborted by the broker (it bumps the epoch, and librdkafka reports that as a
+/// fencing too): then this is `None`, the error stays a broker error, and the session is
+/// retried with a new producer, which rejoins as the next incarnation.
+pub fn fenced(producer: &SharedProducer, id: &str, clock: &Clock) -> Option<RunError> {
     let (code, reason) = producer.client().fatal_error()?;
-    matches!(
+    let fencing = matches!(
         code,
         RDKafkaErrorCode::ProducerFenced
             | RDKafkaErrorCode::Fenced
             | RDKafkaErrorCode::InvalidProducerEpoch
-    )
-    .then(|| RunError::Fenced {
+    );
+    if fencing && clock.expired() {
+        tracing::warn!(transactional_id = id, %reason, "the broker timed out the open transaction (transaction.timeout.ms); restarting the session");
+        return None;
+    }
+    fencing.then(|| RunError::Fenced {
         transactional_id: id.to_string(),
         reason,
     })
