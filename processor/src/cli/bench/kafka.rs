@@ -227,8 +227,190 @@ pub(super) fn bench_kafka(a: &BenchArgs, brokers: &str) -> anyhow::Result<ExitCo
             mean(&eos)
         );
         println!("  exactly / least {:.2}", mean(&eos) / mean(&alo));
+        // End to end at half the exactly-once rate: live traffic stamped with the wall
+        // clock, results read back by a read_committed consumer.
+        let rate = (mean(&eos) / 2.0).max(1.0);
+        for d in [Delivery::AtLeastOnce, Delivery::ExactlyOnce] {
+            let (n, p50, p99) = latency(d, rate, a, brokers, stamp)?;
+            println!(
+                "  {:<15} end to end p50 {p50} ms, p99 {p99} ms ({n} results at {rate:.0} events/s; produce to visible for read_committed)",
+                d.name()
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Results' end-to-end latency in delivery mode `d`: bids stamped with the wall clock are
+/// produced at `rate` per second for 20 s to a new topic while the pipeline runs; a window
+/// closes when a partition's bid stamped at its end plus `max_out_of_orderness` (and grace)
+/// arrives, so a result's latency is when a `read_committed` consumer sees it minus that
+/// moment. Returns (results measured, p50 ms, p99 ms).
+fn latency(
+    d: Delivery,
+    rate: f64,
+    a: &BenchArgs,
+    brokers: &str,
+    stamp: u128,
+) -> anyhow::Result<(usize, i64, i64)> {
+    use crate::runtime::kafka::{run_kafka, KafkaOptions};
+    use crate::sink::kafka::{ensure_topic, Sender};
+    use apache_avro::types::Value;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Message, OwnedHeaders};
+    use std::sync::atomic::Ordering;
+
+    let Some(mut plan) = load_file(&a.pipeline, None).plan else {
+        anyhow::bail!("{} is not a valid pipeline", a.pipeline.display());
+    };
+    let name = format!("weir-bench-{stamp}-lat-{}", d.name());
+    let out = format!("{name}-out");
+    let partitions = a.partitions.max(1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(ensure_topic(brokers, &name, partitions, 1, &a.kafka_config))?;
+    // Created here, so the reader's subscription finds it at once.
+    rt.block_on(ensure_topic(brokers, &out, partitions, 1, &a.kafka_config))?;
+    plan.source.topics = vec![name.clone()];
+    plan.source.group = name.clone();
+    plan.delivery = d;
+    plan.state.changelog = true;
+    plan.sinks = vec![SinkDef {
+        kind: SinkKind::Kafka,
+        path: None,
+        topic: Some(out.clone()),
+        partitions: Some(partitions),
+        replication_factor: None,
+        schema_id: Some(1),
+        url: None,
+        table: None,
+    }];
+    let closes_after = plan.source.max_out_of_orderness_ms + plan.window.grace;
+    let schema = plan.output.schema.clone();
+    let dir = tempfile::Builder::new()
+        .prefix("weir-bench-lat")
+        .tempdir()?;
+    let opts = KafkaOptions {
+        state_dir: dir.path().join("state"),
+        conn: Connections {
+            brokers: Some(brokers.to_string()),
+            kafka_config: a.kafka_config.clone(),
+            ..Default::default()
+        },
+        instance_id: None,
+        checkpoint_every: a.checkpoint_every,
+        checkpoint_interval: Duration::from_secs(1),
+        output: None,
+        dead_letter: Some(dir.path().join("dead.jsonl").display().to_string()),
+        kafka_config: a.kafka_config.clone(),
+        stop_after: None,
+        live: None,
+        sample_latency: false,
+    };
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|t| t.as_millis() as i64)
+            .unwrap_or(0)
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let produced = AtomicBool::new(false);
+    let mut latencies: Vec<i64> = Vec::new();
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let runner = {
+            let stop = stop.clone();
+            scope.spawn(move || run_kafka(plan, &opts, stop))
+        };
+        let producer = scope.spawn(|| -> anyhow::Result<()> {
+            let mut sender = Sender::new(brokers, "bench-latency", &a.kafka_config)?;
+            let mut rng = Rng(0x5EED_1A7E);
+            let mut buf = Vec::with_capacity(128);
+            let started = Instant::now();
+            let mut sent = 0u64;
+            while started.elapsed() < Duration::from_secs(20) {
+                let due = (started.elapsed().as_secs_f64() * rate) as u64;
+                if sent >= due {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                let t = now_ms();
+                for _ in sent..due {
+                    bid_padded(&mut rng, a.keys.max(1), t, "", &mut buf);
+                    let bidder = decode_bidder(&buf).unwrap_or(0).to_string();
+                    sender.send(
+                        &name,
+                        Some(bidder.as_bytes()),
+                        &buf,
+                        OwnedHeaders::new(),
+                        None,
+                    )?;
+                }
+                sent = due;
+            }
+            sender.flush()?;
+            produced.store(true, Ordering::SeqCst);
+            Ok(())
+        });
+        let reader: BaseConsumer = crate::kafka_client::config(
+            brokers,
+            crate::kafka_client::Role::Tool {
+                group: &format!("{name}-reader"),
+            },
+            &a.kafka_config,
+        )
+        .set("isolation.level", "read_committed")
+        .create()?;
+        reader.subscribe(&[&out])?;
+        // Bounded: the 20 s of traffic, then until the output is quiet for 5 s.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut quiet_since: Option<Instant> = None;
+        while Instant::now() < deadline {
+            match reader.poll(Duration::from_millis(50)) {
+                Some(Ok(m)) => {
+                    let seen = now_ms();
+                    quiet_since = None;
+                    let Some(v) = m.payload().filter(|v| v.len() > 5) else {
+                        continue;
+                    };
+                    if let Ok(Value::Record(f)) =
+                        apache_avro::from_avro_datum(&schema, &mut &v[5..], None)
+                    {
+                        let end = f
+                            .iter()
+                            .find(|(k, _)| k == "window_end")
+                            .and_then(|(_, v)| match v {
+                                Value::Long(x) | Value::TimestampMillis(x) => Some(*x),
+                                _ => None,
+                            });
+                        if let Some(end) = end {
+                            latencies.push(seen - (end + closes_after));
+                        }
+                    }
+                }
+                _ => {
+                    if produced.load(Ordering::SeqCst) {
+                        let q = *quiet_since.get_or_insert_with(Instant::now);
+                        if q.elapsed() > Duration::from_secs(5) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        producer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the latency producer panicked"))??;
+        runner
+            .join()
+            .map_err(|_| anyhow::anyhow!("the pipeline panicked"))??;
+        Ok(())
+    })?;
+    anyhow::ensure!(!latencies.is_empty(), "no result was read in {}", d.name());
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    Ok((latencies.len(), at(0.50), at(0.99)))
 }
 
 /// `n` instances of the pipeline in one new consumer group on `topic`: events per second
