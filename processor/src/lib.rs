@@ -29,9 +29,12 @@
 //! decodes and validates, `operators/` filters, maps, keys and assigns windows,
 //! `state/windows.rs` accumulates, `operators/watermark.rs` closes windows -> each result
 //! (`sink/encode.rs`) through `runtime/outputs.rs` to `sink/kafka.rs` and
-//! `sink/postgres.rs` -> at a checkpoint, `runtime/driver.rs` flushes the sinks, (with
-//! `state.changelog`) sends `state/changelog.rs`'s records through `runtime/kafka/changelog.rs`,
-//! writes `state/checkpoint.rs`'s batch, and `runtime/kafka` commits the offsets.
+//! `sink/postgres.rs` -> at a checkpoint, `runtime/driver/protocol.rs` flushes the sinks,
+//! (with `state.changelog`) sends `state/changelog.rs`'s records through
+//! `runtime/kafka/changelog.rs`, writes `state/checkpoint.rs`'s batch, and `runtime/kafka`
+//! commits the offsets. With `delivery: exactly_once` every Kafka write goes through one
+//! transactional producer (`runtime/kafka/transaction.rs`), and the offsets are committed
+//! in the checkpoint's transaction, before the batch.
 //!
 //! Invalid events never stop a pipeline: they go to the dead letter with the reason
 //! (`decode`, `schema`, `expression`, `late`), their source coordinates and original bytes.

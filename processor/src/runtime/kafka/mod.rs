@@ -476,27 +476,6 @@ impl Restore {
     }
 }
 
-/// The pipeline's transactional id (its changelog's; exactly-once, also its results'):
-/// stable per pipeline and instance, so a restart fences its previous incarnation. One id
-/// for both delivery modes: a pipeline moved from one to the other fences what the
-/// other left open.
-fn transactional_id(plan: &Plan, opts: &KafkaOptions) -> String {
-    let instance = match &opts.instance_id {
-        Some(id) => id.clone(),
-        None => {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-            let dir = std::fs::canonicalize(&opts.state_dir).unwrap_or(opts.state_dir.clone());
-            // FNV-1a: stable across builds and platforms, unlike the std hasher.
-            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-            for b in host.trim().bytes().chain(dir.to_string_lossy().bytes()) {
-                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-            }
-            format!("{h:016x}")
-        }
-    };
-    format!("weir-{}-changelog-{instance}", plan.source.group)
-}
-
 fn run_session(
     plan: &'static Plan,
     opts: &KafkaOptions,
@@ -506,6 +485,11 @@ fn run_session(
     hop: Option<(u32, u32)>,
 ) -> Result<Summary, RunError> {
     let brokers = opts.conn.brokers();
+    let txn_id = transaction::transactional_id(
+        &plan.source.group,
+        opts.instance_id.as_deref(),
+        &opts.state_dir,
+    );
     let eos = plan.delivery == Delivery::ExactlyOnce;
     // Exactly-once: one transactional producer for every Kafka output, opened first (it
     // fences the previous incarnation before anything is read).
@@ -513,7 +497,7 @@ fn run_session(
         changelog::ensure(plan, &brokers, &opts.kafka_config)?;
         Some(Transaction::open(
             &brokers,
-            &transactional_id(plan, opts),
+            &txn_id,
             &opts.kafka_config,
             &changelog::topic(&plan.source.group),
         )?)
@@ -539,12 +523,7 @@ fn run_session(
             (Some(txn), Some(g)) => changelog::KafkaChangelog::exactly_once(plan, txn, g.clone()),
             _ => {
                 changelog::ensure(plan, &brokers, &opts.kafka_config)?;
-                changelog::KafkaChangelog::open(
-                    plan,
-                    &brokers,
-                    &transactional_id(plan, opts),
-                    &opts.kafka_config,
-                )?
+                changelog::KafkaChangelog::open(plan, &brokers, &txn_id, &opts.kafka_config)?
             }
         };
         opened.log_to(Box::new(log));
@@ -593,9 +572,7 @@ fn run_session(
     let summary = drive(&driver, &mut source, &cadence, stop, progressed).map_err(|e| {
         // A fenced producer fails whatever it was doing; say why, once.
         match (&shared, &clock) {
-            (Some(p), Some(clock)) => {
-                transaction::fenced(p, &transactional_id(plan, opts), clock).unwrap_or(e)
-            }
+            (Some(p), Some(clock)) => transaction::fenced(p, &txn_id, clock).unwrap_or(e),
             _ => e,
         }
     })?;

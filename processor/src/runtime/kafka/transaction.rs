@@ -24,8 +24,31 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// The pipeline's transactional id (its changelog's; exactly-once, also its results'):
+/// stable per pipeline (`group`) and instance, so a restart fences its previous
+/// incarnation. One id for both delivery modes: a pipeline moved from one to the other
+/// fences what the other left open. The instance is `instance` (`--instance-id`), else a
+/// hash of the host name and the state directory.
+pub fn transactional_id(group: &str, instance: Option<&str>, state_dir: &Path) -> String {
+    let instance = match instance {
+        Some(id) => id.to_string(),
+        None => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let dir = std::fs::canonicalize(state_dir).unwrap_or(state_dir.to_path_buf());
+            // FNV-1a: stable across builds and platforms, unlike the std hasher.
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in host.trim().bytes().chain(dir.to_string_lossy().bytes()) {
+                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+            format!("{h:016x}")
+        }
+    };
+    format!("weir-{group}-changelog-{instance}")
+}
 
 /// How long a transaction may stay open on the broker, at least (unless the user sets
 /// `transaction.timeout.ms`).
