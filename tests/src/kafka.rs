@@ -530,6 +530,25 @@ pub fn log_ends(bootstrap: &str, topic: &str, partitions: i32) -> Vec<i64> {
         .collect()
 }
 
+/// A consumed message as a [`Record`].
+fn record_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    let headers = m
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|x| (x.key.to_string(), x.value.unwrap_or(&[]).to_vec()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Record {
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(|k| k.to_vec()),
+        value: m.payload().unwrap_or(&[]).to_vec(),
+        headers,
+    }
+}
+
 /// Every record of `topic` as a consumer with `isolation.level` `read_committed`
 /// (`committed`) or `read_uncommitted` sees it, read until each partition reports its end
 /// (a transactional topic's last offsets are commit markers, which no consumer is given).
@@ -581,21 +600,7 @@ pub fn read_isolated(
         );
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|x| (x.key.to_string(), x.value.unwrap_or(&[]).to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                out.push(Record {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(|k| k.to_vec()),
-                    value: m.payload().unwrap_or(&[]).to_vec(),
-                    headers,
-                });
+                out.push(record_of(&m));
             }
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
                 ended.insert(p);
@@ -645,23 +650,9 @@ pub fn read_all(bootstrap: &str, topic: &str, extra: &[(&str, &str)]) -> Vec<Rec
         );
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|x| (x.key.to_string(), x.value.unwrap_or(&[]).to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
                 next.insert(m.partition(), m.offset() + 1);
                 if m.offset() < ends[&m.partition()] {
-                    out.push(Record {
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: m.key().map(|k| k.to_vec()),
-                        value: m.payload().unwrap_or(&[]).to_vec(),
-                        headers,
-                    });
+                    out.push(record_of(&m));
                 }
             }
             Some(Err(e)) => eprintln!("reader: {e}"),
