@@ -40,10 +40,7 @@ pub fn run(a: ProduceArgs) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     let brokers = conn.brokers();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(ensure_topic(&brokers, &a.topic, a.partitions, 1, &[]))?;
+    ensure_topic(&brokers, &a.topic, a.partitions, 1, &[])?;
     // A first pass counts the records, so the progress bar knows its length.
     let mut total = 0u64;
     let mut counting = FileSource::open(&a.file, a.input_format, &a.topic)?;

@@ -100,17 +100,13 @@ fn create_topic(
     extra: &[(String, String)],
 ) -> Result<String, SinkError> {
     let topic = d.topic.clone().unwrap_or_default();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| open_err(&topic, e))?;
-    rt.block_on(ensure_topic(
+    ensure_topic(
         brokers,
         &topic,
         d.partitions.unwrap_or(1),
         d.replication_factor.unwrap_or(1),
         extra,
-    ))?;
+    )?;
     Ok(topic)
 }
 

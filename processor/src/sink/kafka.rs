@@ -111,21 +111,53 @@ fn kafka_err(name: &str, e: impl std::fmt::Display) -> SinkError {
     }
 }
 
+/// Runs one admin operation on `topic` to its end from synchronous code, on a
+/// current-thread runtime of its own (every caller is a pipeline thread or a CLI verb; none
+/// runs inside a runtime).
+fn admin_blocking<F: std::future::Future<Output = Result<(), SinkError>>>(
+    topic: &str,
+    op: impl FnOnce() -> F,
+) -> Result<(), SinkError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            kafka_err(
+                topic,
+                format!("cannot start a runtime for the admin client: {e}"),
+            )
+        })?
+        .block_on(op())
+}
+
 /// Creates `topic` when it does not exist (an existing topic is taken as it is). Brokers
 /// without auto-creation work; a broker whose admin API refuses (librdkafka's mock cluster)
-/// is accepted when the topic exists.
-pub async fn ensure_topic(
+/// is accepted when the topic exists. Blocks (at most about 15 s).
+pub fn ensure_topic(
     brokers: &str,
     topic: &str,
     partitions: i32,
     replication: i32,
     extra: &[(String, String)],
 ) -> Result<(), SinkError> {
-    ensure_topic_with(brokers, topic, partitions, replication, &[], extra).await
+    ensure_topic_with(brokers, topic, partitions, replication, &[], extra)
 }
 
 /// [`ensure_topic`] with topic configs (`cleanup.policy`, `retention.ms`) for a new topic.
-pub async fn ensure_topic_with(
+pub fn ensure_topic_with(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+    configs: &[(&str, String)],
+    extra: &[(String, String)],
+) -> Result<(), SinkError> {
+    admin_blocking(topic, || {
+        create_topic(brokers, topic, partitions, replication, configs, extra)
+    })
+}
+
+async fn create_topic(
     brokers: &str,
     topic: &str,
     partitions: i32,
@@ -186,8 +218,16 @@ pub async fn ensure_topic_with(
 }
 
 /// Deletes `topic` (a no-op when it does not exist) and waits, bounded, until the broker no
-/// longer lists it, so that it can be created again at once.
-pub async fn delete_topic(
+/// longer lists it, so that it can be created again at once. Blocks (at most about 30 s).
+pub fn delete_topic(
+    brokers: &str,
+    topic: &str,
+    extra: &[(String, String)],
+) -> Result<(), SinkError> {
+    admin_blocking(topic, || remove_topic(brokers, topic, extra))
+}
+
+async fn remove_topic(
     brokers: &str,
     topic: &str,
     extra: &[(String, String)],

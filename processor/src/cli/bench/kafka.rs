@@ -7,6 +7,7 @@ use crate::monitor::peak_rss_bytes;
 use crate::monitor::telemetry::Live;
 use crate::pipeline::{load_file, Delivery, SinkDef, SinkKind};
 use crate::runtime::driver::{Driver, DriverOptions};
+use crate::runtime::kafka::{run_kafka, KafkaOptions};
 use crate::runtime::outputs::Connections;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -15,7 +16,6 @@ use std::time::{Duration, Instant};
 
 /// The Kafka path: the same pipeline fed by a consumer group, against a raw consumer.
 pub(super) fn bench_kafka(a: &BenchArgs, brokers: &str) -> anyhow::Result<ExitCode> {
-    use crate::runtime::kafka::{run_kafka, KafkaOptions};
     use crate::sink::kafka::{ensure_topic, Sender};
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Message, OwnedHeaders};
@@ -42,17 +42,8 @@ pub(super) fn bench_kafka(a: &BenchArgs, brokers: &str) -> anyhow::Result<ExitCo
         }
         p
     });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let partitions = a.partitions.max(1);
-    rt.block_on(ensure_topic(
-        brokers,
-        &topic,
-        partitions,
-        1,
-        &a.kafka_config,
-    ))?;
+    ensure_topic(brokers, &topic, partitions, 1, &a.kafka_config)?;
     // The padding that makes a value about --value-bytes long (the rest is ~66 bytes).
     let mut probe = Vec::new();
     bid_padded(
@@ -129,21 +120,10 @@ pub(super) fn bench_kafka(a: &BenchArgs, brokers: &str) -> anyhow::Result<ExitCo
     let state = tempfile::Builder::new().prefix("weir-bench-").tempdir()?;
     let out = state.path().join("results.jsonl");
     let opts = KafkaOptions {
-        state_dir: state.path().join("state"),
-        conn: Connections {
-            brokers: Some(brokers.to_string()),
-            kafka_config: a.kafka_config.clone(),
-            ..Default::default()
-        },
-        instance_id: None,
-        checkpoint_every: a.checkpoint_every,
-        checkpoint_interval: Duration::from_secs(1),
         output: Some(out.display().to_string()),
-        dead_letter: Some(state.path().join("dead.jsonl").display().to_string()),
-        kafka_config: a.kafka_config.clone(),
         stop_after: Some(a.events),
-        live: None,
         sample_latency: true,
+        ..options(a, brokers, state.path())
     };
     let mut s = run_kafka(plan, &opts, Arc::new(AtomicBool::new(false)))?;
     let weir_secs = s.active.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN);
@@ -253,7 +233,6 @@ fn latency(
     brokers: &str,
     stamp: u128,
 ) -> anyhow::Result<(usize, i64, i64)> {
-    use crate::runtime::kafka::{run_kafka, KafkaOptions};
     use crate::sink::kafka::{ensure_topic, Sender};
     use apache_avro::types::Value;
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -266,12 +245,9 @@ fn latency(
     let name = format!("weir-bench-{stamp}-lat-{}", d.name());
     let out = format!("{name}-out");
     let partitions = a.partitions.max(1);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(ensure_topic(brokers, &name, partitions, 1, &a.kafka_config))?;
+    ensure_topic(brokers, &name, partitions, 1, &a.kafka_config)?;
     // Created here, so the reader's subscription finds it at once.
-    rt.block_on(ensure_topic(brokers, &out, partitions, 1, &a.kafka_config))?;
+    ensure_topic(brokers, &out, partitions, 1, &a.kafka_config)?;
     plan.source.topics = vec![name.clone()];
     plan.source.group = name.clone();
     plan.delivery = d;
@@ -291,23 +267,7 @@ fn latency(
     let dir = tempfile::Builder::new()
         .prefix("weir-bench-lat")
         .tempdir()?;
-    let opts = KafkaOptions {
-        state_dir: dir.path().join("state"),
-        conn: Connections {
-            brokers: Some(brokers.to_string()),
-            kafka_config: a.kafka_config.clone(),
-            ..Default::default()
-        },
-        instance_id: None,
-        checkpoint_every: a.checkpoint_every,
-        checkpoint_interval: Duration::from_secs(1),
-        output: None,
-        dead_letter: Some(dir.path().join("dead.jsonl").display().to_string()),
-        kafka_config: a.kafka_config.clone(),
-        stop_after: None,
-        live: None,
-        sample_latency: false,
-    };
+    let opts = options(a, brokers, dir.path());
     let now_ms = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -425,7 +385,6 @@ fn instances_rate(
     stamp: u128,
     delivery: Option<Delivery>,
 ) -> anyhow::Result<f64> {
-    use crate::runtime::kafka::{run_kafka, KafkaOptions};
     let dir = tempfile::Builder::new().prefix("weir-bench-x").tempdir()?;
     let stop = Arc::new(AtomicBool::new(false));
     let lives: Vec<Arc<Live>> = (0..n).map(|_| Arc::new(Live::new("bench"))).collect();
@@ -461,23 +420,11 @@ fn instances_rate(
         }
         let at = dir.path().join(i.to_string());
         let opts = KafkaOptions {
-            state_dir: at.join("state"),
-            conn: Connections {
-                brokers: Some(brokers.to_string()),
-                kafka_config: a.kafka_config.clone(),
-                ..Default::default()
-            },
-            instance_id: None,
-            checkpoint_every: a.checkpoint_every,
-            checkpoint_interval: Duration::from_secs(1),
             output: delivery
                 .is_none()
                 .then(|| at.join("results.jsonl").display().to_string()),
-            dead_letter: Some(at.join("dead.jsonl").display().to_string()),
-            kafka_config: a.kafka_config.clone(),
-            stop_after: None,
             live: Some(live.clone()),
-            sample_latency: false,
+            ..options(a, brokers, &at)
         };
         runs.push((plan, opts));
     }
@@ -591,5 +538,27 @@ fn set_changelog(plan: &mut crate::pipeline::plan::Plan, a: &BenchArgs) {
         plan.state.changelog = false;
     } else {
         plan.state.changelog |= a.changelog;
+    }
+}
+
+/// A bench run's options: state and dead letters under `dir`, 1 s checkpoints, the user's
+/// `--kafka-config`; each run sets what differs.
+fn options(a: &BenchArgs, brokers: &str, dir: &std::path::Path) -> KafkaOptions {
+    KafkaOptions {
+        state_dir: dir.join("state"),
+        conn: Connections {
+            brokers: Some(brokers.to_string()),
+            kafka_config: a.kafka_config.clone(),
+            ..Default::default()
+        },
+        instance_id: None,
+        checkpoint_every: a.checkpoint_every,
+        checkpoint_interval: Duration::from_secs(1),
+        output: None,
+        dead_letter: Some(dir.join("dead.jsonl").display().to_string()),
+        kafka_config: a.kafka_config.clone(),
+        stop_after: None,
+        live: None,
+        sample_latency: false,
     }
 }

@@ -72,16 +72,7 @@ pub fn ensure(plan: &Plan, brokers: &str, extra: &[(String, String)]) -> Result<
         ("cleanup.policy", "compact,delete".to_string()),
         ("retention.ms", retention.to_string()),
     ];
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| RunError::Io {
-            op: "start a runtime for the admin client".into(),
-            source,
-        })?;
-    rt.block_on(ensure_topic_with(
-        brokers, &name, partitions, -1, &configs, extra,
-    ))?;
+    ensure_topic_with(brokers, &name, partitions, -1, &configs, extra)?;
     Ok(())
 }
 

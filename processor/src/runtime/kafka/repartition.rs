@@ -62,22 +62,15 @@ pub fn ensure(
     };
     let source = partitions_of(brokers, &plan.source.topics, extra)?.max(1);
     let want = r.partitions.unwrap_or(source);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| RunError::Io {
-            op: "start a runtime for the admin client".into(),
-            source,
-        })?;
     // Records older than a window can stay open are of no use downstream.
-    rt.block_on(ensure_topic_with(
+    ensure_topic_with(
         brokers,
         &r.topic,
         want,
         -1,
         &[("retention.ms", "604800000".to_string())],
         extra,
-    ))?;
+    )?;
     // An existing topic keeps its partition count: keys hash over what it has.
     let have = partitions_of(brokers, std::slice::from_ref(&r.topic), extra)?.max(1);
     tracing::info!(topic = %r.topic, partitions = have, source_partitions = source, why = %r.why, "re-keying through the repartition topic");

@@ -41,26 +41,8 @@ pub fn delete_internal_topics(
     brokers: &str,
     extra: &[(String, String)],
 ) -> Result<(), RunError> {
-    delete_topics(&internal_topics(plan), brokers, extra)
-}
-
-fn delete_topics(
-    topics: &[String],
-    brokers: &str,
-    extra: &[(String, String)],
-) -> Result<(), RunError> {
-    if topics.is_empty() {
-        return Ok(());
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| RunError::Io {
-            op: "start a runtime for the admin client".into(),
-            source,
-        })?;
-    for t in topics {
-        rt.block_on(delete_topic(brokers, t, extra))?;
+    for t in internal_topics(plan) {
+        delete_topic(brokers, &t, extra)?;
     }
     Ok(())
 }
