@@ -1122,6 +1122,21 @@ fn serve_keeps_serving_under_hostile_requests_and_hides_secrets() {
             text(&hostile.stderr)
         );
         outputs.push_str(&text(&hostile.stdout));
+        // What the server writes, read by parsers Weir did not write: /metrics by the
+        // Prometheus project's text parser, the JSON bodies against its own OpenAPI document.
+        let python = std::env::var("WEIR_PYTHON").unwrap_or_else(|_| "python3".into());
+        let contract = std::process::Command::new(python)
+            .arg(weir_tests::repo().join("tests/python/api_contract.py"))
+            .arg(&url)
+            .arg("hostile")
+            .output()
+            .expect("python3");
+        assert!(
+            contract.status.success(),
+            "the API against its contract:\n{}\n{}",
+            text(&contract.stdout),
+            text(&contract.stderr)
+        );
         // Every invalid fixture, deployed: refused with its problems, the server unmoved.
         let fixtures = weir_tests::repo().join("tests/fixtures/invalid");
         let mut n = 0;
