@@ -25,6 +25,9 @@ enum Kill {
     Quiet,
     /// The test SIGKILLs Weir at a random moment once it makes progress.
     Random,
+    /// The test SIGKILLs the broker while Weir runs, restarts it on the same data, and
+    /// SIGKILLs Weir once it makes progress again (exactly-once).
+    Broker,
 }
 
 fn seed() -> u64 {
@@ -68,7 +71,9 @@ fn sigkill_in_every_phase_with_a_changelog() {
 /// protocol, now with one Kafka transaction per checkpoint holding the results, the dead
 /// letters, the changelog records and the source offsets. A `read_committed` reader of the
 /// output topic must see every (user, window) result exactly once with the right value,
-/// and every invalid event once in the dead-letter topic; a `read_uncommitted` reader must
+/// and every invalid event once in the dead-letter topic. One more kill in the plan is the
+/// broker's: SIGKILLed mid-stream and restarted on its data while Weir runs, then Weir is
+/// killed once it makes progress again. A `read_uncommitted` reader must
 /// see the aborted records too (so the test is not passing by accident); and each restart
 /// must resume from its local store, restoring only what it lacks, never the whole
 /// changelog.
@@ -93,7 +98,7 @@ fn sigkill_in_every_phase_of_a_rekeyed_pipeline() {
 }
 
 fn sigkill_in_every_phase(
-    broker: weir_tests::kafka::Broker,
+    mut broker: weir_tests::kafka::Broker,
     changelog: bool,
     rekeyed: bool,
     exactly_once: bool,
@@ -138,6 +143,16 @@ fn sigkill_in_every_phase(
         };
         plan.extend(points.iter().map(|p| Kill::Hook(p.name())));
         plan.extend([Kill::Records, Kill::AfterStart, Kill::Quiet, Kill::Random]);
+    }
+    if exactly_once {
+        if broker.can_restart() {
+            plan.push(Kill::Broker);
+        } else {
+            cannot_run(&format!(
+                "the {} broker cannot be stopped and started by the harness",
+                broker.kind
+            ));
+        }
     }
     for i in (1..plan.len()).rev() {
         plan.swap(i, rng.below(i as u64 + 1) as usize);
@@ -241,6 +256,37 @@ fn sigkill_in_every_phase(
                     let hit = quiet.load(Ordering::SeqCst) || produced_all.load(Ordering::SeqCst);
                     w.sigkill();
                     hit
+                }
+                Kill::Broker => {
+                    let before = s.table_events();
+                    let deadline = Instant::now() + Duration::from_secs(45);
+                    while s.table_events() <= before
+                        && Instant::now() < deadline
+                        && !produced_all.load(Ordering::SeqCst)
+                    {
+                        assert!(w.exited().is_none(), "weir exited: {}", tail(&w.log_text()));
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    std::thread::sleep(Duration::from_millis(rng.below(1_000)));
+                    broker.stop();
+                    eprintln!("broker SIGKILLed mid-stream");
+                    std::thread::sleep(Duration::from_secs(2 + rng.below(4)));
+                    broker.start();
+                    eprintln!("broker restarted on the same data dir");
+                    // Weir goes on after the outage (in the same session or a new one).
+                    let before = s.table_events();
+                    let deadline = Instant::now() + Duration::from_secs(120);
+                    while s.table_events() <= before
+                        && Instant::now() < deadline
+                        && !produced_all.load(Ordering::SeqCst)
+                    {
+                        assert!(w.exited().is_none(), "weir exited: {}", tail(&w.log_text()));
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    let went_on = s.table_events() > before;
+                    std::thread::sleep(Duration::from_millis(rng.below(1_000)));
+                    w.sigkill();
+                    went_on
                 }
                 Kill::Random => {
                     let before = s.table_events();
@@ -916,6 +962,108 @@ fn a_kill_right_after_a_restore_counts_nothing_twice() {
     );
     s.check_all(&broker, &rows);
     s.drop_table();
+}
+
+/// A kill after the changelog's commit and before the local batch, with a file sink: the
+/// restart rolls the state forward from the changelog, so nothing of that checkpoint is
+/// processed again, and the file must keep what the checkpoint flushed. (Cutting the file
+/// back to the older checkpoint's length lost that checkpoint's results.)
+#[test]
+fn a_kill_after_the_changelog_commit_keeps_the_file_sinks_results() {
+    let Some(broker) = changelog_broker() else {
+        return;
+    };
+    let s = Scenario::with_step("filekeep", 20_000, 1_000, 0x5eed_0015, 5).with_changelog();
+    s.create_topics(&broker);
+    let out = s.dir.path().join("results.jsonl");
+    let mut args = s.args(&broker);
+    args.extend(["--output".to_string(), out.display().to_string()]);
+    let n = s.batches.len();
+    std::thread::scope(|scope| {
+        let producer =
+            scope.spawn(|| s.produce(&broker.bootstrap, 0..3 * n / 4, Duration::from_millis(100)));
+        // The first checkpoint comes with the assignment, the second and third after 5,000
+        // and 10,000 events: the third has results to flush beyond the second's.
+        let hook = "changelog.committed:3";
+        let mut w = WeirProcess::start(&args, s.log(), &[("WEIR_TEST_SIGKILL_AT", hook)]);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while w.exited().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if w.exited().is_none() {
+            w.sigkill();
+        }
+        let log = w.log_text();
+        assert!(
+            log.contains("test hook: SIGKILL at changelog.committed #"),
+            "weir did not reach its hook {hook}: {}",
+            tail(&log)
+        );
+        producer.join().expect("producer thread");
+    });
+    let from = std::fs::metadata(s.log()).map(|m| m.len()).unwrap_or(0) as usize;
+    let mut weir = WeirProcess::start(&args, s.log(), &[]);
+    s.produce(&broker.bootstrap, 3 * n / 4..n, Duration::from_millis(20));
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut got = file_results(&out);
+    while got.len() < s.expected.len() && Instant::now() < deadline && weir.exited().is_none() {
+        std::thread::sleep(Duration::from_millis(200));
+        got = file_results(&out);
+    }
+    assert!(
+        weir.stop(),
+        "weir did not stop cleanly: {}",
+        tail(&weir.log_text())
+    );
+    let log = weir.log_text();
+    let own = &log[from.min(log.len())..];
+    assert!(
+        own.contains("restored from the changelog")
+            && own.contains("the file outputs keep what that checkpoint flushed"),
+        "the restart did not roll forward past the killed checkpoint: {}",
+        tail(own)
+    );
+    // Meaningful only when the killed checkpoint flushed results the one before it had not:
+    // then a restart that cut the files to the older length would lose them.
+    let field = |name: &str| -> u64 {
+        own.split(&format!("{name}="))
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        field("kept_bytes") > field("checkpointed_bytes"),
+        "the killed checkpoint flushed nothing new, so the test proves nothing: {}",
+        tail(own)
+    );
+    weir_tests::scenario::assert_same("file sink", &file_results(&out), &s.expected);
+}
+
+/// A results file's (user, window start) -> (events, total), sentinels excluded. A window
+/// written twice (at least once) must have the same value both times.
+fn file_results(path: &std::path::Path) -> weir_tests::scenario::Aggregates {
+    let mut got = weir_tests::scenario::Aggregates::new();
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON result line");
+        let user = v["user"].as_str().unwrap_or_default().to_string();
+        if user.starts_with("zz-sentinel") {
+            continue;
+        }
+        let window = v["window_start"].as_i64().expect("window_start");
+        let value = (
+            v["events"].as_i64().expect("events"),
+            v["total"].as_i64().expect("total"),
+        );
+        if let Some(before) = got.insert((user.clone(), window), value) {
+            assert_eq!(
+                before, value,
+                "{user} at {window} written twice with other values"
+            );
+        }
+    }
+    got
 }
 
 /// Two instances of one pipeline share its four partitions through the consumer group;

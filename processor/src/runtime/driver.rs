@@ -16,7 +16,9 @@
 //! 2. with a changelog ([`Changelog`], `state.changelog`), **write the checkpoint's state
 //!    changes to the changelog topic in one Kafka transaction** and wait for its commit:
 //!    the same puts and deletions as the batch below, then each owned partition's record
-//!    (its offsets, largest event time and pending updates). The batch records how far
+//!    (its offsets, largest event time and pending updates). Just before the commit, the
+//!    file lengths of step 1 are written on their own (`m|lengths`), so that a restart that
+//!    rolls forward past this checkpoint does not cut its results off the files. The batch records how far
 //!    into each changelog partition the local store is. A crash after this step and before
 //!    the next leaves the changelog ahead of the local store; the restart's restore applies
 //!    the difference, and the changelog's partition records then decide where each
@@ -70,7 +72,9 @@
 //! so. The PostgreSQL sink commits in step 1, before the Kafka transaction: a crash before
 //! the Kafka commit replays its upserts, which write the same row values again (an
 //! idempotent effect, not an exactly-once write). A file sink is truncated to the length its
-//! checkpoint records, as at least once.
+//! checkpoint records, as at least once; after a crash between the `m|lengths` write and
+//! the local batch, to the later length (the restart rolls forward, or, when the commit did
+//! not go through, writes that checkpoint's results a second time: never fewer).
 //!
 //! Once any step fails the driver is poisoned: no later checkpoint may be written past
 //! results that were not delivered (the Kafka consumer's close would otherwise checkpoint
@@ -236,9 +240,19 @@ impl<'p> Driver<'p> {
     /// checkpoint.
     pub fn open(plan: &'p Plan, o: DriverOptions<'_>) -> Result<Driver<'p>, RunError> {
         let opened = checkpoint::open(plan, o.state_dir, false)?;
+        let lengths = opened.lengths();
+        if let Some(pending) = &opened.pending {
+            let bytes = |s: &[Option<u64>]| s.iter().flatten().sum::<u64>();
+            let before = opened.checkpoint.as_ref().map_or(0, |c| bytes(&c.sinks));
+            tracing::info!(
+                pipeline = %plan.name,
+                kept_bytes = bytes(&pending.sinks),
+                checkpointed_bytes = before,
+                "the last run stopped while a changelog commit was under way; the file outputs keep what that checkpoint flushed"
+            );
+        }
         let resume = opened.checkpoint;
         let mut registry = o.conn.registry();
-        let lengths = resume.as_ref().map(|c| c.sinks.clone()).unwrap_or_default();
         let mut sinks = if o.discard {
             vec![AnySink::Discard(DiscardSink::default())]
         } else {
@@ -247,7 +261,7 @@ impl<'p> Driver<'p> {
                 o.output,
                 o.conn,
                 &mut registry,
-                &lengths,
+                &lengths.sinks,
                 o.producer.as_ref(),
             )?
         };
@@ -256,7 +270,7 @@ impl<'p> Driver<'p> {
             o.dead_letter,
             &o.default_dead_letter,
             o.conn,
-            resume.as_ref().and_then(|c| c.dead_letter),
+            lengths.dead_letter,
             o.input_name,
             o.producer.as_ref(),
         )?;

@@ -9,6 +9,11 @@
 //! - `m|checkpoint` ([`META_KEY`]): the [`Checkpoint`] record (bincode);
 //! - `m|replay` ([`REPLAY_KEY`]): the [`ReplayGuard`] while a replay reprocesses records
 //!   it had already counted; absent otherwise.
+//! - `m|lengths` ([`LENGTHS_KEY`]): the file lengths of a checkpoint whose changelog
+//!   transaction is being committed ([`put_lengths`]); the checkpoint record that follows
+//!   deletes it. A crash between the commit and the local batch leaves it, and the restart
+//!   rolls the state forward from the changelog; the files must then keep what that
+//!   checkpoint flushed, not be cut back to the older record's lengths ([`Opened::lengths`]).
 //!
 //! [`save`] writes the window changes (staged into the batch by the driver, with the
 //! changelog positions when there is a changelog), the record and the guard in **one** `WriteBatch`:
@@ -27,6 +32,14 @@ use std::path::Path;
 
 pub const META_KEY: &[u8] = b"m|checkpoint";
 pub const REPLAY_KEY: &[u8] = b"m|replay";
+pub const LENGTHS_KEY: &[u8] = b"m|lengths";
+
+/// Where the file outputs resume: per sink, in the pipeline's order, and the dead letter.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Lengths {
+    pub sinks: Vec<Option<u64>>,
+    pub dead_letter: Option<u64>,
+}
 
 /// What a checkpoint holds besides the window entries.
 #[derive(Clone, Serialize, Deserialize)]
@@ -121,6 +134,28 @@ pub struct Opened {
     pub checkpoint: Option<Checkpoint>,
     /// The replay guard, while a replay is being reprocessed.
     pub guard: Option<ReplayGuard>,
+    /// The lengths of a checkpoint whose changelog commit was under way at a crash.
+    pub pending: Option<Lengths>,
+}
+
+impl Opened {
+    /// Where the file outputs resume. After a crash during a changelog commit, the later
+    /// lengths: if the commit went through, the restore rolls forward to that checkpoint and
+    /// nothing before it is produced again, so cutting the files back would lose its
+    /// results; if it did not, the records since the older checkpoint are processed again
+    /// and their results are written twice (at least once, never lost).
+    pub fn lengths(&self) -> Lengths {
+        if let Some(p) = &self.pending {
+            return p.clone();
+        }
+        self.checkpoint
+            .as_ref()
+            .map(|c| Lengths {
+                sinks: c.sinks.clone(),
+                dead_letter: c.dead_letter,
+            })
+            .unwrap_or_default()
+    }
 }
 
 /// Opens the state directory (read-only: without its lock, as of the owner's last write)
@@ -151,11 +186,27 @@ pub fn open(plan: &Plan, dir: &Path, read_only: bool) -> Result<Opened, StateErr
         None => None,
         Some(b) => Some(bincode::deserialize(&b).map_err(|e| StateError::Corrupt(e.to_string()))?),
     };
+    let pending = match store.get(LENGTHS_KEY)? {
+        None => None,
+        Some(b) => Some(bincode::deserialize(&b).map_err(|e| StateError::Corrupt(e.to_string()))?),
+    };
     Ok(Opened {
         store,
         checkpoint,
         guard,
+        pending,
     })
+}
+
+/// Records `lengths` on their own, just before a changelog transaction commits (see
+/// [`LENGTHS_KEY`]).
+pub fn put_lengths(store: &mut Store, lengths: &Lengths) -> Result<(), StateError> {
+    let mut batch = WriteBatch::default();
+    batch.put(
+        LENGTHS_KEY,
+        bincode::serialize(lengths).map_err(|e| StateError::Corrupt(e.to_string()))?,
+    );
+    store.write(batch)
 }
 
 /// Adds the record and the guard (or the guard's deletion) to `batch`.
@@ -166,6 +217,7 @@ pub fn put(
 ) -> Result<(), StateError> {
     let corrupt = |e: bincode::Error| StateError::Corrupt(e.to_string());
     batch.put(META_KEY, bincode::serialize(cp).map_err(corrupt)?);
+    batch.delete(LENGTHS_KEY);
     match guard {
         Some(g) => batch.put(REPLAY_KEY, bincode::serialize(g).map_err(corrupt)?),
         None => batch.delete(REPLAY_KEY),

@@ -94,6 +94,15 @@ impl Driver<'_> {
             if let Some(log) = self.changelog.as_mut() {
                 log.send(&changes, &cp.offsets)?;
                 point(Point::TransactionSent);
+                // From here a crash may leave the commit done and the local batch not:
+                // the restart rolls forward, so its files must keep these lengths.
+                checkpoint::put_lengths(
+                    &mut self.store,
+                    &checkpoint::Lengths {
+                        sinks: cp.sinks.clone(),
+                        dead_letter: cp.dead_letter,
+                    },
+                )?;
                 let reached = log.commit(&changes)?;
                 self.positions.extend(reached);
                 point(Point::ChangelogCommitted);
