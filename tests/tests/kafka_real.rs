@@ -157,6 +157,14 @@ fn sigkill_in_every_phase(
     for i in (1..plan.len()).rev() {
         plan.swap(i, rng.below(i as u64 + 1) as usize);
     }
+    // The broker outage needs traffic after it (Weir must go on): not among the last
+    // kills, by when the producer may have sent everything.
+    if let Some(i) = plan.iter().position(|k| *k == Kill::Broker) {
+        let last = plan.len().saturating_sub(6).max(1);
+        if i >= last {
+            plan.swap(i, rng.below(last as u64) as usize);
+        }
+    }
     let planned = plan.len();
     eprintln!("kill plan: {plan:?}");
 
@@ -164,6 +172,10 @@ fn sigkill_in_every_phase(
     let quiet = AtomicBool::new(false);
     let produced_all = AtomicBool::new(false);
     let released = AtomicBool::new(false);
+    // Set when the kill loop ends, normally or by a failed assertion: the producer stops
+    // pacing (and, on a failure, stops), so a failure is reported at once instead of after
+    // the producer's per-batch waits.
+    let abandoned = AtomicBool::new(false);
     let batches = s.batches.len();
     let bootstrap = broker.bootstrap.clone();
     let mut hits: BTreeMap<Kill, usize> = BTreeMap::new();
@@ -180,7 +192,13 @@ fn sigkill_in_every_phase(
                     |k: usize| released.load(Ordering::SeqCst) || b * planned <= (k + 3) * batches;
                 let deadline = Instant::now() + Duration::from_secs(60);
                 while !allowed(kills_done.load(Ordering::SeqCst)) && Instant::now() < deadline {
+                    if abandoned.load(Ordering::SeqCst) {
+                        return;
+                    }
                     std::thread::sleep(Duration::from_millis(20));
+                }
+                if abandoned.load(Ordering::SeqCst) {
+                    return;
                 }
                 if b % 40 == 39 {
                     quiet.store(true, Ordering::SeqCst);
@@ -192,6 +210,17 @@ fn sigkill_in_every_phase(
             }
             produced_all.store(true, Ordering::SeqCst);
         });
+        /// Sets the flag when dropped: at the end of the kill loop or while a failed
+        /// assertion unwinds through it.
+        struct OnDrop<'a>(&'a AtomicBool);
+        impl Drop for OnDrop<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        let _abandon_on_failure = OnDrop(&abandoned);
         for kill in plan.iter().copied() {
             let from = std::fs::metadata(s.log()).map(|m| m.len()).unwrap_or(0) as usize;
             let mut env: Vec<(&str, String)> = Vec::new();
@@ -270,7 +299,9 @@ fn sigkill_in_every_phase(
                     std::thread::sleep(Duration::from_millis(rng.below(1_000)));
                     broker.stop();
                     eprintln!("broker SIGKILLed mid-stream");
-                    std::thread::sleep(Duration::from_secs(2 + rng.below(4)));
+                    // Longer than the group session (10 s), as a broker restart usually is:
+                    // the static member's session times out and it rejoins.
+                    std::thread::sleep(Duration::from_secs(11 + rng.below(4)));
                     broker.start();
                     eprintln!("broker restarted on the same data dir");
                     // Weir goes on after the outage (in the same session or a new one).
@@ -286,6 +317,13 @@ fn sigkill_in_every_phase(
                     let went_on = s.table_events() > before;
                     std::thread::sleep(Duration::from_millis(rng.below(1_000)));
                     w.sigkill();
+                    let log = w.log_text();
+                    let own = &log[from.min(log.len())..];
+                    eprintln!(
+                        "during the outage weir logged {} group session timeouts and {} spurious fences it rejoined after",
+                        own.matches("SESSTMOUT").count(),
+                        own.matches("own group session timed out: rejoining").count()
+                    );
                     went_on
                 }
                 Kill::Random => {

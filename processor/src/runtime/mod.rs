@@ -44,10 +44,12 @@ pub enum RunError {
         source: KafkaError,
     },
     /// librdkafka put the consumer in a fatal state; a new session starts over.
-    #[error("kafka: fatal consumer error {code:?}: {reason}")]
+    /// `after_session_timeout`: the consumer's own group session had just timed out.
+    #[error("kafka: fatal consumer error {code:?}: {reason}{}", if *after_session_timeout { " (right after this consumer's own group session timed out: rejoining)" } else { "" })]
     KafkaFatal {
         code: RDKafkaErrorCode,
         reason: String,
+        after_session_timeout: bool,
     },
     /// Exactly-once: another process started with this pipeline's identity (the same
     /// `transactional.id`, or the same `--instance-id`) and fenced this one. Not retried: a
@@ -77,9 +79,11 @@ impl RunError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             RunError::Source(_) | RunError::Usage(_) | RunError::Fenced { .. } => ErrorKind::User,
-            // Static membership: another member took this --instance-id.
+            // Static membership: another member took this --instance-id (unless the
+            // consumer's own session had just timed out: see `KafkaSource::next`).
             RunError::KafkaFatal {
                 code: RDKafkaErrorCode::FencedInstanceId,
+                after_session_timeout: false,
                 ..
             } => ErrorKind::User,
             RunError::Sink(SinkError::Truncated { .. }) => ErrorKind::User,

@@ -17,6 +17,7 @@
 //! the producer's queue blocks `send` when the broker is slow. Errors from the broker
 //! (down, unreachable) restart the session from the last checkpoint with backoff.
 
+mod callbacks;
 pub mod changelog;
 mod redrive;
 pub mod repartition;
@@ -24,10 +25,9 @@ pub mod transaction;
 
 pub use redrive::{redrive, RedriveReport};
 
-use super::driver::{drive, lock, Cadence, Driver, DriverOptions, Polled, Source};
+use super::driver::{drive, Cadence, Driver, DriverOptions, Polled, Source};
 use super::outputs::Connections;
 use super::{RunError, Summary};
-use crate::faults::{reached, Point};
 use crate::monitor::telemetry::{Live, RunState, Telemetry};
 use crate::pipeline::plan::Plan;
 use crate::pipeline::Delivery;
@@ -35,11 +35,8 @@ use crate::sink::kafka::SharedProducer;
 use crate::source::kafka::{consumer_config, record_of};
 use crate::source::SourceRecord;
 use crate::state::checkpoint::Checkpoint;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::statistics::Statistics;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::ClientContext;
+use callbacks::{commit, Ctx, Restore};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -65,217 +62,6 @@ pub struct KafkaOptions {
     pub live: Option<Arc<Live>>,
     /// Time every 16th record and every checkpoint (the benchmark).
     pub sample_latency: bool,
-}
-
-/// Step 3: commit the checkpoint's offsets of the partitions this member owns. A failed
-/// commit only delays lag reporting: the state's offsets are authoritative on restart.
-fn commit(c: &BaseConsumer<Ctx>, cp: &Checkpoint, mode: CommitMode) {
-    let owned = match c.assignment() {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the assignment; offsets not committed");
-            return;
-        }
-    };
-    let mut tpl = TopicPartitionList::new();
-    for e in owned.elements() {
-        if let Some((_, _, o)) = cp
-            .offsets
-            .iter()
-            .find(|(t, p, _)| t == e.topic() && *p == e.partition())
-        {
-            let _ = tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(*o));
-        }
-    }
-    if tpl.count() == 0 {
-        return;
-    }
-    if let Err(e) = c.commit(&tpl, mode) {
-        tracing::warn!(error = %e, "offset commit failed; the next checkpoint retries");
-    }
-}
-
-/// This consumer's group member id (what `kafka-consumer-groups --describe` shows).
-fn member_id<C: ConsumerContext>(c: &BaseConsumer<C>) -> Option<String> {
-    // SAFETY: rd_kafka_memberid returns a string we own (or NULL), freed with
-    // rd_kafka_mem_free on the same handle.
-    unsafe {
-        let rk = c.client().native_ptr();
-        let p = rdkafka::bindings::rd_kafka_memberid(rk);
-        if p.is_null() {
-            return None;
-        }
-        let s = std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned();
-        rdkafka::bindings::rd_kafka_mem_free(rk, p as *mut std::ffi::c_void);
-        (!s.is_empty()).then_some(s)
-    }
-}
-
-/// The consumer's callbacks: they share the driver with the poll loop, because a revoked
-/// partition must be checkpointed before it goes.
-struct Ctx {
-    driver: Arc<Mutex<Driver<'static>>>,
-    live: Arc<Live>,
-    /// With a changelog: where to restore assigned partitions from (brokers, extra
-    /// config), and the partitions restored in this session.
-    restore: Option<Restore>,
-    /// An error raised inside a rebalance callback, reported by the next poll.
-    failed: Mutex<Option<RunError>>,
-    /// Exactly-once: the group's metadata and owned partitions, for the transaction's
-    /// offsets (which the checkpoint commits instead of the consumer).
-    eos: Option<SharedGroup>,
-}
-
-impl Ctx {
-    fn fail(&self, e: RunError) {
-        *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
-    }
-}
-
-impl ClientContext for Ctx {
-    /// librdkafka's statistics (every `statistics.interval.ms`): the log end per partition.
-    fn stats(&self, stats: Statistics) {
-        for (name, t) in &stats.topics {
-            for (p, s) in &t.partitions {
-                if *p >= 0 && s.hi_offset >= 0 {
-                    self.live.record(Telemetry::LogEnd {
-                        topic: name,
-                        partition: *p,
-                        offset: s.hi_offset,
-                    });
-                }
-            }
-        }
-    }
-}
-
-impl ConsumerContext for Ctx {
-    fn rebalance(&self, c: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        let cooperative = matches!(c.rebalance_protocol(), RebalanceProtocol::Cooperative);
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let mut p = lock(&self.driver);
-                if let Some(r) = &self.restore {
-                    // Each partition's state first: its offsets come from the changelog.
-                    let parts: Vec<u32> = tpl
-                        .elements()
-                        .iter()
-                        .map(|e| e.partition() as u32)
-                        .collect();
-                    if let Err(e) = r.partitions(&mut p, &parts, &self.live) {
-                        self.fail(e);
-                        return;
-                    }
-                }
-                let mut resumed = Vec::new();
-                for e in tpl.elements() {
-                    // An assigned partition holds the watermark until it shows records.
-                    p.engine.watermarks.register(e.partition() as u32);
-                    if let Some(o) = p.offset_of(e.topic(), e.partition()) {
-                        resumed.push((e.topic().to_string(), e.partition(), o));
-                    }
-                }
-                drop(p);
-                for (t, part, o) in &resumed {
-                    let _ = tpl.set_partition_offset(t, *part, Offset::Offset(*o));
-                }
-                let parts: Vec<String> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| format!("{}-{}", e.topic(), e.partition()))
-                    .collect();
-                let owned: Vec<(String, i32)> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_string(), e.partition()))
-                    .collect();
-                tracing::info!(partitions = ?parts, from_state = resumed.len(), "partitions assigned");
-                self.live.record(Telemetry::Assigned {
-                    member_id: member_id(c),
-                    partitions: &owned,
-                });
-                let r = if cooperative {
-                    c.incremental_assign(tpl)
-                } else {
-                    c.assign(tpl)
-                };
-                if let Err(e) = r {
-                    self.fail(RunError::kafka("assign")(e));
-                }
-                if let Some(g) = &self.eos {
-                    let mut g = transaction::group(g);
-                    g.metadata = c.group_metadata();
-                    g.owned.extend(owned.iter().cloned());
-                }
-                reached(Point::Assigned);
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let parts: Vec<String> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| format!("{}-{}", e.topic(), e.partition()))
-                    .collect();
-                tracing::info!(partitions = ?parts, "partitions revoked: checkpointing them");
-                let owned: Vec<(String, i32)> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_string(), e.partition()))
-                    .collect();
-                self.live.record(Telemetry::Revoked { partitions: &owned });
-                // A lost assignment cannot commit; the checkpoint still saves state.
-                let lost = c.assignment_lost();
-                if let Some(g) = &self.eos {
-                    transaction::group(g).metadata = c.group_metadata();
-                }
-                let mut d = lock(&self.driver);
-                let r = d.checkpoint(&mut |cp| {
-                    // Exactly-once: the offsets were committed in the transaction.
-                    if !lost && self.eos.is_none() {
-                        commit(c, cp, CommitMode::Sync)
-                    }
-                });
-                if let Some(g) = &self.eos {
-                    let mut g = transaction::group(g);
-                    for o in &owned {
-                        g.owned.remove(o);
-                    }
-                }
-                match r {
-                    Err(e) => self.fail(e),
-                    // With a changelog, a revoked partition's state leaves memory: its
-                    // next owner restores it.
-                    Ok(()) => {
-                        if let Some(restore) = &self.restore {
-                            for p in tpl.elements().iter().map(|e| e.partition() as u32) {
-                                if let Err(e) = d.release(p) {
-                                    self.fail(e);
-                                }
-                                if let Ok(mut done) = restore.done.lock() {
-                                    done.remove(&p);
-                                }
-                            }
-                        }
-                    }
-                }
-                drop(d);
-                let r = if cooperative {
-                    c.incremental_unassign(tpl)
-                } else {
-                    c.unassign()
-                };
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "unassign failed");
-                }
-            }
-            other => {
-                tracing::warn!(error = ?other, "rebalance error");
-                let _ = c.unassign();
-                if let Some(g) = &self.eos {
-                    transaction::group(g).owned.clear();
-                }
-            }
-        }
-    }
 }
 
 /// Runs the pipeline against Kafka until `stop` is set (SIGTERM/SIGINT), restarting from the
@@ -408,7 +194,22 @@ impl Source for KafkaSource {
             Some(Ok(m)) => Ok(Polled::Record(self.current.insert(record_of(&m)))),
             Some(Err(e)) => {
                 if let Some((code, reason)) = self.consumer.client().fatal_error() {
-                    return Err(RunError::KafkaFatal { code, reason });
+                    // A static member whose session timed out (a broker outage) rejoins;
+                    // a heartbeat still in flight with its old member id is then refused
+                    // as fenced (librdkafka#3437). That is not another instance: a new
+                    // session rejoins. Fenced without a timeout first is another instance.
+                    let timed_out = self
+                        .consumer
+                        .context()
+                        .session_timeout
+                        .lock()
+                        .map(|t| t.is_some_and(|t| t.elapsed() < Duration::from_secs(60)))
+                        .unwrap_or(false);
+                    return Err(RunError::KafkaFatal {
+                        code,
+                        reason,
+                        after_session_timeout: timed_out,
+                    });
                 }
                 // Transient (broker down, topic not yet there): librdkafka retries; say so
                 // at most every 10 s per distinct error.
@@ -433,46 +234,6 @@ impl Source for KafkaSource {
             CommitMode::Async
         };
         commit(&self.consumer, cp, mode);
-    }
-}
-
-/// Restores assigned partitions from the changelog, once per session each.
-#[derive(Clone)]
-struct Restore {
-    plan: &'static Plan,
-    brokers: String,
-    extra: Vec<(String, String)>,
-    done: Arc<Mutex<std::collections::BTreeSet<u32>>>,
-    /// No assignment yet in this session.
-    first: Arc<AtomicBool>,
-}
-
-impl Restore {
-    fn partitions(&self, d: &mut Driver<'_>, parts: &[u32], live: &Live) -> Result<(), RunError> {
-        let new: Vec<u32> = {
-            let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
-            parts.iter().copied().filter(|p| done.insert(*p)).collect()
-        };
-        if new.is_empty() {
-            return Ok(());
-        }
-        let started = Instant::now();
-        if self.first.swap(false, Ordering::SeqCst) {
-            // The session's first assignment: partitions this instance held before (the
-            // local checkpoint) but was not given are someone else's now.
-            let held: std::collections::BTreeSet<u32> = d.held_partitions();
-            for p in held.difference(&new.iter().copied().collect()) {
-                d.release(*p)?;
-            }
-        }
-        let read = changelog::restore(d, self.plan, &self.brokers, &self.extra, &new)?;
-        let partitions: Vec<(u32, u64, u64)> =
-            read.iter().map(|(p, r)| (*p, r.records, r.bytes)).collect();
-        live.record(Telemetry::Restored {
-            partitions: &partitions,
-            took: started.elapsed(),
-        });
-        Ok(())
     }
 }
 
@@ -550,6 +311,7 @@ fn run_session(
         restore: restore.clone(),
         failed: Mutex::new(None),
         eos: group.clone(),
+        session_timeout: Mutex::new(None),
     })
     .map_err(RunError::kafka("cannot create the consumer"))?;
     let topics: Vec<&str> = plan.source.topics.iter().map(|s| s.as_str()).collect();
