@@ -32,7 +32,8 @@
 //! `sink/postgres.rs` -> at a checkpoint, `runtime/driver/protocol.rs` flushes the sinks,
 //! (with `state.changelog`) sends `state/changelog.rs`'s records through
 //! `runtime/kafka/changelog.rs`, writes `state/checkpoint.rs`'s batch, and `runtime/kafka`
-//! commits the offsets. With `delivery: exactly_once` every Kafka write goes through one
+//! commits the offsets (`runtime/kafka/callbacks.rs`, which also checkpoints a revoked
+//! partition and restores an assigned one). With `delivery: exactly_once` every Kafka write goes through one
 //! transactional producer (`runtime/kafka/transaction.rs`), and the offsets are committed
 //! in the checkpoint's transaction, before the batch.
 //!
