@@ -10,9 +10,9 @@
 //! committed offset when the state has none (then `auto.offset.reset=earliest`).
 //!
 //! # Threads
-//! One consumer is polled by one thread that runs the engine for every assigned partition:
-//! the watermark is the minimum over partitions, so windows of all partitions close at one
-//! point. Backpressure is the poll loop itself: librdkafka prefetches at most
+//! One consumer is polled by one thread that runs the engine for every assigned partition;
+//! each partition's windows close by its own watermark (`operators/watermark.rs`). The
+//! consumer's callbacks (rebalance, commit, log) are in `callbacks.rs`. Backpressure is the poll loop itself: librdkafka prefetches at most
 //! `queued.max.messages.kbytes` per partition and stops fetching while the engine is busy;
 //! the producer's queue blocks `send` when the broker is slow. Errors from the broker
 //! (down, unreachable) restart the session from the last checkpoint with backoff.
