@@ -172,9 +172,8 @@ fn sigkill_in_every_phase(
     let quiet = AtomicBool::new(false);
     let produced_all = AtomicBool::new(false);
     let released = AtomicBool::new(false);
-    // Set when the kill loop ends, normally or by a failed assertion: the producer stops
-    // pacing (and, on a failure, stops), so a failure is reported at once instead of after
-    // the producer's per-batch waits.
+    // Set when a failed assertion unwinds the kill loop: the producer stops, so the
+    // failure is reported at once instead of after the producer's per-batch waits.
     let abandoned = AtomicBool::new(false);
     let batches = s.batches.len();
     let bootstrap = broker.bootstrap.clone();
@@ -210,8 +209,7 @@ fn sigkill_in_every_phase(
             }
             produced_all.store(true, Ordering::SeqCst);
         });
-        /// Sets the flag when dropped: at the end of the kill loop or while a failed
-        /// assertion unwinds through it.
+        /// Sets the flag when dropped while a failed assertion unwinds the kill loop.
         struct OnDrop<'a>(&'a AtomicBool);
         impl Drop for OnDrop<'_> {
             fn drop(&mut self) {

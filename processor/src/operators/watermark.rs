@@ -63,7 +63,7 @@ impl Watermarks {
     }
 
     /// The entry of `partition`, inserted as `new` if missing.
-    fn entry(&mut self, partition: u32, new: (i64, i64)) -> &mut (i64, i64) {
+    fn entry(&mut self, partition: u32, new: Partition) -> &mut Partition {
         let i = match self.parts.binary_search_by_key(&partition, |(p, _)| *p) {
             Ok(i) => i,
             Err(i) => {
