@@ -447,6 +447,8 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The record's timestamp (ms), when it has one.
+    pub timestamp: Option<i64>,
 }
 
 impl Record {
@@ -546,6 +548,7 @@ fn record_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
         key: m.key().map(|k| k.to_vec()),
         value: m.payload().unwrap_or(&[]).to_vec(),
         headers,
+        timestamp: m.timestamp().to_millis(),
     }
 }
 
@@ -729,6 +732,17 @@ impl Drop for WeirProcess {
     fn drop(&mut self) {
         if self.exited().is_none() {
             self.sigkill();
+        }
+        // A failing test's process log (which goes with its temporary directory) is the
+        // best clue to why it failed: its tail goes to the test's output.
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "--- last lines of {} ---\n{}\n---",
+                self.log.display(),
+                lines[lines.len().saturating_sub(80)..].join("\n")
+            );
         }
     }
 }

@@ -298,6 +298,7 @@ golden_cases!(
     filtered_time,
     session_order,
     late_partition,
+    stateless,
     rekeyed,
 );
 

@@ -248,3 +248,206 @@ fn a_kafka_run_into_a_file_resumes_at_its_checkpointed_length() {
         "the kill came before any result reached the file"
     );
 }
+
+/// A stateless pipeline (`pipelines/clickstream-clean.yaml`) on Kafka: each valid event is
+/// one output record with the source record's timestamp, keyed by `key_by` (or, without it,
+/// by the source record's key), with `weir-event-id` = pipeline/topic/partition/offset; bad
+/// events go to the dead-letter topic. Expectations come from what this test produced.
+#[test]
+fn a_stateless_pipeline_routes_each_valid_event_with_its_coordinates() {
+    use weir_tests::kafka::{produce_at, producer, read_all};
+    let broker = mock_broker();
+    let dir = tempfile::tempdir().unwrap();
+    let shipped =
+        std::fs::read_to_string(weir_tests::repo().join("pipelines/clickstream-clean.yaml"))
+            .unwrap();
+    let t0 = 1_767_225_600_000i64;
+    // (partition, key, value, timestamp); users u0..u4, every 5th a health check.
+    let mut sent: Vec<(i32, String, serde_json::Value, i64)> = Vec::new();
+    for i in 0..40i64 {
+        let user = format!("u{}", i % 5);
+        let page = if i % 5 == 4 {
+            "/health".to_string()
+        } else {
+            format!("/p{}", i % 3)
+        };
+        let referrer = if i % 2 == 0 {
+            serde_json::Value::Null
+        } else {
+            "https://ref.example/".into()
+        };
+        let v = serde_json::json!({
+            "user_id": user, "page": page, "referrer": referrer,
+            "duration_ms": if i % 3 == 0 { serde_json::Value::Null } else { (i * 10).into() },
+            "ts": t0 + i * 1000,
+        });
+        sent.push(((i % 2) as i32, user, v, t0 + 500_000 + i));
+    }
+    for (variant, keyed) in [("keyed", true), ("source-key", false)] {
+        let (src, out, dead) = (
+            format!("sl-in-{variant}"),
+            format!("sl-out-{variant}"),
+            format!("sl-dead-{variant}"),
+        );
+        broker.create_topic(&src, 2);
+        broker.create_topic(&out, 4);
+        broker.create_topic(&dead, 1);
+        let mut yaml = shipped
+            .replace("name: clickstream-clean", &format!("name: clean-{variant}"))
+            .replace("topics: [clickstream]", &format!("topics: [{src}]"))
+            .replace(
+                "topic: clickstream-clean-dead-letter",
+                &format!("topic: {dead}"),
+            )
+            .replace("topic: clickstream-clean\n", &format!("topic: {out}\n"));
+        if !keyed {
+            yaml = yaml.replace("  - key_by: [user_id]", "");
+        }
+        assert!(yaml.contains(&out) && yaml.contains(&dead) && yaml.contains(&src));
+        let pipeline = dir.path().join(format!("{variant}.yaml"));
+        std::fs::write(&pipeline, yaml).unwrap();
+
+        let p = producer(&broker.bootstrap);
+        let mut records: Vec<(i32, Vec<u8>, Vec<u8>)> = sent
+            .iter()
+            .map(|(part, k, v, _)| (*part, k.clone().into_bytes(), v.to_string().into_bytes()))
+            .collect();
+        // Not JSON (decode) and no page (schema), both on partition 1.
+        records.push((1, b"bad".to_vec(), b"{\"user_id\":".to_vec()));
+        records.push((1, b"bad".to_vec(), br#"{"user_id":"x","ts":1}"#.to_vec()));
+        let stamps: std::collections::HashMap<Vec<u8>, i64> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.2.clone(), sent.get(i).map_or(t0, |s| s.3)))
+            .collect();
+        produce_at(&p, &src, &records, &|v| stamps.get(v).copied());
+        // The source coordinates of each produced record, as the broker gave them.
+        let consumed = read_all(&broker.bootstrap, &src, &[]);
+        assert_eq!(consumed.len(), records.len());
+
+        let state = dir.path().join(format!("state-{variant}"));
+        let mut args = vec![
+            "run".to_string(),
+            pipeline.display().to_string(),
+            "--brokers".into(),
+            broker.bootstrap.clone(),
+            "--state-dir".into(),
+            state.display().to_string(),
+            "--checkpoint-interval".into(),
+            "200ms".into(),
+        ];
+        for (k, v) in broker.client_settings() {
+            args.push("--kafka-config".into());
+            args.push(format!("{k}={v}"));
+        }
+        let log = dir.path().join(format!("{variant}.log"));
+        let mut weir = WeirProcess::start(&args, log, &[]);
+        let valid: Vec<&weir_tests::kafka::Record> = consumed
+            .iter()
+            .filter(|r| {
+                serde_json::from_slice::<serde_json::Value>(&r.value)
+                    .is_ok_and(|v| v.get("page").is_some_and(|p| p != "/health"))
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        let (got, dead_got) = loop {
+            let got = read_all(&broker.bootstrap, &out, &[]);
+            let d = read_all(&broker.bootstrap, &dead, &[]);
+            if got.len() >= valid.len() && d.len() >= 2 {
+                break (got, d);
+            }
+            assert!(weir.exited().is_none(), "{}", weir.log_text());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of {} results, {} dead letters: {}",
+                got.len(),
+                valid.len(),
+                d.len(),
+                weir.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert!(
+            weir.stop(),
+            "weir did not stop cleanly: {}",
+            weir.log_text()
+        );
+        assert_eq!(got.len(), valid.len(), "one result per valid event");
+        assert_eq!(dead_got.len(), 2, "two dead letters");
+
+        let schema = apache_avro::Schema::parse_str(
+            &std::fs::read_to_string(weir_tests::repo().join("schemas/clickstream_clean.avsc"))
+                .unwrap(),
+        )
+        .unwrap();
+        let mut ids = std::collections::HashSet::new();
+        for r in &got {
+            let id = r.header("weir-event-id").expect("weir-event-id");
+            assert!(ids.insert(id.clone()), "{id} twice");
+            let src_rec = valid
+                .iter()
+                .find(|s| id == format!("clean-{variant}/{src}/{}/{}", s.partition, s.offset))
+                .unwrap_or_else(|| panic!("{id} names no valid source record"));
+            let input: serde_json::Value = serde_json::from_slice(&src_rec.value).unwrap();
+            assert_eq!(r.timestamp, src_rec.timestamp, "{id}: the source timestamp");
+            let want_key = if keyed {
+                serde_json::json!({"user_id": input["user_id"]})
+                    .to_string()
+                    .into_bytes()
+            } else {
+                src_rec.key.clone().unwrap()
+            };
+            assert_eq!(
+                r.key.as_deref(),
+                Some(&want_key[..]),
+                "{id}: the record key"
+            );
+            // Confluent framing: magic 0, schema id 1, then the Avro body.
+            assert_eq!(&r.value[..5], &[0, 0, 0, 0, 1], "{id}: the frame");
+            let v = apache_avro::from_avro_datum(&schema, &mut &r.value[5..], None).unwrap();
+            let apache_avro::types::Value::Record(fields) = v else {
+                panic!("{id}: not a record")
+            };
+            let f = |n: &str| {
+                fields
+                    .iter()
+                    .find(|(k, _)| k == n)
+                    .map(|x| x.1.clone())
+                    .unwrap()
+            };
+            use apache_avro::types::Value as V;
+            assert_eq!(
+                f("user_id"),
+                V::String(input["user_id"].as_str().unwrap().into())
+            );
+            assert_eq!(f("page"), V::String(input["page"].as_str().unwrap().into()));
+            let want_ref = input["referrer"].as_str().unwrap_or("direct");
+            assert_eq!(f("referrer"), V::String(want_ref.into()), "{id}");
+            let want_dur = match input["duration_ms"].as_i64() {
+                Some(d) => V::Union(1, Box::new(V::Long(d))),
+                None => V::Union(0, Box::new(V::Null)),
+            };
+            assert_eq!(f("duration_ms"), want_dur, "{id}");
+            assert_eq!(f("ts"), V::TimestampMillis(input["ts"].as_i64().unwrap()));
+        }
+        let reasons: Vec<String> = dead_got
+            .iter()
+            .map(|d| d.header("weir-reason").unwrap_or_default())
+            .collect();
+        for d in &dead_got {
+            // The original bytes, and where they were read.
+            let at = (
+                d.header("weir-source-partition").unwrap_or_default(),
+                d.header("weir-source-offset").unwrap_or_default(),
+            );
+            let orig = consumed
+                .iter()
+                .find(|c| (c.partition.to_string(), c.offset.to_string()) == at)
+                .unwrap_or_else(|| panic!("a dead letter names no source record: {at:?}"));
+            assert_eq!(d.value, orig.value);
+        }
+        let mut sorted = reasons.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["decode", "schema"], "{reasons:?}");
+    }
+}

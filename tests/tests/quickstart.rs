@@ -66,3 +66,68 @@ fn replay_is_deterministic() {
         std::fs::read(b.path().join("dead.jsonl")).unwrap()
     );
 }
+
+/// The README's stateless example: `pipelines/clickstream-clean.yaml` over the same log.
+/// Expectations from reading the log independently: every line that is a JSON object with
+/// the schema's required fields and a page other than `/health` comes out, in order, with
+/// a missing referrer as "direct".
+#[test]
+fn clickstream_clean_example_routes_every_valid_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(weir_bin())
+        .args([
+            "run",
+            "pipelines/clickstream-clean.yaml",
+            "--input",
+            "examples/clickstream.jsonl",
+            "--output",
+            "-",
+            "--dead-letter",
+        ])
+        .arg(dir.path().join("dead.jsonl"))
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let log = std::fs::read_to_string(repo().join("examples/clickstream.jsonl")).unwrap();
+    let want: Vec<(String, String, String)> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            ["user_id", "page", "ts"]
+                .iter()
+                .all(|f| v.get(f).is_some_and(|x| !x.is_null()))
+                && v["user_id"].is_string()
+                && v["page"].is_string()
+        })
+        .filter(|v| v["page"] != "/health")
+        .map(|v| {
+            (
+                v["user_id"].as_str().unwrap().to_string(),
+                v["page"].as_str().unwrap().to_string(),
+                v["referrer"].as_str().unwrap_or("direct").to_string(),
+            )
+        })
+        .collect();
+    let got_rows: Vec<(String, String, String)> = got
+        .iter()
+        .map(|v| {
+            (
+                v["user_id"].as_str().unwrap().to_string(),
+                v["page"].as_str().unwrap().to_string(),
+                v["referrer"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(got_rows, want);
+    assert_eq!(got.len(), 63, "the README's count");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("67 events in, 63 results out, 3 dead-lettered"),
+        "{stderr}"
+    );
+}

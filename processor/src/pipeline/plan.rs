@@ -24,6 +24,11 @@ pub struct Plan {
     pub repartition: Option<RepartitionPlan>,
     /// Which part of the pipeline this plan runs (see [`Stage`]).
     pub stage: Stage,
+    /// No `window` and no `aggregate` step: each valid event that passes the row steps is
+    /// one result, its output fields the row's ([`OutSource::Row`]), keyed by `key_by` when
+    /// there is one (`key` is then set) and by the source record's key otherwise. `window`,
+    /// `aggs` and `emit` are then unused; nothing is kept in state but the positions.
+    pub stateless: bool,
 }
 
 /// A pipeline that re-keys runs in two stages joined by its repartition topic: `Upstream`
@@ -159,6 +164,8 @@ pub enum OutSource {
     WindowStart,
     WindowEnd,
     Agg(usize),
+    /// A stateless pipeline's field: the row's field at this index.
+    Row(usize),
 }
 
 impl Plan {
@@ -199,6 +206,7 @@ impl Plan {
             delivery: self.delivery,
             repartition: Some(r),
             stage: Stage::Downstream,
+            stateless: false,
         })
     }
 }

@@ -1,7 +1,8 @@
 //! One record through the pipeline: decode and validate, event time, row steps, key,
-//! windows, watermark, emission. The engine is driven by a source loop (file replay,
-//! the benchmark, and later the Kafka consumer) and never does I/O itself except RocksDB
-//! reads on a cache miss.
+//! windows, watermark, emission. A stateless pipeline (no window, no aggregate) emits the
+//! row right after the row steps and the key (`Engine::pass`). The engine is driven by the
+//! driver's loop (file replay, Kafka, the re-feed, the benchmark) and never does I/O itself
+//! except RocksDB reads on a cache miss.
 
 use crate::monitor::{Counters, DeadLetterReason};
 use crate::operators::expr::Evaluator;
@@ -11,7 +12,7 @@ use crate::operators::{apply_row_steps, decode_key, key_of, Row, Scalar};
 use crate::pipeline::plan::{EventTime, Plan, Stage, TimeUnit};
 use crate::schema::codec::{into_row, non_finite_field, DecodeError, Decoder};
 use crate::schema::json::{fmt_ms, parse_rfc3339_millis};
-use crate::sink::encode::{DeadLetter, Emitted};
+use crate::sink::encode::{DeadLetter, Emitted, Origin};
 use crate::source::{Payload, SourceRecord};
 use crate::state::windows::{Added, Emission, WindowState};
 use crate::state::{StateError, Store};
@@ -257,6 +258,9 @@ impl<'p> Engine<'p> {
                 return Ok(());
             }
         };
+        if self.plan.stateless {
+            return self.pass(store, rec, row, ts, out, dead);
+        }
         let mut key = std::mem::take(&mut self.key_buf);
         if let Err(e) = key_of(self.plan, &self.eval, &row, &mut key) {
             self.key_buf = key;
@@ -284,6 +288,50 @@ impl<'p> Engine<'p> {
         };
         self.key_buf = key;
         r
+    }
+
+    /// A stateless pipeline's event: keyed (when it has a `key_by`) and emitted as it is.
+    /// Time still moves, for telemetry and for the watermark `weir status` shows.
+    fn pass(
+        &mut self,
+        store: &Store,
+        rec: &SourceRecord,
+        row: Row,
+        ts: i64,
+        out: &mut dyn FnMut(Emitted),
+        dead: &mut Vec<DeadLetter>,
+    ) -> Result<(), StateError> {
+        let key = if self.plan.output.key_fields.is_empty() {
+            Vec::new()
+        } else {
+            let mut key = std::mem::take(&mut self.key_buf);
+            let k = key_of(self.plan, &self.eval, &row, &mut key).map(|()| decode_key(&key));
+            self.key_buf = key;
+            match k {
+                Ok(k) => k.unwrap_or_default(),
+                Err(e) => {
+                    self.dead(rec, DeadLetterReason::Expression, e.0, dead);
+                    return Ok(());
+                }
+            }
+        };
+        self.counters.results_out += 1;
+        out(Emitted {
+            partition: rec.partition,
+            key,
+            start: ts,
+            end: ts,
+            results: Vec::new(),
+            seq: 0,
+            row,
+            origin: Some(Origin {
+                topic: rec.topic.clone(),
+                offset: rec.offset,
+                timestamp: rec.timestamp,
+                key: rec.key.clone(),
+            }),
+        });
+        self.advance_time(store, rec.partition, ts, out)
     }
 
     /// Adds an event to its windows at `watermark`; a late one goes to the dead letter as
@@ -563,6 +611,8 @@ fn decode_emission(e: Emission) -> Emitted {
         end: e.end,
         results: e.results,
         seq: e.seq,
+        row: Vec::new(),
+        origin: None,
     }
 }
 

@@ -276,6 +276,8 @@ impl DeadLetters {
                     key: "",
                     window_start: 0,
                     event_id: "",
+                    record_key: None,
+                    timestamp: None,
                 })
             }
             DeadLetters::Kafka(k) => k.write(d),
@@ -348,6 +350,8 @@ impl<'p> ResultWriter<'p> {
             key: &self.key,
             window_start: e.start,
             event_id: &self.id,
+            record_key: self.format.record_key(&self.key, e),
+            timestamp: e.origin.as_ref().and_then(|o| o.timestamp),
         };
         for s in sinks.iter_mut() {
             if let Err(err) = s.as_sink().write(&out) {

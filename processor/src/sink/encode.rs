@@ -13,7 +13,8 @@ use apache_avro::types::Value;
 use apache_avro::Schema;
 use base64::Engine as _;
 
-/// A derived result with its key decoded.
+/// A derived result with its key decoded: a window's aggregates, or (stateless) one event's
+/// row with the record it came from.
 pub struct Emitted {
     pub partition: u32,
     pub key: Vec<Scalar>,
@@ -21,6 +22,19 @@ pub struct Emitted {
     pub end: i64,
     pub results: Vec<Scalar>,
     pub seq: u32,
+    /// A stateless pipeline's result: the event's row (the output fields read it).
+    pub row: Vec<Value>,
+    /// A stateless pipeline's result: where its event was read.
+    pub origin: Option<Origin>,
+}
+
+/// The source record a stateless result came from: its event id, and the key and timestamp
+/// its Kafka record carries on.
+pub struct Origin {
+    pub topic: String,
+    pub offset: i64,
+    pub timestamp: Option<i64>,
+    pub key: Option<Vec<u8>>,
 }
 
 /// An event that left the pipeline, with everything needed to find and replay it.
@@ -97,6 +111,9 @@ impl<'p> ResultFormat<'p> {
                         .cloned()
                         .unwrap_or(Scalar::Null)
                         .to_value(&f.ty),
+                    OutSource::Row(i) => {
+                        return (f.name.clone(), conform(e.row.get(i), &f.schema));
+                    }
                 };
                 let v = match &f.schema {
                     Schema::Union(u) => {
@@ -120,11 +137,20 @@ impl<'p> ResultFormat<'p> {
     /// without building a `Value` record. Output fields are scalars or nullable scalars
     /// (validation guarantees it).
     pub fn encode_avro(&self, e: &Emitted, out: &mut Vec<u8>) {
+        if self.plan.stateless {
+            // Any Avro type may pass through: apache-avro writes the record.
+            match apache_avro::to_avro_datum(&self.plan.output.schema, self.output_value(e)) {
+                Ok(b) => out.extend_from_slice(&b),
+                // Validation checked the row's types against the output schema.
+                Err(err) => tracing::error!(error = %err, "cannot encode a stateless result"),
+            }
+            return;
+        }
         for f in &self.plan.output.fields {
             let s = match f.source {
                 OutSource::Key(i) => e.key.get(i),
                 OutSource::Agg(i) => e.results.get(i),
-                OutSource::WindowStart | OutSource::WindowEnd => None,
+                OutSource::WindowStart | OutSource::WindowEnd | OutSource::Row(_) => None,
             };
             if let Schema::Union(u) = &f.schema {
                 let is_null = matches!(s, None | Some(Scalar::Null))
@@ -182,15 +208,54 @@ impl<'p> ResultFormat<'p> {
     }
 
     /// `pipeline/key/window start/sequence`: what identifies one emission, so a consumer
-    /// can drop a re-emission after a crash.
+    /// can drop a re-emission after a crash. A stateless result is identified by its source
+    /// record: `pipeline/topic/partition/offset`.
     pub fn event_id(&self, key_json: &str, e: &Emitted, buf: &mut String) {
         use std::fmt::Write;
-        let _ = write!(buf, "{}/{}/{}/{}", self.plan.name, key_json, e.start, e.seq);
+        let _ = match &e.origin {
+            Some(o) => write!(
+                buf,
+                "{}/{}/{}/{}",
+                self.plan.name, o.topic, e.partition, o.offset
+            ),
+            None => write!(buf, "{}/{}/{}/{}", self.plan.name, key_json, e.start, e.seq),
+        };
+    }
+
+    /// The Kafka record key: the group key's JSON, or a stateless pipeline's source key
+    /// when it has no `key_by`.
+    pub fn record_key<'a>(&self, key_json: &'a str, e: &'a Emitted) -> Option<&'a [u8]> {
+        match &e.origin {
+            Some(o) if self.plan.output.key_fields.is_empty() => o.key.as_deref(),
+            _ => Some(key_json.as_bytes()),
+        }
     }
 
     /// The derived event as one line of JSON, fields in output-schema order.
     pub fn output_json(&self, e: &Emitted, buf: &mut String) {
         buf.push_str(&avro_to_json(&self.output_value(e)).to_string());
+    }
+}
+
+/// A row value as the output field's schema wants it: nullable fields as the union branch
+/// of the value (the decoder and the expressions give plain values).
+fn conform(v: Option<&Value>, schema: &Schema) -> Value {
+    let plain = match v {
+        Some(Value::Union(_, inner)) => inner.as_ref().clone(),
+        Some(v) => v.clone(),
+        None => Value::Null,
+    };
+    match schema {
+        Schema::Union(u) => {
+            let null = plain == Value::Null;
+            let branch = u
+                .variants()
+                .iter()
+                .position(|b| (*b == Schema::Null) == null)
+                .unwrap_or(0);
+            Value::Union(branch as u32, Box::new(plain))
+        }
+        _ => plain,
     }
 }
 

@@ -490,10 +490,10 @@ impl Sink for KafkaSink {
         });
         self.sender.send(
             &self.topic,
-            Some(out.key.as_bytes()),
+            out.record_key,
             &self.buf,
             headers,
-            None,
+            out.timestamp,
         )
     }
 

@@ -47,8 +47,14 @@ pub struct Output<'a> {
     /// The group key as a JSON object of the key fields, e.g. `{"user_id":"u1"}`.
     pub key: &'a str,
     pub window_start: i64,
-    /// `pipeline/key/window start/emission sequence`: the same for a re-emission.
+    /// `pipeline/key/window start/emission sequence` (stateless: `pipeline/topic/partition/
+    /// offset` of the source record): the same for a re-emission.
     pub event_id: &'a str,
+    /// The Kafka record key: `key` or, for a stateless pipeline without `key_by`, the source
+    /// record's key.
+    pub record_key: Option<&'a [u8]>,
+    /// The Kafka record timestamp: a stateless result carries its source record's.
+    pub timestamp: Option<i64>,
 }
 
 pub trait Sink {

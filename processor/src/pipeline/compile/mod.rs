@@ -22,7 +22,7 @@ use crate::pipeline::problems::Problems;
 use crate::pipeline::{Delivery, MapFieldDef, PipelineDef, SinkKind};
 use crate::schema::{record_fields, FieldType, SchemaResolver};
 use expr::{compile_expr, declared_type};
-use output::{check_output, check_sink};
+use output::{check_output, check_row_output, check_sink};
 use source::compile_source;
 use steps::{compile_aggregate, compile_key, compile_window};
 
@@ -30,7 +30,8 @@ use steps::{compile_aggregate, compile_key, compile_window};
 type Row = Vec<(String, FieldType)>;
 
 /// Where the steps have got to: row steps (any number), then one `key_by`, one `window`,
-/// one `aggregate`, in that order.
+/// one `aggregate`, in that order. Ending after the row steps or the `key_by` makes a
+/// stateless pipeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Stage {
     Rows,
@@ -40,6 +41,12 @@ enum Stage {
 }
 
 impl Stage {
+    /// The steps still missing after this one.
+    fn missing(self) -> String {
+        let all = ["key_by", "window", "aggregate"];
+        all[(self as usize).min(2)..].join(", ")
+    }
+
     fn of(kind: &str) -> Stage {
         match kind {
             "filter" | "map" => Stage::Rows,
@@ -62,12 +69,6 @@ impl Stage {
             Stage::Aggregated => "nothing",
         }
     }
-
-    /// The steps still missing after this one.
-    fn missing(self) -> String {
-        let all = ["key_by", "window", "aggregate"];
-        all[(self as usize).min(2)..].join(", ")
-    }
 }
 
 /// Compiles a structurally valid definition, adding every semantic problem to `p`.
@@ -83,13 +84,6 @@ pub fn compile(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems) -
     let mut aggregate: Option<(Vec<AggPlan>, EmitPlan)> = None;
     let mut stage = Stage::Rows;
 
-    if def.steps.is_empty() {
-        p.add(
-            "steps",
-            "no steps",
-            "add key_by, window and aggregate steps",
-        );
-    }
     for (i, step) in def.steps.iter().enumerate() {
         let path = format!("steps[{i}]");
         let kinds = step.kinds();
@@ -142,12 +136,18 @@ pub fn compile(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems) -
             aggregate = compile_aggregate(p, &format!("{path}.aggregate"), a, &row, schema_known);
         }
     }
-    if stage != Stage::Aggregated && !def.steps.is_empty() {
-        let missing = stage.missing();
+    // Row steps only (and perhaps a `key_by`): a stateless pipeline, one result per event.
+    // A window or aggregate step out of place means the steps were meant to aggregate.
+    let stateless = stage <= Stage::Keyed
+        && !def
+            .steps
+            .iter()
+            .any(|s| s.window.is_some() || s.aggregate.is_some());
+    if stage != Stage::Aggregated && !stateless {
         p.add(
             "steps",
-            format!("the steps end before {missing}"),
-            "a pipeline needs key_by, window and aggregate steps, in that order",
+            format!("the steps end before {}", stage.missing()),
+            "a pipeline that aggregates needs key_by, window and aggregate steps, in that order; with filter and map steps only (and an optional key_by) each event is one result",
         );
     }
 
@@ -164,11 +164,29 @@ pub fn compile(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems) -
     };
     let output = match (&output_schema, &key, &aggregate) {
         (Some(s), Some((_, kf)), Some((aggs, _))) => check_output(p, s, kf, aggs),
+        (Some(s), key, None) if stateless && schema_known => {
+            let kf = key.as_ref().map_or(&[][..], |k| k.1.as_slice());
+            check_row_output(p, s, &row, kf)
+        }
         _ => None,
     };
 
     for (i, s) in def.sinks.iter().enumerate() {
         check_sink(p, &format!("sinks[{i}]"), s);
+        if stateless && s.kind == SinkKind::Postgres {
+            p.add(
+                &format!("sinks[{i}].type"),
+                "the postgres sink upserts on (key, window start), and a pipeline without window and aggregate steps has neither",
+                "write a stateless pipeline's events to kafka, file or stdout, or add key_by, window and aggregate steps",
+            );
+        }
+    }
+    if stateless && def.delivery == Delivery::ExactlyOnce {
+        p.add(
+            "delivery",
+            "exactly_once is not available yet for a pipeline without window and aggregate steps",
+            "use delivery: at_least_once (each result carries a deterministic weir-event-id: topic/partition/offset of its source record)",
+        );
     }
     if let Some(d) = &def.dead_letter {
         check_sink(p, "dead_letter", d);
@@ -230,15 +248,34 @@ pub fn compile(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems) -
         return None;
     }
     let repartition = match (&def.source.partitioned_by, &key) {
+        // No state: an event's key does not have to meet the others of its key.
+        _ if stateless => None,
         (Some(by), Some((k, kf))) => {
             repartition_for(by, k, kf, &row_steps, &source_fields, source.as_ref()?, def)
         }
         _ => None,
     };
-    let (key, _) = key?;
-    let (aggs, emit) = aggregate?;
+    let key = match key {
+        Some((k, _)) => k,
+        None if stateless => KeyPlan::Fields(Vec::new()),
+        None => return None,
+    };
+    let (aggs, emit, window) = match (aggregate, window) {
+        (Some((aggs, emit)), Some(w)) => (aggs, emit, w),
+        // Unused by a stateless plan (see `Plan::stateless`).
+        _ if stateless => (
+            Vec::new(),
+            EmitPlan::Final,
+            WindowPlan {
+                assigner: crate::pipeline::plan::WindowAssigner::Tumbling { size: 1 },
+                grace: 0,
+            },
+        ),
+        _ => return None,
+    };
     let mut source = source?;
-    if row_steps.is_empty() {
+    // A stateless pipeline's result is the whole row: every field is decoded.
+    if row_steps.is_empty() && !stateless {
         // The row is the source record: only the fields read below need decoding.
         let mut needed = vec![false; source.needed.len()];
         let mut mark = |i: usize| {
@@ -261,16 +298,21 @@ pub fn compile(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems) -
         source,
         row_steps,
         key,
-        window: window?,
+        window,
         aggs,
         emit,
         output: output?,
         sinks: def.sinks.clone(),
         dead_letter: def.dead_letter.clone(),
-        state: def.state.clone(),
+        state: crate::pipeline::StateDef {
+            // No window state to log: a stateless pipeline keeps only its positions.
+            changelog: def.state.changelog && !stateless,
+            ..def.state.clone()
+        },
         delivery: def.delivery,
         repartition,
         stage: crate::pipeline::plan::Stage::Whole,
+        stateless,
     })
 }
 

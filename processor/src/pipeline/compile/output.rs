@@ -198,3 +198,83 @@ pub(super) fn check_sink(p: &mut Problems, path: &str, s: &SinkDef) {
         }
     }
 }
+
+/// A stateless pipeline's output schema: exactly the row's fields (the source schema's, or
+/// the last `map`'s), with their types.
+pub(super) fn check_row_output(
+    p: &mut Problems,
+    schema: &Schema,
+    row: &[(String, FieldType)],
+    keys: &[KeyField],
+) -> Option<OutputPlan> {
+    let Schema::Record(rec) = schema else {
+        p.add(
+            "output.schema",
+            "the output schema must be an Avro record",
+            "wrap the fields in {\"type\": \"record\", ...}",
+        );
+        return None;
+    };
+    let names = || {
+        row.iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut ok = true;
+    let mut fields = Vec::new();
+    for f in &rec.fields {
+        let declared = FieldType::of(&f.schema);
+        match row.iter().position(|(n, _)| *n == f.name) {
+            None => {
+                ok = false;
+                p.add(
+                    "output.schema",
+                    format!(
+                        "field `{}` is in the output schema but the events have no such field",
+                        f.name
+                    ),
+                    format!(
+                        "remove it from the schema, or produce it with a map step (the events have: {})",
+                        names()
+                    ),
+                );
+            }
+            Some(i) => {
+                let ty = &row[i].1;
+                if declared != *ty {
+                    ok = false;
+                    p.add(
+                        "output.schema",
+                        format!(
+                            "field `{}`: the schema says {declared}, the events have {ty}",
+                            f.name
+                        ),
+                        format!("declare `{}` as {ty} in the output schema", f.name),
+                    );
+                }
+                fields.push(OutField {
+                    name: f.name.clone(),
+                    source: OutSource::Row(i),
+                    schema: f.schema.clone(),
+                    ty: declared,
+                });
+            }
+        }
+    }
+    for (n, ty) in row {
+        if !rec.fields.iter().any(|f| f.name == *n) {
+            ok = false;
+            p.add(
+                "output.schema",
+                format!("the events have `{n}` ({ty}) but the output schema has no such field"),
+                format!("add {{\"name\": \"{n}\", \"type\": {ty}}} to the output schema, or drop the field with a map step"),
+            );
+        }
+    }
+    ok.then(|| OutputPlan {
+        schema: schema.clone(),
+        key_fields: keys.to_vec(),
+        fields,
+    })
+}
