@@ -114,6 +114,39 @@ where
     }
 }
 
+/// Drops a group consumer (it leaves its group), waiting at most `within`. rdkafka's drop
+/// waits for the close without a bound, serving callbacks meanwhile; a close that never
+/// completes would hang whatever dropped the consumer (a `weir serve` halt, a re-feed). So
+/// the drop runs on its own thread; past `within` it is left to finish there, with a
+/// warning, and the caller goes on (the group session times out).
+pub fn close<C: rdkafka::consumer::ConsumerContext + 'static>(
+    c: rdkafka::consumer::BaseConsumer<C>,
+    within: Duration,
+    what: &str,
+) {
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("consumer-close".into())
+        .spawn(move || {
+            drop(c);
+            let _ = done.send(());
+        });
+    if spawned.is_err() {
+        tracing::warn!(
+            consumer = what,
+            "cannot start a thread to close the consumer"
+        );
+        return;
+    }
+    if wait.recv_timeout(within).is_err() {
+        tracing::warn!(
+            consumer = what,
+            within_ms = within.as_millis() as u64,
+            "the consumer did not close in time; it goes on closing in the background and its group session times out"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -338,7 +338,8 @@ fn run_session(
             _ => e,
         }
     })?;
-    // Graceful stop: the last checkpoint is committed; leave the group.
+    // Graceful stop: the last checkpoint is committed; leave the group (bounded).
     source.consumer.unsubscribe();
+    crate::kafka_client::close(source.consumer, Duration::from_secs(30), &plan.source.group);
     Ok(summary)
 }

@@ -148,6 +148,7 @@ pub fn redrive(plan: Plan, opts: &KafkaOptions) -> Result<RedriveReport, RunErro
         if let Some(e) = source.commit_failed.take() {
             return Err(RunError::kafka("cannot commit the re-feed's offsets")(e));
         }
+        kafka_client::close(source.consumer, Duration::from_secs(30), &group);
     }
     let d = lock(&driver);
     report.results_out = d.engine.counters.results_out - results_before;
