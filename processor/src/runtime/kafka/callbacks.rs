@@ -77,6 +77,8 @@ pub(super) struct Ctx {
     pub(super) eos: Option<SharedGroup>,
     /// When librdkafka last said this consumer's group session timed out (`SESSTMOUT`).
     pub(super) session_timeout: Mutex<Option<Instant>>,
+    /// When the last rebalance callback ran (see [`super::leave`]).
+    pub(super) last_rebalance: Mutex<Option<Instant>>,
 }
 
 impl Ctx {
@@ -124,6 +126,10 @@ impl ClientContext for Ctx {
 
 impl ConsumerContext for Ctx {
     fn rebalance(&self, c: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        *self
+            .last_rebalance
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let cooperative = matches!(c.rebalance_protocol(), RebalanceProtocol::Cooperative);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {

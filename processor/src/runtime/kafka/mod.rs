@@ -312,6 +312,7 @@ fn run_session(
         failed: Mutex::new(None),
         eos: group.clone(),
         session_timeout: Mutex::new(None),
+        last_rebalance: Mutex::new(None),
     })
     .map_err(RunError::kafka("cannot create the consumer"))?;
     let topics: Vec<&str> = plan.source.topics.iter().map(|s| s.as_str()).collect();
@@ -339,7 +340,44 @@ fn run_session(
         }
     })?;
     // Graceful stop: the last checkpoint is committed; leave the group (bounded).
-    source.consumer.unsubscribe();
+    leave(&source.consumer);
     crate::kafka_client::close(source.consumer, Duration::from_secs(30), &plan.source.group);
     Ok(summary)
+}
+
+/// Unsubscribes and serves the rebalance callbacks until the consumer holds no partitions
+/// and no rebalance is under way, so that the close that follows has none to answer.
+/// librdkafka can hang a close that meets an assignment (confluentinc/librdkafka#4527,
+/// #4884): a pipeline halted while its group was still assigning (a `weir serve` deploy
+/// followed at once by a replay) waited for its close until the bound ran out.
+/// librdkafka postpones the unsubscribe until a rebalance under way has ended, then revokes;
+/// both callbacks run here. Records polled meanwhile are not processed: the driver's last
+/// checkpoint is behind them, and the revoke checkpoints nothing new.
+///
+/// Bounded: at most 10 s; "settled" is no partition held and no callback for 1 s (or, for a
+/// consumer never assigned, 3 s: time for the join under way to end).
+fn leave(consumer: &BaseConsumer<Ctx>) {
+    let started = Instant::now();
+    let last = || {
+        *consumer
+            .context()
+            .last_rebalance
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    };
+    consumer.unsubscribe();
+    while started.elapsed() < Duration::from_secs(10) {
+        let _ = consumer.poll(Duration::from_millis(100));
+        let held = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        let settled = match last() {
+            Some(t) => t.elapsed() >= Duration::from_secs(1),
+            None => started.elapsed() >= Duration::from_secs(3),
+        };
+        if held == 0 && settled {
+            return;
+        }
+    }
+    tracing::warn!(
+        "the consumer still held partitions or was rebalancing 10 s after unsubscribing; closing it anyway"
+    );
 }
