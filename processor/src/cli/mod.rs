@@ -12,6 +12,7 @@ pub mod replay_dlq;
 pub mod run;
 pub mod serve;
 pub mod status;
+pub mod test;
 pub mod validate;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -54,6 +55,7 @@ enum Command {
     Replay(replay::ReplayArgs),
     ReplayDlq(replay_dlq::ReplayDlqArgs),
     Offsets(offsets::OffsetsArgs),
+    Test(test::TestArgs),
 }
 
 /// `key=value`, for `--kafka-config`.
@@ -111,6 +113,7 @@ pub fn main() -> ExitCode {
         Command::Replay(a) => replay::run(a),
         Command::ReplayDlq(a) => replay_dlq::run(a),
         Command::Offsets(a) => offsets::run(a),
+        Command::Test(a) => test::run(a),
     };
     match result {
         Ok(code) => code,

@@ -152,6 +152,21 @@ impl Watermarks {
         }
     }
 
+    /// `watermark.idle_advance`: every partition that has shown an event time moves to `now`
+    /// (the wall clock) if it is behind, so its watermark is `now - max_out_of_orderness`.
+    /// Partitions with no event time yet stay where they are: their first records are not
+    /// late. Returns whether any moved.
+    pub fn advance_to(&mut self, now: i64) -> bool {
+        let mut moved = false;
+        for (_, (ts, _)) in self.parts.iter_mut() {
+            if *ts != i64::MIN && *ts < now {
+                *ts = now;
+                moved = true;
+            }
+        }
+        moved
+    }
+
     /// Per partition: (largest event time, watermark).
     pub fn partitions(&self) -> impl Iterator<Item = (u32, i64)> + '_ {
         self.parts.iter().map(|(p, (ts, _))| (*p, *ts))
@@ -175,6 +190,24 @@ mod tests {
         // and never goes back
         w.observe(1, 600, 1200);
         assert_eq!(w.advance(1200), 1190);
+    }
+
+    #[test]
+    fn idle_advance_moves_partitions_with_records_to_the_wall_clock() {
+        let mut w = Watermarks::new(5_000, None);
+        w.register(2);
+        w.observe(0, 1_000_000, 1_000_000);
+        w.observe(1, 900_000, 1_000_000);
+        assert!(w.advance_to(2_000_000));
+        assert_eq!(w.of(0), 1_995_000);
+        assert_eq!(w.of(1), 1_995_000);
+        assert_eq!(
+            w.max_event_time(2),
+            i64::MIN,
+            "no record yet: its first ones are not late"
+        );
+        assert!(!w.advance_to(1_500_000), "never back");
+        assert_eq!(w.of(0), 1_995_000);
     }
 
     #[test]

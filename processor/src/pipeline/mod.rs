@@ -139,6 +139,10 @@ pub struct WatermarkDef {
     pub max_out_of_orderness: Option<DurationSpec>,
     #[serde(default)]
     pub idle_timeout: Option<DurationSpec>,
+    /// Kafka only: after this long without a record from any partition (wall clock), every
+    /// partition's watermark moves with the wall clock.
+    #[serde(default)]
+    pub idle_advance: Option<DurationSpec>,
 }
 
 /// One step. Exactly one of its keys is set; validation says so when not.

@@ -67,6 +67,8 @@ pub struct SourcePlan {
     pub needed: Vec<bool>,
     pub max_out_of_orderness_ms: i64,
     pub idle_timeout_ms: Option<i64>,
+    /// `watermark.idle_advance`: read by the Kafka path only.
+    pub idle_advance_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone)]

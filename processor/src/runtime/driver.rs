@@ -216,6 +216,10 @@ pub struct Driver<'p> {
     live: Arc<Live>,
     first_record: Option<Instant>,
     last_record: Option<Instant>,
+    /// When this session opened: the start of its quiet time before any record.
+    opened: Instant,
+    /// The last `watermark.idle_advance` step (at most one a second).
+    last_advance: Option<Instant>,
     /// Set by any failure: the session is over, and no checkpoint may be written any more.
     poisoned: bool,
     dead_letter_path: String,
@@ -312,6 +316,8 @@ impl<'p> Driver<'p> {
             live: o.live,
             first_record: None,
             last_record: None,
+            opened: Instant::now(),
+            last_advance: None,
             poisoned: false,
             dead_letter_path,
             resumed: resume,
@@ -381,6 +387,51 @@ impl<'p> Driver<'p> {
             self.dead.write(&d)?;
         }
         self.send_routed()
+    }
+
+    /// No record this poll. With `watermark.idle_advance`, on a Kafka source (`positioned`):
+    /// once no partition has delivered a record for that long, every partition's watermark
+    /// moves with the wall clock (a step at most once a second) and the windows it passes
+    /// close and emit; results written so make a checkpoint due. A file input never gets
+    /// here with time to spare, and its time stays the events' own (deterministic). Upstream
+    /// of a repartition nothing closes: the downstream stage advances its own partitions.
+    fn idle(&mut self, positioned: bool) -> Result<(), RunError> {
+        let Some(after) = self.plan.source.idle_advance_ms else {
+            return Ok(());
+        };
+        if !positioned || self.plan.stage == crate::pipeline::plan::Stage::Upstream {
+            return Ok(());
+        }
+        let quiet = self.last_record.unwrap_or(self.opened).elapsed();
+        if quiet < Duration::from_millis(after.max(0) as u64)
+            || self
+                .last_advance
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return Ok(());
+        }
+        self.last_advance = Some(Instant::now());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let written = self.writer.written;
+        let (writer, sinks) = (&mut self.writer, &mut self.sinks);
+        let moved = self
+            .engine
+            .advance_idle(&self.store, now, &mut |e| writer.write(&e, sinks))?;
+        self.writer.check()?;
+        if self.writer.written > written {
+            tracing::info!(
+                pipeline = %self.plan.name,
+                results = self.writer.written - written,
+                quiet_ms = quiet.as_millis() as u64,
+                "no record for watermark.idle_advance: the watermark moved with the wall clock"
+            );
+            self.since_checkpoint = self.since_checkpoint.max(1);
+        } else if moved {
+            tracing::debug!(pipeline = %self.plan.name, "idle advance: the watermark moved with the wall clock");
+        }
+        Ok(())
     }
 
     /// The end of a bounded input: every window closes and emits.
@@ -524,7 +575,7 @@ fn drive_inner(
                     l.push(t.elapsed().as_nanos().min(u32::MAX as u128) as u32);
                 }
             }
-            Polled::Idle => {}
+            Polled::Idle => d.idle(positioned)?,
             Polled::Stop => break,
             Polled::End => {
                 ended = true;

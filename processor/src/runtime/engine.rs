@@ -12,7 +12,7 @@ use crate::operators::{apply_row_steps, decode_key, key_of, Row, Scalar};
 use crate::pipeline::plan::{EventTime, Plan, Stage, TimeUnit};
 use crate::schema::codec::{into_row, non_finite_field, DecodeError, Decoder};
 use crate::schema::json::{fmt_ms, parse_rfc3339_millis};
-use crate::sink::encode::{DeadLetter, Emitted, Origin};
+use crate::sink::encode::{DeadLetter, Emitted};
 use crate::source::{Payload, SourceRecord};
 use crate::state::windows::{Added, Emission, WindowState};
 use crate::state::{StateError, Store};
@@ -290,50 +290,6 @@ impl<'p> Engine<'p> {
         r
     }
 
-    /// A stateless pipeline's event: keyed (when it has a `key_by`) and emitted as it is.
-    /// Time still moves, for telemetry and for the watermark `weir status` shows.
-    fn pass(
-        &mut self,
-        store: &Store,
-        rec: &SourceRecord,
-        row: Row,
-        ts: i64,
-        out: &mut dyn FnMut(Emitted),
-        dead: &mut Vec<DeadLetter>,
-    ) -> Result<(), StateError> {
-        let key = if self.plan.output.key_fields.is_empty() {
-            Vec::new()
-        } else {
-            let mut key = std::mem::take(&mut self.key_buf);
-            let k = key_of(self.plan, &self.eval, &row, &mut key).map(|()| decode_key(&key));
-            self.key_buf = key;
-            match k {
-                Ok(k) => k.unwrap_or_default(),
-                Err(e) => {
-                    self.dead(rec, DeadLetterReason::Expression, e.0, dead);
-                    return Ok(());
-                }
-            }
-        };
-        self.counters.results_out += 1;
-        out(Emitted {
-            partition: rec.partition,
-            key,
-            start: ts,
-            end: ts,
-            results: Vec::new(),
-            seq: 0,
-            row,
-            origin: Some(Origin {
-                topic: rec.topic.clone(),
-                offset: rec.offset,
-                timestamp: rec.timestamp,
-                key: rec.key.clone(),
-            }),
-        });
-        self.advance_time(store, rec.partition, ts, out)
-    }
-
     /// Adds an event to its windows at `watermark`; a late one goes to the dead letter as
     /// `rec` (or, downstream of a repartition, as its original record `orig`).
     #[allow(clippy::too_many_arguments)]
@@ -544,57 +500,6 @@ impl<'p> Engine<'p> {
         let own = self.watermarks.of(dp);
         self.emit(store, wm, Some((dp, own)), out)
     }
-
-    /// A valid event's time reaches the clock and its partition's watermark; that
-    /// partition's windows its watermark has passed close. `emit: update` is paced by the
-    /// pipeline watermark.
-    fn advance_time(
-        &mut self,
-        store: &Store,
-        partition: u32,
-        ts: i64,
-        out: &mut dyn FnMut(Emitted),
-    ) -> Result<(), StateError> {
-        self.clock = self.clock.max(ts);
-        self.watermarks.observe(partition, ts, self.clock);
-        let wm = self.watermarks.advance(self.clock);
-        let own = self.watermarks.of(partition);
-        self.emit(store, wm, Some((partition, own)), out)
-    }
-
-    /// Updates due at pipeline watermark `wm`, then the windows that close: `closing`'s
-    /// partition at its watermark, or (`None`) every partition at `wm`.
-    fn emit(
-        &mut self,
-        store: &Store,
-        wm: i64,
-        closing: Option<(u32, i64)>,
-        out: &mut dyn FnMut(Emitted),
-    ) -> Result<(), StateError> {
-        let mut n = 0u64;
-        let mut each = |e: Emission| {
-            n += 1;
-            out(decode_emission(e));
-        };
-        self.windows.take_updates(wm, store, &mut each)?;
-        match closing {
-            Some((p, own)) => self.windows.close_until(Some(p), own, store, &mut each)?,
-            None => self.windows.close_until(None, wm, store, &mut each)?,
-        }
-        self.counters.results_out += n;
-        Ok(())
-    }
-
-    /// The end of a bounded input: the watermark jumps to the end of time and every open
-    /// window emits.
-    pub fn finish(
-        &mut self,
-        store: &Store,
-        out: &mut dyn FnMut(Emitted),
-    ) -> Result<(), StateError> {
-        let wm = self.watermarks.finish();
-        self.emit(store, wm, None, out)
-    }
 }
 
 /// Why a late event went to the dead letter.
@@ -616,5 +521,7 @@ fn decode_emission(e: Emission) -> Emitted {
     }
 }
 
+mod stateless;
 #[cfg(test)]
 mod tests;
+mod time;

@@ -111,22 +111,9 @@ impl<'p> ResultFormat<'p> {
                         .cloned()
                         .unwrap_or(Scalar::Null)
                         .to_value(&f.ty),
-                    OutSource::Row(i) => {
-                        return (f.name.clone(), conform(e.row.get(i), &f.schema));
-                    }
+                    OutSource::Row(i) => e.row.get(i).cloned().unwrap_or(Value::Null),
                 };
-                let v = match &f.schema {
-                    Schema::Union(u) => {
-                        let null = v == Value::Null;
-                        let branch = u
-                            .variants()
-                            .iter()
-                            .position(|b| (*b == Schema::Null) == null)
-                            .unwrap_or(0);
-                        Value::Union(branch as u32, Box::new(v))
-                    }
-                    _ => v,
-                };
+                let v = conform(v, &f.schema);
                 (f.name.clone(), v)
             })
             .collect();
@@ -237,13 +224,13 @@ impl<'p> ResultFormat<'p> {
     }
 }
 
-/// A row value as the output field's schema wants it: nullable fields as the union branch
-/// of the value (the decoder and the expressions give plain values).
-fn conform(v: Option<&Value>, schema: &Schema) -> Value {
+/// A value as the output field's schema wants it: a nullable field's value in its union
+/// branch, the null branch for null (a value already in a union, as a decoded source row
+/// may hold, is taken out of it first).
+fn conform(v: Value, schema: &Schema) -> Value {
     let plain = match v {
-        Some(Value::Union(_, inner)) => inner.as_ref().clone(),
-        Some(v) => v.clone(),
-        None => Value::Null,
+        Value::Union(_, inner) => *inner,
+        v => v,
     };
     match schema {
         Schema::Union(u) => {

@@ -13,14 +13,6 @@ pub(super) fn check_output(
     keys: &[KeyField],
     aggs: &[AggPlan],
 ) -> Option<OutputPlan> {
-    let Schema::Record(rec) = schema else {
-        p.add(
-            "output.schema",
-            "the output schema must be an Avro record",
-            "wrap the fields in {\"type\": \"record\", ...}",
-        );
-        return None;
-    };
     // What the steps produce, in order.
     let mut produced: Vec<(String, OutSource, FieldType)> = Vec::new();
     for (i, k) in keys.iter().enumerate() {
@@ -39,6 +31,78 @@ pub(super) fn check_output(
     for (i, a) in aggs.iter().enumerate() {
         produced.push((a.name.clone(), OutSource::Agg(i), a.out.clone()));
     }
+    let fields = match_fields(p, schema, &produced, &STEPS)?;
+    Some(OutputPlan {
+        schema: schema.clone(),
+        key_fields: keys.to_vec(),
+        fields,
+    })
+}
+
+/// A stateless pipeline's output schema: exactly the row's fields (the source schema's, or
+/// the last `map`'s), with their types.
+pub(super) fn check_row_output(
+    p: &mut Problems,
+    schema: &Schema,
+    row: &[(String, FieldType)],
+    keys: &[KeyField],
+) -> Option<OutputPlan> {
+    let produced: Vec<(String, OutSource, FieldType)> = row
+        .iter()
+        .enumerate()
+        .map(|(i, (n, ty))| (n.clone(), OutSource::Row(i), ty.clone()))
+        .collect();
+    let fields = match_fields(p, schema, &produced, &EVENTS)?;
+    Some(OutputPlan {
+        schema: schema.clone(),
+        key_fields: keys.to_vec(),
+        fields,
+    })
+}
+
+/// How the problems name what feeds the output.
+struct Feed {
+    /// "the steps produce", "the events have".
+    has: &'static str,
+    /// Why a schema field is unfed, and how to feed it.
+    unfed: &'static str,
+    feed: &'static str,
+    /// The fix's tail for a field the schema lacks.
+    or_drop: &'static str,
+}
+
+const STEPS: Feed = Feed {
+    has: "the steps produce",
+    unfed: "no step produces it",
+    feed: "produce it",
+    or_drop: "",
+};
+
+const EVENTS: Feed = Feed {
+    has: "the events have",
+    unfed: "the events have no such field",
+    feed: "produce it with a map step",
+    or_drop: ", or drop the field with a map step",
+};
+
+/// The output schema's fields matched, by name and type, against what feeds them: each
+/// field the schema has and nothing feeds, each type that differs and each fed field the
+/// schema lacks is a problem. `None` when there is any.
+fn match_fields(
+    p: &mut Problems,
+    schema: &Schema,
+    produced: &[(String, OutSource, FieldType)],
+    feed: &Feed,
+) -> Option<Vec<OutField>> {
+    let Schema::Record(rec) = schema else {
+        p.add(
+            "output.schema",
+            "the output schema must be an Avro record",
+            "wrap the fields in {\"type\": \"record\", ...}",
+        );
+        return None;
+    };
+    let has = feed.has;
     let mut ok = true;
     let mut fields = Vec::new();
     for f in &rec.fields {
@@ -49,11 +113,12 @@ pub(super) fn check_output(
                 p.add(
                     "output.schema",
                     format!(
-                        "field `{}` is in the output schema but no step produces it",
-                        f.name
+                        "field `{}` is in the output schema but {}",
+                        f.name, feed.unfed
                     ),
                     format!(
-                        "remove it from the schema, or produce it (the steps produce: {})",
+                        "remove it from the schema, or {} ({has}: {})",
+                        feed.feed,
                         produced
                             .iter()
                             .map(|x| x.0.as_str())
@@ -74,9 +139,7 @@ pub(super) fn check_output(
                     ok = false;
                     p.add(
                         "output.schema",
-                        format!(
-                            "field `{name}`: the schema says {declared}, the steps produce {ty}"
-                        ),
+                        format!("field `{name}`: the schema says {declared}, {has} {ty}"),
                         format!("declare `{name}` as {ty} in the output schema"),
                     );
                 }
@@ -89,27 +152,20 @@ pub(super) fn check_output(
             }
         }
     }
-    for (n, _, ty) in &produced {
+    for (n, _, ty) in produced {
         if !rec.fields.iter().any(|f| f.name == *n) {
             ok = false;
             p.add(
                 "output.schema",
-                format!("the steps produce `{n}` ({ty}) but the output schema has no such field"),
-                format!("add {{\"name\": \"{n}\", \"type\": {ty}}} to the output schema"),
+                format!("{has} `{n}` ({ty}) but the output schema has no such field"),
+                format!(
+                    "add {{\"name\": \"{n}\", \"type\": {ty}}} to the output schema{}",
+                    feed.or_drop
+                ),
             );
         }
     }
-    ok.then(|| OutputPlan {
-        schema: schema.clone(),
-        key_fields: keys
-            .iter()
-            .map(|k| KeyField {
-                name: k.name.clone(),
-                ty: k.ty.clone(),
-            })
-            .collect(),
-        fields,
-    })
+    ok.then_some(fields)
 }
 
 pub(super) fn check_sink(p: &mut Problems, path: &str, s: &SinkDef) {
@@ -197,84 +253,4 @@ pub(super) fn check_sink(p: &mut Problems, path: &str, s: &SinkDef) {
             );
         }
     }
-}
-
-/// A stateless pipeline's output schema: exactly the row's fields (the source schema's, or
-/// the last `map`'s), with their types.
-pub(super) fn check_row_output(
-    p: &mut Problems,
-    schema: &Schema,
-    row: &[(String, FieldType)],
-    keys: &[KeyField],
-) -> Option<OutputPlan> {
-    let Schema::Record(rec) = schema else {
-        p.add(
-            "output.schema",
-            "the output schema must be an Avro record",
-            "wrap the fields in {\"type\": \"record\", ...}",
-        );
-        return None;
-    };
-    let names = || {
-        row.iter()
-            .map(|(n, _)| n.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let mut ok = true;
-    let mut fields = Vec::new();
-    for f in &rec.fields {
-        let declared = FieldType::of(&f.schema);
-        match row.iter().position(|(n, _)| *n == f.name) {
-            None => {
-                ok = false;
-                p.add(
-                    "output.schema",
-                    format!(
-                        "field `{}` is in the output schema but the events have no such field",
-                        f.name
-                    ),
-                    format!(
-                        "remove it from the schema, or produce it with a map step (the events have: {})",
-                        names()
-                    ),
-                );
-            }
-            Some(i) => {
-                let ty = &row[i].1;
-                if declared != *ty {
-                    ok = false;
-                    p.add(
-                        "output.schema",
-                        format!(
-                            "field `{}`: the schema says {declared}, the events have {ty}",
-                            f.name
-                        ),
-                        format!("declare `{}` as {ty} in the output schema", f.name),
-                    );
-                }
-                fields.push(OutField {
-                    name: f.name.clone(),
-                    source: OutSource::Row(i),
-                    schema: f.schema.clone(),
-                    ty: declared,
-                });
-            }
-        }
-    }
-    for (n, ty) in row {
-        if !rec.fields.iter().any(|f| f.name == *n) {
-            ok = false;
-            p.add(
-                "output.schema",
-                format!("the events have `{n}` ({ty}) but the output schema has no such field"),
-                format!("add {{\"name\": \"{n}\", \"type\": {ty}}} to the output schema, or drop the field with a map step"),
-            );
-        }
-    }
-    ok.then(|| OutputPlan {
-        schema: schema.clone(),
-        key_fields: keys.to_vec(),
-        fields,
-    })
 }

@@ -98,6 +98,12 @@ pub(super) fn compile_source(
         &s.watermark.idle_timeout,
         true,
     );
+    let idle_advance = duration(
+        p,
+        "source.watermark.idle_advance",
+        &s.watermark.idle_advance,
+        true,
+    );
     let plan = match (&reader, event_time) {
         (Some(r), Some(event_time)) => Some(SourcePlan {
             topics: s.topics.clone(),
@@ -112,6 +118,7 @@ pub(super) fn compile_source(
             needed: vec![true; record_fields(r).map_or(0, |f| f.len())],
             max_out_of_orderness_ms: ooo,
             idle_timeout_ms: idle,
+            idle_advance_ms: idle_advance,
         }),
         _ => None,
     };
