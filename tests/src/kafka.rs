@@ -324,6 +324,42 @@ pub fn mock_broker() -> Broker {
 }
 
 impl Broker {
+    /// Deletes each partition's records below `offset` (Kafka's DeleteRecords, what
+    /// `kafka-delete-records.sh` and retention do); returns the new log starts.
+    pub fn delete_records_before(&self, topic: &str, offsets: &[(i32, i64)]) -> Vec<(i32, i64)> {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("admin client");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for (p, o) in offsets {
+            tpl.add_partition_offset(topic, *p, rdkafka::Offset::Offset(*o))
+                .expect("offset");
+        }
+        let r = rt
+            .block_on(admin.delete_records(&tpl, &AdminOptions::new()))
+            .expect("delete_records");
+        r.elements()
+            .iter()
+            .map(|e| {
+                assert!(
+                    e.error().is_ok(),
+                    "delete records {topic} [{}]: {:?}",
+                    e.partition(),
+                    e.error()
+                );
+                match e.offset() {
+                    rdkafka::Offset::Offset(o) => (e.partition(), o),
+                    other => panic!("delete records {topic} [{}]: {other:?}", e.partition()),
+                }
+            })
+            .collect()
+    }
+
     pub fn create_topic(&self, name: &str, partitions: i32) {
         match &self.inner {
             Inner::Mock(c) => c

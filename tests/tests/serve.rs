@@ -1396,3 +1396,120 @@ fn two_servers_share_a_deployment_and_its_state() {
     }
     s.drop_table();
 }
+
+/// `source.on_missing_offsets` on Apache Kafka: a paused pipeline's checkpointed offsets are
+/// deleted from the log (DeleteRecords, as retention would). With the default (`fail`) the
+/// resumed pipeline stops with an error naming the partition, the offset in state and the
+/// log start; redeployed with `earliest` it goes on from the log start, and `weir status`,
+/// `weir offsets` and `/metrics` show the policy and each occurrence.
+#[test]
+fn missing_offsets_fail_by_default_and_earliest_goes_on_from_the_log_start() {
+    let Some(broker) = real_broker() else { return };
+    let s = Scenario::with_step("gone", 2_000, 200, 0x90e5_0001, 10);
+    s.create_topics(&broker);
+    let data = s.dir.path().join("server");
+    let mut served = serve(&broker, &data, s.log());
+    let url = served.url.clone();
+    let path = s.pipeline.to_str().expect("path").to_string();
+    let name = s.name.clone();
+    ok(weir(&["deploy", &path, "--server", &url]));
+    let n = s.batches.len();
+    s.produce(&broker.bootstrap, 0..n / 2, Duration::from_millis(10));
+    wait_for(
+        "the first half",
+        Duration::from_secs(120),
+        &mut served,
+        || caught_up(&url, &name),
+    );
+    let status = ok(weir(&["status", &name, "--server", &url]));
+    assert!(
+        status.contains("missing offsets: fail (0 times)"),
+        "{status}"
+    );
+    ok(weir(&["pause", &name, "--server", &url]));
+
+    // The second half arrives while it is paused; then every partition's records up to 3
+    // before its end are deleted: the state's offsets are gone.
+    s.produce(&broker.bootstrap, n / 2..n, Duration::from_millis(5));
+    let group = json(weir(&[
+        "offsets",
+        "--group",
+        &s.group,
+        "--topic",
+        &s.source,
+        "--brokers",
+        &broker.bootstrap,
+        "--members",
+        "false",
+        "--output",
+        "json",
+    ]));
+    let cut: Vec<(i32, i64)> = group["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| {
+            let end = p["log_end"].as_i64().expect("log end");
+            let committed = p["committed"].as_i64().expect("committed");
+            assert!(end - 3 > committed, "{p}");
+            (p["partition"].as_i64().expect("partition") as i32, end - 3)
+        })
+        .collect();
+    let starts = broker.delete_records_before(&s.source, &cut);
+    assert_eq!(starts, cut);
+
+    ok(weir(&["resume", &name, "--server", &url]));
+    let mut status = String::new();
+    wait_for(
+        "the pipeline to fail",
+        Duration::from_secs(60),
+        &mut served,
+        || {
+            status = ok(weir(&["status", &name, "--server", &url]));
+            status.contains("state:           failed")
+        },
+    );
+    assert!(
+        status.contains("is no longer in the log, which holds offsets")
+            && status.contains("(from the state)")
+            && status.contains("on_missing_offsets: earliest")
+            && status.contains("missing offsets: fail (1 times)")
+            && status.contains(", stopped, at "),
+        "{status}"
+    );
+
+    // Redeployed with `earliest`: it goes on from each log start.
+    let yaml = std::fs::read_to_string(&s.pipeline).expect("pipeline");
+    let yaml = yaml.replace(
+        "  event_time: {field: ts}\n",
+        "  event_time: {field: ts}\n  on_missing_offsets: earliest\n",
+    );
+    assert!(yaml.contains("on_missing_offsets: earliest"), "{yaml}");
+    std::fs::write(&s.pipeline, yaml).expect("pipeline");
+    ok(weir(&["deploy", &path, "--server", &url]));
+    wait_for(
+        "the pipeline to go on",
+        Duration::from_secs(120),
+        &mut served,
+        || caught_up(&url, &name),
+    );
+    let status = ok(weir(&["status", &name, "--server", &url]));
+    assert!(status.contains("state:           running"), "{status}");
+    assert!(status.contains("missing offsets: earliest ("), "{status}");
+    for (p, start) in &cut {
+        assert!(
+            status.contains(&format!("[{p}]: offset "))
+                && status.contains(&format!("went on from {start}, at ")),
+            "partition {p}: {status}"
+        );
+    }
+    let offsets = ok(weir(&["offsets", "--pipeline", &name, "--server", &url]));
+    assert!(offsets.contains("missing offsets: earliest ("), "{offsets}");
+    let metrics = http_get(&format!("{url}/metrics"));
+    assert!(
+        metrics.contains(&format!(
+            "weir_missing_offsets_total{{pipeline=\"{name}\",policy=\"earliest\"}} "
+        )),
+        "{metrics}"
+    );
+}

@@ -71,6 +71,7 @@ fn once(a: &OffsetsArgs) -> anyhow::Result<OffsetsReport> {
         state: g.state,
         pipeline: None,
         partitions: g.partitions,
+        missing_offsets: None,
     })
 }
 
@@ -97,6 +98,9 @@ fn show(a: &OffsetsArgs, r: &OffsetsReport) {
         .unwrap_or_default();
     println!("{title}{state}: total lag {total}");
     partition_table(&r.partitions, true);
+    if let Some(m) = &r.missing_offsets {
+        super::status::missing_offsets(m);
+    }
 }
 
 pub fn run(a: OffsetsArgs) -> anyhow::Result<ExitCode> {

@@ -33,6 +33,7 @@ pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
     println!("sinks:           {}", s.sinks.join(", "));
     println!("dead letter:     {}", opt(s.dead_letter.as_ref()));
     println!("delivery:        {}", s.delivery);
+    missing_offsets(&live.missing_offsets);
     println!("member:          {}", opt(live.member_id.as_ref()));
     println!("watermark:       {}", opt_time(live.watermark));
     println!(
@@ -117,4 +118,27 @@ pub fn partition_table(parts: &[PartitionStatus], with_committed: bool) {
         "MEMBER",
     ]);
     print_table(&h, &rows);
+}
+
+/// `source.on_missing_offsets` and the times it applied (`weir status`, `weir offsets`).
+pub fn missing_offsets(m: &crate::monitor::telemetry::MissingOffsetsStatus) {
+    if m.policy.is_empty() {
+        return;
+    }
+    println!("missing offsets: {} ({} times)", m.policy, m.total);
+    for o in &m.last {
+        let then = match o.resumed_at {
+            Some(r) => format!("went on from {r}"),
+            None => "stopped".to_string(),
+        };
+        println!(
+            "                 {} [{}]: offset {} gone (log {}..{}), {then}, at {}",
+            o.topic,
+            o.partition,
+            o.offset,
+            o.log_start,
+            o.log_end,
+            opt_time(Some(o.at))
+        );
+    }
 }

@@ -92,6 +92,21 @@ pub fn render(pipelines: &[(String, LiveStatus)]) -> String {
         }
     }
     o.head(
+        "weir_missing_offsets_total",
+        "counter",
+        "Offsets to resume from that the log no longer held (retention), handled by source.on_missing_offsets (the policy label).",
+    );
+    for (n, s) in pipelines {
+        let m = &s.missing_offsets;
+        if !m.policy.is_empty() {
+            o.sample(
+                "weir_missing_offsets_total",
+                &[("pipeline", n), ("policy", m.policy.as_str())],
+                m.total as f64,
+            );
+        }
+    }
+    o.head(
         "weir_late_events_total",
         "counter",
         "Events that arrived after every window they belong to had closed.",

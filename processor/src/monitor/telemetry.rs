@@ -85,6 +85,9 @@ pub struct LiveStatus {
     /// What restores from the changelog read (`state.changelog`).
     #[serde(default)]
     pub restore: RestoreStatus,
+    /// `source.on_missing_offsets` and each time it applied.
+    #[serde(default)]
+    pub missing_offsets: MissingOffsetsStatus,
     /// A re-keying pipeline's downstream stage (group `<group>-repartition`: windows,
     /// aggregates, sinks); this status is then the upstream stage's, with the downstream's
     /// results and late events added to its counters.
@@ -102,6 +105,33 @@ pub struct RestoreStatus {
     /// Time spent restoring, in all and in the last restore that read anything.
     pub seconds_sum: f64,
     pub seconds_last: f64,
+}
+
+/// `source.on_missing_offsets` (Kafka) and the times an offset to resume from was gone.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MissingOffsetsStatus {
+    /// `fail`, `earliest` or `latest`; empty before the first Kafka session.
+    pub policy: String,
+    /// How many times, since the pipeline started.
+    pub total: u64,
+    /// The last few (at most 20), oldest first.
+    pub last: Vec<MissingOffset>,
+}
+
+/// One offset to resume from that the log no longer held.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MissingOffset {
+    pub topic: String,
+    pub partition: i32,
+    /// The offset to resume from (the state's, or the group's committed one).
+    pub offset: i64,
+    /// The log's first and next offsets then.
+    pub log_start: i64,
+    pub log_end: i64,
+    /// Where the pipeline went on from (none: it stopped, `fail`).
+    pub resumed_at: Option<i64>,
+    /// When, ms since the epoch.
+    pub at: i64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -155,6 +185,10 @@ pub enum Telemetry<'a> {
         event_times: &'a [(u32, i64)],
         max_out_of_orderness_ms: i64,
     },
+    /// The session's `source.on_missing_offsets`.
+    MissingOffsetsPolicy(&'static str),
+    /// An offset to resume from was no longer in the log; the policy applied.
+    OffsetMissing(MissingOffset),
     /// librdkafka's statistics: the log end per partition.
     LogEnd {
         topic: &'a str,
@@ -284,6 +318,31 @@ impl Live {
                 g.status.checkpoint_seconds_sum += took.as_secs_f64();
                 g.status.last_checkpoint = Some(now_ms());
                 g.status.state_bytes = state_bytes;
+            }
+            Telemetry::MissingOffsetsPolicy(policy) => {
+                g.status.missing_offsets.policy = policy.to_string();
+            }
+            Telemetry::OffsetMissing(m) => {
+                let went_on = match m.resumed_at {
+                    Some(o) => format!("going on from offset {o}"),
+                    None => "stopping".to_string(),
+                };
+                tracing::warn!(
+                    pipeline = name,
+                    topic = %m.topic,
+                    partition = m.partition,
+                    offset = m.offset,
+                    log_start = m.log_start,
+                    log_end = m.log_end,
+                    policy = %g.status.missing_offsets.policy,
+                    "the offset to resume from is no longer in the log; {went_on}"
+                );
+                let s = &mut g.status.missing_offsets;
+                s.total += 1;
+                s.last.push(m);
+                if s.last.len() > 20 {
+                    s.last.remove(0);
+                }
             }
             Telemetry::Restored { partitions, took } => {
                 let mut read = false;

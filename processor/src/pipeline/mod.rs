@@ -107,6 +107,10 @@ pub struct SourceDef {
     /// The repartition topic, when there is one.
     #[serde(default)]
     pub repartition: RepartitionDef,
+    /// Kafka: what to do when the offset to resume from (in the state or the group) is no
+    /// longer in the log (deleted by retention): `fail` (default), `earliest`, `latest`.
+    #[serde(default)]
+    pub on_missing_offsets: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

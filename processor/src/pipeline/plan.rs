@@ -69,6 +69,30 @@ pub struct SourcePlan {
     pub idle_timeout_ms: Option<i64>,
     /// `watermark.idle_advance`: read by the Kafka path only.
     pub idle_advance_ms: Option<i64>,
+    /// `on_missing_offsets`: read by the Kafka path only.
+    pub on_missing_offsets: MissingOffsets,
+}
+
+/// What a Kafka source does when the offset it resumes from is no longer in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MissingOffsets {
+    /// Stop with an error naming the partition, the offset and the log start.
+    #[default]
+    Fail,
+    /// Go on from the log start (the records between are lost to the pipeline).
+    Earliest,
+    /// Go on from the log end.
+    Latest,
+}
+
+impl MissingOffsets {
+    pub fn name(self) -> &'static str {
+        match self {
+            MissingOffsets::Fail => "fail",
+            MissingOffsets::Earliest => "earliest",
+            MissingOffsets::Latest => "latest",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

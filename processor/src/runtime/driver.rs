@@ -343,6 +343,16 @@ impl<'p> Driver<'p> {
         self.offsets.get(&(topic.to_string(), partition)).copied()
     }
 
+    /// The source resumes a partition at `offset` instead of the state's (`on_missing_offsets`
+    /// moved it past records the log no longer has, or back to the log end).
+    pub fn start_at(&mut self, topic: &str, partition: i32, offset: i64) {
+        self.offsets.insert((topic.to_string(), partition), offset);
+    }
+
+    pub fn plan(&self) -> &Plan {
+        self.plan
+    }
+
     /// One record of the source: through the engine, its results to the sinks, its dead
     /// letters out; then its position is the state's. `positioned`: see [`Source`].
     pub fn handle(&mut self, rec: &SourceRecord, positioned: bool) -> Result<(), RunError> {

@@ -72,13 +72,27 @@ pub enum RunError {
     Registry(String),
     #[error("{0}")]
     Usage(String),
+    /// `source.on_missing_offsets: fail`: the offset to resume from is no longer in the log.
+    #[error("{topic} partition {partition}: the offset to resume from, {offset} (from {from}), is no longer in the log, which holds offsets {log_start} to {log_end} (retention deleted the records between); nothing was read. Fix: set source.on_missing_offsets: earliest (go on from {log_start}, skipping the deleted records) or latest (from {log_end}), or replay the pipeline from a time still in the log")]
+    OffsetsMissing {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        /// "the state" or "the group's committed offset".
+        from: &'static str,
+        log_start: i64,
+        log_end: i64,
+    },
 }
 
 impl RunError {
     /// Who must act: a user mistake, an outside failure, or a bug in Weir.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            RunError::Source(_) | RunError::Usage(_) | RunError::Fenced { .. } => ErrorKind::User,
+            RunError::Source(_)
+            | RunError::Usage(_)
+            | RunError::Fenced { .. }
+            | RunError::OffsetsMissing { .. } => ErrorKind::User,
             // Static membership: another member took this --instance-id (unless the
             // consumer's own session had just timed out: see `KafkaSource::next`).
             RunError::KafkaFatal {

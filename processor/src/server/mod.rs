@@ -115,6 +115,9 @@ impl Server {
                 .and_then(Yaml::as_str)
                 .map(str::to_string)
         });
+        live.record(crate::monitor::telemetry::Telemetry::MissingOffsetsPolicy(
+            plan.source.on_missing_offsets.name(),
+        ));
         Pipeline {
             name: plan.name.clone(),
             yaml: yaml.to_string(),
@@ -451,6 +454,7 @@ impl Server {
             state: None,
             pipeline: Some(name.to_string()),
             partitions: rows,
+            missing_offsets: Some(live.missing_offsets.clone()),
         })
     }
 

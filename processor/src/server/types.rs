@@ -65,6 +65,9 @@ pub struct OffsetsReport {
     pub state: Option<String>,
     pub pipeline: Option<String>,
     pub partitions: Vec<PartitionStatus>,
+    /// A pipeline's `source.on_missing_offsets` and the times it applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_offsets: Option<crate::monitor::telemetry::MissingOffsetsStatus>,
 }
 
 /// `POST /api/pipelines/{name}/replay`.

@@ -1,7 +1,7 @@
 //! `source`: topics, format, schema, writer schemas and event time.
 
 use super::rules::{duration, field_names};
-use crate::pipeline::plan::{EventTime, SourcePlan, TimeUnit};
+use crate::pipeline::plan::{EventTime, MissingOffsets, SourcePlan, TimeUnit};
 use crate::pipeline::problems::Problems;
 use crate::pipeline::{EventTimeDef, PipelineDef, ValueFormat};
 use crate::schema::codec::check_readable;
@@ -104,6 +104,19 @@ pub(super) fn compile_source(
         &s.watermark.idle_advance,
         true,
     );
+    let on_missing_offsets = match s.on_missing_offsets.as_deref() {
+        None | Some("fail") => MissingOffsets::Fail,
+        Some("earliest") => MissingOffsets::Earliest,
+        Some("latest") => MissingOffsets::Latest,
+        Some(other) => {
+            p.add(
+                "source.on_missing_offsets",
+                format!("`{other}` is not a policy for missing offsets"),
+                "write fail (stop with an error; the default), earliest (go on from the log start) or latest (from the log end)",
+            );
+            MissingOffsets::Fail
+        }
+    };
     let plan = match (&reader, event_time) {
         (Some(r), Some(event_time)) => Some(SourcePlan {
             topics: s.topics.clone(),
@@ -119,6 +132,7 @@ pub(super) fn compile_source(
             max_out_of_orderness_ms: ooo,
             idle_timeout_ms: idle,
             idle_advance_ms: idle_advance,
+            on_missing_offsets,
         }),
         _ => None,
     };

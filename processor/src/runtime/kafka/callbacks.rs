@@ -154,10 +154,21 @@ impl ConsumerContext for Ctx {
                         resumed.push((e.topic().to_string(), e.partition(), o));
                     }
                 }
-                drop(p);
-                for (t, part, o) in &resumed {
-                    let _ = tpl.set_partition_offset(t, *part, Offset::Offset(*o));
+                // Every partition starts explicitly: from its state, the group's offset or
+                // the log start, with `on_missing_offsets` for an offset the log lost.
+                let policy = p.plan().source.on_missing_offsets;
+                match super::missing::place(c, policy, tpl, &resumed, &self.live) {
+                    Ok(moved) => {
+                        for (t, part, o) in moved {
+                            p.start_at(&t, part, o);
+                        }
+                    }
+                    Err(e) => {
+                        self.fail(e);
+                        return;
+                    }
                 }
+                drop(p);
                 let parts: Vec<String> = tpl
                     .elements()
                     .iter()

@@ -19,6 +19,7 @@
 
 mod callbacks;
 pub mod changelog;
+mod missing;
 mod redrive;
 pub mod repartition;
 pub mod transaction;
@@ -37,6 +38,7 @@ use crate::source::SourceRecord;
 use crate::state::checkpoint::Checkpoint;
 use callbacks::{commit, Ctx, Restore};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -193,6 +195,13 @@ impl Source for KafkaSource {
             None => Ok(Polled::Idle),
             Some(Ok(m)) => Ok(Polled::Record(self.current.insert(record_of(&m)))),
             Some(Err(e)) => {
+                if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset) {
+                    // `on_missing_offsets: fail`, and retention overtook the position while
+                    // the pipeline ran (on assignment, `missing::place` names the offsets).
+                    return Err(RunError::Usage(format!(
+                        "{e}: an offset the pipeline was reading is no longer in the log (retention deleted it while the pipeline ran), and source.on_missing_offsets is fail. Fix: set it to earliest or latest, or replay from a time still in the log"
+                    )));
+                }
                 if let Some((code, reason)) = self.consumer.client().fatal_error() {
                     // A static member whose session timed out (a broker outage) rejoins;
                     // a heartbeat still in flight with its old member id is then refused
@@ -299,22 +308,33 @@ fn run_session(
         None
     };
     let driver = Arc::new(Mutex::new(opened));
-    let consumer: BaseConsumer<Ctx> = consumer_config(
+    let policy = plan.source.on_missing_offsets;
+    live.record(Telemetry::MissingOffsetsPolicy(policy.name()));
+    let mut config = consumer_config(
         &opts.conn.brokers(),
         &plan.source.group,
         opts.instance_id.as_deref(),
         &opts.kafka_config,
-    )
-    .create_with_context(Ctx {
-        driver: driver.clone(),
-        live: live.clone(),
-        restore: restore.clone(),
-        failed: Mutex::new(None),
-        eos: group.clone(),
-        session_timeout: Mutex::new(None),
-        last_rebalance: Mutex::new(None),
-    })
-    .map_err(RunError::kafka("cannot create the consumer"))?;
+    );
+    // A user's --kafka-config auto.offset.reset still comes last.
+    if !opts
+        .kafka_config
+        .iter()
+        .any(|(k, _)| k == "auto.offset.reset")
+    {
+        config.set("auto.offset.reset", missing::auto_offset_reset(policy));
+    }
+    let consumer: BaseConsumer<Ctx> = config
+        .create_with_context(Ctx {
+            driver: driver.clone(),
+            live: live.clone(),
+            restore: restore.clone(),
+            failed: Mutex::new(None),
+            eos: group.clone(),
+            session_timeout: Mutex::new(None),
+            last_rebalance: Mutex::new(None),
+        })
+        .map_err(RunError::kafka("cannot create the consumer"))?;
     let topics: Vec<&str> = plan.source.topics.iter().map(|s| s.as_str()).collect();
     consumer
         .subscribe(&topics)
