@@ -657,7 +657,16 @@ fn a_transaction_the_broker_times_out_is_aborted_and_the_session_restarts() {
     };
     let s = Scenario::with_step("txntimeout", 12_000, 1_000, 0x5eed_0033, 5).exactly_once();
     s.create_topics(&broker);
-    let args = s.args_with(&broker, &[("transaction.timeout.ms", "3000")]);
+    let mut args = s.args_with(&broker, &[("transaction.timeout.ms", "3000")]);
+    // Every session stalls at its 5,000th record, so every session must checkpoint before
+    // it to make progress: by count (every 1,000), not only by the 200 ms interval, which a
+    // backlog read at full speed does not reach before record 5,000 (a CI run went round
+    // the same offsets until its deadline).
+    let every = args
+        .iter()
+        .position(|a| a == "--checkpoint-every")
+        .expect("--checkpoint-every");
+    args[every + 1] = "1000".into();
     let mut weir = WeirProcess::start(&args, s.log(), &[("WEIR_TEST_STALL_AT", "5000:15000")]);
     s.produce(
         &broker.bootstrap,

@@ -10,11 +10,10 @@
 //! `latest` from the log end. librdkafka's `auto.offset.reset` is set to the same policy
 //! (`error` for `fail`) for an offset that retention overtakes while the pipeline runs.
 
-use super::callbacks::Ctx;
 use crate::monitor::telemetry::{now_ms, Live, MissingOffset, Telemetry};
 use crate::pipeline::plan::MissingOffsets;
 use crate::runtime::RunError;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 use std::time::Duration;
 
@@ -32,8 +31,8 @@ pub(super) fn auto_offset_reset(p: MissingOffsets) -> &'static str {
 /// Sets each partition of `tpl` to start where it should; `from_state` holds the offsets
 /// the state resumes from. Returns the partitions moved by `earliest` or `latest` (the
 /// driver then resumes them there); fails (`fail`) on the first missing offset.
-pub(super) fn place(
-    c: &BaseConsumer<Ctx>,
+pub(super) fn place<C: ConsumerContext>(
+    c: &BaseConsumer<C>,
     policy: MissingOffsets,
     tpl: &mut TopicPartitionList,
     from_state: &[(String, i32, i64)],
