@@ -324,10 +324,9 @@ pub fn mock_broker() -> Broker {
 }
 
 impl Broker {
-    /// Deletes each partition's records below `offset` (Kafka's DeleteRecords, what
-    /// `kafka-delete-records.sh` and retention do); returns the new log starts.
-    pub fn delete_records_before(&self, topic: &str, offsets: &[(i32, i64)]) -> Vec<(i32, i64)> {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+    /// An admin client of this broker, and a runtime to wait on its futures.
+    fn admin(&self) -> (AdminClient<DefaultClientContext>, tokio::runtime::Runtime) {
+        let admin = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
             .create()
             .expect("admin client");
@@ -335,6 +334,13 @@ impl Broker {
             .enable_all()
             .build()
             .expect("runtime");
+        (admin, rt)
+    }
+
+    /// Deletes each partition's records below `offset` (Kafka's DeleteRecords, what
+    /// `kafka-delete-records.sh` and retention do); returns the new log starts.
+    pub fn delete_records_before(&self, topic: &str, offsets: &[(i32, i64)]) -> Vec<(i32, i64)> {
+        let (admin, rt) = self.admin();
         let mut tpl = rdkafka::TopicPartitionList::new();
         for (p, o) in offsets {
             tpl.add_partition_offset(topic, *p, rdkafka::Offset::Offset(*o))
@@ -366,14 +372,7 @@ impl Broker {
                 .create_topic(name, partitions, 1)
                 .expect("mock create_topic"),
             _ => {
-                let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-                    .set("bootstrap.servers", &self.bootstrap)
-                    .create()
-                    .expect("admin client");
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
+                let (admin, rt) = self.admin();
                 let t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
                 let r = rt
                     .block_on(admin.create_topics([&t], &AdminOptions::new()))
