@@ -173,6 +173,11 @@ impl Scenario {
         partitions: i32,
         spread: bool,
     ) -> Scenario {
+        // The sink needs the database: a missing server fails the test at once, not after
+        // every kill has timed out behind Weir's session retries.
+        if let Err(e) = postgres::Client::connect(&pg, postgres::NoTls) {
+            panic!("PostgreSQL at {pg} is needed (scripts/postgres.sh start): {e}");
+        }
         let suffix = format!("{}-{}", std::process::id(), seed);
         let dir = tempfile::tempdir().expect("tempdir");
         let source = format!("clicks-{name}-{suffix}");

@@ -184,7 +184,8 @@ fn sigkill_in_every_phase(
         let producer = scope.spawn(|| {
             // Traffic is paced by the kills: batch b waits until enough kills happened that
             // every kill has traffic around it (bounded: 60 s per batch at most). Every
-            // 40 batches a 3 s quiet stretch.
+            // 40 batches a 3 s quiet stretch. A wait for the kills is quiet too: nothing is
+            // sent until the next kill, so a quiet kill planned then is not left waiting.
             let p = producer(&bootstrap);
             for (b, batch) in s.batches.iter().enumerate() {
                 let allowed =
@@ -194,8 +195,10 @@ fn sigkill_in_every_phase(
                     if abandoned.load(Ordering::SeqCst) {
                         return;
                     }
+                    quiet.store(true, Ordering::SeqCst);
                     std::thread::sleep(Duration::from_millis(20));
                 }
+                quiet.store(false, Ordering::SeqCst);
                 if abandoned.load(Ordering::SeqCst) {
                     return;
                 }
@@ -271,16 +274,20 @@ fn sigkill_in_every_phase(
                     true
                 }
                 Kill::Quiet => {
+                    // Into a stretch: what arrived before it is processed, nothing new. A
+                    // stretch that ends before the kill is let go, and the next one waited
+                    // for (the wait began late in it).
                     let deadline = Instant::now() + Duration::from_secs(60);
-                    while !quiet.load(Ordering::SeqCst)
-                        && !produced_all.load(Ordering::SeqCst)
-                        && Instant::now() < deadline
-                    {
-                        std::thread::sleep(Duration::from_millis(20));
+                    let is_quiet =
+                        || quiet.load(Ordering::SeqCst) || produced_all.load(Ordering::SeqCst);
+                    let mut hit = false;
+                    while !hit && Instant::now() < deadline {
+                        while !is_quiet() && Instant::now() < deadline {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        std::thread::sleep(Duration::from_millis(300 + rng.below(1_500)));
+                        hit = is_quiet();
                     }
-                    // Into the stretch: what arrived before it is processed, nothing new.
-                    std::thread::sleep(Duration::from_millis(300 + rng.below(1_500)));
-                    let hit = quiet.load(Ordering::SeqCst) || produced_all.load(Ordering::SeqCst);
                     w.sigkill();
                     hit
                 }
