@@ -139,3 +139,43 @@ if fastavro:
     ]
     with open("complex_types/input.avro", "wb") as f:
         fastavro.writer(f, schema, orders, sync_marker=b"weir-golden-sync")
+
+# --- table_many: a running table (window type none) with a ttl, one partition, keys that
+# go quiet and come back, disorder beyond the ttl (late first events). Expected from a
+# model of the definition: each accepted event emits its key's running count and sum (emit:
+# update, no interval); a key is dropped once the watermark (largest ts - OOO) reaches its
+# largest ts + TTL, and a later event starts it from zero; a key's first event whose ts +
+# TTL the watermark has reached is late.
+rnd = random.Random(7)
+TTL, OOO = 20000, 2000
+keys = [f"u{i:02d}" for i in range(40)]
+lines, out, dead = [], [], []
+entries = {}              # key -> [count, total, expires_at]
+wm = None
+clock = 0
+for i in range(3000):
+    clock += rnd.randint(0, 120)
+    # Most keys are active in some stretches only: they expire and come back.
+    first = (clock // 10000) * 3 % 30
+    k = rnd.choice(keys[first : first + 10])
+    ts = clock - rnd.choice([0, 0, 0, rnd.randint(0, 1500), rnd.randint(0, 40000)])
+    n = rnd.randint(-10, 100)
+    lines.append(json.dumps({"user": k, "n": n, "ts": ts}, separators=(",", ":")))
+    line = i + 1
+    if k in entries:
+        e = entries[k]
+        e[0] += 1
+        e[1] += n
+        e[2] = max(e[2], ts + TTL)
+        out.append({"user": k, "events": e[0], "total": e[1]})
+    elif wm is not None and wm >= ts + TTL:
+        dead.append({"line": line, "reason": "late"})
+    else:
+        entries[k] = [1, n, ts + TTL]
+        out.append({"user": k, "events": 1, "total": n})
+    wm = ts - OOO if wm is None else max(wm, ts - OOO)
+    for key in [key for key, e in entries.items() if e[2] <= wm]:
+        del entries[key]
+write("table_many/input.jsonl", lines)
+write("table_many/expected.jsonl", [json.dumps(o, separators=(",", ":")) for o in out])
+write("table_many/expected-dead.jsonl", [json.dumps(d, separators=(",", ":")) for d in dead])

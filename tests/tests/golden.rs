@@ -300,6 +300,8 @@ golden_cases!(
     late_partition,
     stateless,
     rekeyed,
+    table_ttl,
+    table_many,
 );
 
 #[test]

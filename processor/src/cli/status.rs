@@ -43,6 +43,12 @@ pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
         live.checkpoint_seconds_last
     );
     println!("state size:      {} bytes", live.state_bytes);
+    if live.table_keys_expired > 0 {
+        println!(
+            "keys expired:    {} (the table's ttl)",
+            live.table_keys_expired
+        );
+    }
     let r = &live.restore;
     if r.partitions > 0 {
         println!(

@@ -214,7 +214,7 @@ pub fn render(pipelines: &[(String, LiveStatus)]) -> String {
         Some(s.state_bytes as f64)
     });
     type Figure = fn(&LiveStatus) -> f64;
-    let restores: [(&str, &str, Figure); 3] = [
+    let figures: [(&str, &str, Figure); 4] = [
         (
             "weir_changelog_restored_records_total",
             "Changelog records read to restore assigned partitions (state.changelog).",
@@ -230,8 +230,13 @@ pub fn render(pipelines: &[(String, LiveStatus)]) -> String {
             "Time spent restoring partitions from the changelog.",
             |s| s.restore.seconds_sum,
         ),
+        (
+            "weir_table_keys_expired_total",
+            "A table's keys (window type none) dropped by its ttl, untouched that long in event time.",
+            |s| s.table_keys_expired as f64,
+        ),
     ];
-    for (name, help, figure) in restores {
+    for (name, help, figure) in figures {
         o.head(name, "counter", help);
         o.head_only_samples(pipelines, name, |s| Some(figure(s)));
     }

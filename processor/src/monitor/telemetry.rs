@@ -88,6 +88,10 @@ pub struct LiveStatus {
     /// `source.on_missing_offsets` and each time it applied.
     #[serde(default)]
     pub missing_offsets: MissingOffsetsStatus,
+    /// A table's (`window: {type: none}`) keys dropped by its `ttl` since the pipeline
+    /// started.
+    #[serde(default)]
+    pub table_keys_expired: u64,
     /// A re-keying pipeline's downstream stage (group `<group>-repartition`: windows,
     /// aggregates, sinks); this status is then the upstream stage's, with the downstream's
     /// results and late events added to its counters.
@@ -185,6 +189,8 @@ pub enum Telemetry<'a> {
         event_times: &'a [(u32, i64)],
         max_out_of_orderness_ms: i64,
     },
+    /// A table's keys dropped by its `ttl` since the last report.
+    KeysExpired(u64),
     /// The session's `source.on_missing_offsets`.
     MissingOffsetsPolicy(&'static str),
     /// An offset to resume from was no longer in the log; the policy applied.
@@ -369,6 +375,7 @@ impl Live {
                     tracing::debug!(pipeline = name, ?partitions, "changelog checked: current");
                 }
             }
+            Telemetry::KeysExpired(n) => g.status.table_keys_expired += n,
             Telemetry::Progress {
                 counters,
                 watermark,
@@ -448,6 +455,7 @@ impl Live {
             let d = d.snapshot();
             s.counters.results_out += d.counters.results_out;
             s.counters.dead_late += d.counters.dead_late;
+            s.table_keys_expired += d.table_keys_expired;
             s.downstream = Some(Box::new(d));
         }
         s

@@ -35,7 +35,7 @@ pub fn check_event_time(ts: i64) -> Result<i64, String> {
 }
 
 /// Puts the aligned windows (start, end) containing `ts` in `out`, oldest first. None for
-/// sessions, which the state store assigns by merging.
+/// sessions and tables, which the state store assigns per key.
 pub fn assign(a: WindowAssigner, ts: i64, out: &mut Vec<(i64, i64)>) {
     out.clear();
     match a {
@@ -51,7 +51,7 @@ pub fn assign(a: WindowAssigner, ts: i64, out: &mut Vec<(i64, i64)>) {
             }
             out.reverse();
         }
-        WindowAssigner::Session { .. } => {}
+        WindowAssigner::Session { .. } | WindowAssigner::Table { .. } => {}
     }
 }
 

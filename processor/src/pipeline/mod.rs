@@ -239,6 +239,9 @@ pub struct WindowDef {
     pub gap: Option<DurationSpec>,
     #[serde(default)]
     pub grace: Option<DurationSpec>,
+    /// `type: none` only: a key untouched for this long in event time is dropped.
+    #[serde(default)]
+    pub ttl: Option<DurationSpec>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -247,6 +250,8 @@ pub enum WindowKind {
     Tumbling,
     Hopping,
     Session,
+    /// No window: a running aggregate per key (a table), emitted as updates.
+    None,
 }
 
 #[derive(Debug, Clone, Deserialize)]

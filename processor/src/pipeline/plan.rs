@@ -142,9 +142,21 @@ pub struct KeyField {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowAssigner {
-    Tumbling { size: i64 },
-    Hopping { size: i64, advance: i64 },
-    Session { gap: i64 },
+    Tumbling {
+        size: i64,
+    },
+    Hopping {
+        size: i64,
+        advance: i64,
+    },
+    Session {
+        gap: i64,
+    },
+    /// `window: {type: none}`: one running aggregate per key (a table), dropped `ttl`
+    /// after the key's latest event time when there is a ttl.
+    Table {
+        ttl: Option<i64>,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]

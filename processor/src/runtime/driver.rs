@@ -207,6 +207,8 @@ pub struct Driver<'p> {
     since_checkpoint: u64,
     last_checkpoint: Instant,
     checkpoints: u64,
+    /// A table's ttl expiries already reported to the live status.
+    expired_reported: u64,
     /// Records processed in this session.
     pub processed_here: u64,
     kill: Option<u64>,
@@ -309,6 +311,7 @@ impl<'p> Driver<'p> {
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             checkpoints: 0,
+            expired_reported: 0,
             processed_here: 0,
             kill: kill_after(),
             written_at_checkpoint: 0,
@@ -424,7 +427,13 @@ impl<'p> Driver<'p> {
     }
 
     /// The periodic snapshot for the live status.
-    pub fn publish(&self) {
+    pub fn publish(&mut self) {
+        let expired = self.engine.windows.expired;
+        if expired > self.expired_reported {
+            self.live
+                .record(Telemetry::KeysExpired(expired - self.expired_reported));
+            self.expired_reported = expired;
+        }
         let positions = self.positions();
         let event_times: Vec<(u32, i64)> = self.engine.watermarks.partitions().collect();
         self.live.record(Telemetry::Progress {

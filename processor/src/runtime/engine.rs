@@ -419,6 +419,7 @@ impl<'p> Engine<'p> {
         matches!(
             self.plan.window.assigner,
             crate::pipeline::plan::WindowAssigner::Session { .. }
+                | crate::pipeline::plan::WindowAssigner::Table { .. }
         )
     }
 
@@ -430,6 +431,9 @@ impl<'p> Engine<'p> {
         match self.plan.window.assigner {
             crate::pipeline::plan::WindowAssigner::Session { gap } => {
                 w.push((ts, ts.saturating_add(gap)))
+            }
+            crate::pipeline::plan::WindowAssigner::Table { ttl } => {
+                w.push((ts, ts.saturating_add(ttl.unwrap_or(i64::MAX))))
             }
             a => crate::operators::window::assign(a, ts, &mut w),
         }

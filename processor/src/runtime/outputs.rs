@@ -1,13 +1,13 @@
 //! Opening the pipeline's sinks and dead letter, and writing each result to every sink.
 //! Shared by the file replay and the Kafka runtime.
 
-use crate::pipeline::plan::Plan;
+use crate::pipeline::plan::{Plan, WindowAssigner};
 use crate::pipeline::{SinkDef, SinkKind};
 use crate::schema::registry::Registry;
 use crate::sink::discard::DiscardSink;
 use crate::sink::encode::{DeadLetter, Emitted, ResultFormat};
 use crate::sink::file::{FileSink, StdoutSink};
-use crate::sink::kafka::{ensure_topic, KafkaDeadLetter, KafkaSink, SharedProducer};
+use crate::sink::kafka::{ensure_topic_with, KafkaDeadLetter, KafkaSink, SharedProducer};
 use crate::sink::postgres::{PostgresSink, DEFAULT_URL};
 use crate::sink::{Output, Sink, SinkError};
 
@@ -93,18 +93,25 @@ fn open_err(name: &str, e: impl std::fmt::Display) -> SinkError {
     }
 }
 
-/// Creates the topic of a Kafka sink or dead letter when missing; returns its name.
+/// Creates the topic of a Kafka sink or dead letter when missing; returns its name. A
+/// table's results (`compact`) go to a compacted topic: the latest value per key.
 fn create_topic(
     brokers: &str,
     d: &SinkDef,
+    compact: bool,
     extra: &[(String, String)],
 ) -> Result<String, SinkError> {
     let topic = d.topic.clone().unwrap_or_default();
-    ensure_topic(
+    let configs = match compact {
+        true => vec![("cleanup.policy", "compact".to_string())],
+        false => Vec::new(),
+    };
+    ensure_topic_with(
         brokers,
         &topic,
         d.partitions.unwrap_or(1),
         d.replication_factor.unwrap_or(1),
+        &configs,
         extra,
     )?;
     Ok(topic)
@@ -147,7 +154,9 @@ pub fn open_sinks(
                 let brokers = conn.brokers();
                 let topic = d.topic.clone().unwrap_or_default();
                 let id = output_schema_id(plan, &topic, d, registry)?;
-                create_topic(&brokers, d, &conn.kafka_config)?;
+                let table =
+                    matches!(plan.window.assigner, WindowAssigner::Table { .. }) && !plan.stateless;
+                create_topic(&brokers, d, table, &conn.kafka_config)?;
                 AnySink::Kafka(KafkaSink::new(
                     &brokers,
                     &topic,
@@ -239,7 +248,7 @@ impl DeadLetters {
         match def {
             Some(d) if d.kind == SinkKind::Kafka => {
                 let brokers = conn.brokers();
-                let topic = create_topic(&brokers, d, &conn.kafka_config)?;
+                let topic = create_topic(&brokers, d, false, &conn.kafka_config)?;
                 Ok((
                     DeadLetters::Kafka(KafkaDeadLetter::new(
                         &brokers,

@@ -1,6 +1,7 @@
 //! The PostgreSQL sink: results upserted into a table, one transaction per checkpoint.
 //!
-//! Idempotency: the table's primary key is (group key columns, window start), and each
+//! Idempotency: the table's primary key is (group key columns, window start), a table's
+//! (`window: {type: none}`) the group key columns alone, and each
 //! batch is `INSERT ... ON CONFLICT (...) DO UPDATE`, so a result delivered twice leaves
 //! one row with the same values. Within a checkpoint the sink keeps only the latest result
 //! per (key, window) (an `emit: update` pipeline may emit several).
@@ -9,7 +10,7 @@
 //! field must be a column of a compatible type and the primary key must match.
 
 use super::{Output, Sink, SinkError};
-use crate::pipeline::plan::{OutSource, Plan};
+use crate::pipeline::plan::{OutSource, Plan, WindowAssigner};
 use crate::schema::Kind;
 use indexmap::IndexMap;
 use tokio::runtime::Runtime;
@@ -38,6 +39,8 @@ pub struct PostgresSink {
     rt: Runtime,
     client: Client,
     upsert: String,
+    /// A table pipeline: one row per key, whatever the entry's start.
+    table: bool,
     pending: IndexMap<(String, i64), String>,
 }
 
@@ -115,6 +118,9 @@ fn columns(plan: &Plan) -> Result<Vec<Column>, String> {
             in_key: matches!(f.source, OutSource::Key(_) | OutSource::WindowStart),
         });
     }
+    if is_table(plan) {
+        return Ok(cols);
+    }
     if !plan
         .output
         .fields
@@ -124,6 +130,10 @@ fn columns(plan: &Plan) -> Result<Vec<Column>, String> {
         return Err("the postgres sink upserts on (key, window start): add a window_start field (timestamp-millis) to the output schema".into());
     }
     Ok(cols)
+}
+
+fn is_table(plan: &Plan) -> bool {
+    matches!(plan.window.assigner, WindowAssigner::Table { .. }) && !plan.stateless
 }
 
 impl PostgresSink {
@@ -176,6 +186,7 @@ impl PostgresSink {
             rt,
             client,
             upsert,
+            table: is_table(plan),
             pending: IndexMap::new(),
         })
     }
@@ -296,10 +307,9 @@ impl Sink for PostgresSink {
     }
 
     fn write(&mut self, out: &Output<'_>) -> Result<(), SinkError> {
-        self.pending.insert(
-            (out.key.to_string(), out.window_start),
-            out.json.to_string(),
-        );
+        let start = if self.table { 0 } else { out.window_start };
+        self.pending
+            .insert((out.key.to_string(), start), out.json.to_string());
         Ok(())
     }
 

@@ -5,6 +5,9 @@
 //! evicts them (they are clean then). A slot that evicted ("spilled") answers misses from
 //! RocksDB and, when it closes, merges its RocksDB entries with the cached ones.
 //! Sessions of a key are kept in memory (they are few per key) and checkpointed per key.
+//! A table (`window: {type: none}`) is a session per key that every event of the key
+//! joins, whatever its time, and that closes (the key is dropped) `ttl` after the key's
+//! latest event time; without a ttl only the end of a bounded input closes it.
 //! Results are emitted in a deterministic order: by close time, window, then group key.
 
 mod checkpoint;
@@ -84,6 +87,8 @@ pub struct WindowState {
     pub replay: Option<ReplayFilter>,
     /// Entries evicted from the cache so far (they live on in RocksDB).
     pub evicted: u64,
+    /// A table's keys dropped by its `ttl` so far (not counting the end of an input).
+    pub expired: u64,
 }
 
 fn decode_acc(v: &[u8]) -> Result<WindowAcc, StateError> {
@@ -112,6 +117,7 @@ impl WindowState {
             last_slot_len: 0,
             replay: None,
             evicted: 0,
+            expired: 0,
         }
     }
 
@@ -196,7 +202,12 @@ impl WindowState {
         watermark: i64,
     ) -> Result<Added, StateError> {
         let replay = self.replay;
-        if let WindowAssigner::Session { gap } = self.assigner {
+        let keyed = match self.assigner {
+            WindowAssigner::Session { gap } => Some((gap, false)),
+            WindowAssigner::Table { ttl } => Some((ttl.unwrap_or(i64::MAX), true)),
+            _ => None,
+        };
+        if let Some((gap, table)) = keyed {
             let mut watermark = watermark;
             if let Some(r) = replay {
                 if r.replayed && !(ts >= r.floor && ts < r.ceil) {
@@ -206,7 +217,9 @@ impl WindowState {
                     watermark = watermark.max(r.old_watermark);
                 }
             }
-            return Ok(self.add_session(plan, partition, key, row, ts, offset, watermark, gap));
+            return Ok(
+                self.add_session(plan, partition, key, row, ts, offset, watermark, gap, table)
+            );
         }
         let mut any = false;
         let mut windows = std::mem::take(&mut self.assign_buf);
@@ -283,6 +296,7 @@ impl WindowState {
         offset: i64,
         watermark: i64,
         gap: i64,
+        table: bool,
     ) -> Added {
         let grace = self.grace;
         let k = (partition, key.to_vec());
@@ -292,14 +306,17 @@ impl WindowState {
         let mut keep = Vec::with_capacity(list.len());
         let mut absorbed = Vec::new();
         for s in list.drain(..) {
-            if s.start <= end && start <= s.end {
+            // A table's key has one entry, whatever the event's time.
+            if table || (s.start <= end && start <= s.end) {
                 absorbed.push(s);
             } else {
                 keep.push(s);
             }
         }
         for s in &absorbed {
-            start = start.min(s.start);
+            // A table entry keeps its first event's time as its start: the incarnation
+            // its event ids name (a key dropped by the ttl and seen again starts later).
+            start = if table { s.start } else { start.min(s.start) };
             end = end.max(s.end);
         }
         if absorbed.is_empty() && watermark >= end.saturating_add(grace) {
@@ -404,6 +421,9 @@ impl WindowState {
             if list.is_empty() {
                 self.sessions.remove(&k);
                 self.pending_sessions.remove(&k);
+            }
+            if matches!(self.assigner, WindowAssigner::Table { .. }) && watermark < i64::MAX {
+                self.expired += 1;
             }
             self.dirty_sessions.insert(k);
             if final_mode || s.acc.changed {

@@ -82,6 +82,7 @@ pub fn compile(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems) -
     let mut key: Option<(KeyPlan, Vec<KeyField>)> = None;
     let mut window: Option<WindowPlan> = None;
     let mut aggregate: Option<(Vec<AggPlan>, EmitPlan)> = None;
+    let mut aggregate_path = String::new();
     let mut stage = Stage::Rows;
 
     for (i, step) in def.steps.iter().enumerate() {
@@ -134,7 +135,22 @@ pub fn compile(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems) -
         }
         if let Some(a) = &step.aggregate {
             aggregate = compile_aggregate(p, &format!("{path}.aggregate"), a, &row, schema_known);
+            aggregate_path = format!("{path}.aggregate");
         }
+    }
+    let table = matches!(
+        window,
+        Some(WindowPlan {
+            assigner: crate::pipeline::plan::WindowAssigner::Table { .. },
+            ..
+        })
+    );
+    if table && matches!(aggregate, Some((_, EmitPlan::Final))) {
+        p.add(
+            &format!("{aggregate_path}.emit"),
+            "a table (window type none) never closes, so it has no final result",
+            "set emit: update (with an interval to rate-limit the updates per key, e.g. interval: 10s)",
+        );
     }
     // Row steps only (and perhaps a `key_by`): a stateless pipeline, one result per event.
     // A window or aggregate step out of place means the steps were meant to aggregate.
@@ -163,7 +179,7 @@ pub fn compile(def: &PipelineDef, resolver: &SchemaResolver, p: &mut Problems) -
         }
     };
     let output = match (&output_schema, &key, &aggregate) {
-        (Some(s), Some((_, kf)), Some((aggs, _))) => check_output(p, s, kf, aggs),
+        (Some(s), Some((_, kf)), Some((aggs, _))) => check_output(p, s, kf, aggs, table),
         (Some(s), key, None) if stateless && schema_known => {
             let kf = key.as_ref().map_or(&[][..], |k| k.1.as_slice());
             check_row_output(p, s, &row, kf)

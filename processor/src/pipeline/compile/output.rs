@@ -12,11 +12,23 @@ pub(super) fn check_output(
     schema: &Schema,
     keys: &[KeyField],
     aggs: &[AggPlan],
+    table: bool,
 ) -> Option<OutputPlan> {
-    // What the steps produce, in order.
+    // What the steps produce, in order. A table has no window bounds.
     let mut produced: Vec<(String, OutSource, FieldType)> = Vec::new();
     for (i, k) in keys.iter().enumerate() {
         produced.push((k.name.clone(), OutSource::Key(i), k.ty.clone()));
+    }
+    if table {
+        for (i, a) in aggs.iter().enumerate() {
+            produced.push((a.name.clone(), OutSource::Agg(i), a.out.clone()));
+        }
+        let fields = match_fields(p, schema, &produced, &TABLE)?;
+        return Some(OutputPlan {
+            schema: schema.clone(),
+            key_fields: keys.to_vec(),
+            fields,
+        });
     }
     produced.push((
         "window_start".into(),
@@ -74,6 +86,13 @@ struct Feed {
 const STEPS: Feed = Feed {
     has: "the steps produce",
     unfed: "no step produces it",
+    feed: "produce it",
+    or_drop: "",
+};
+
+const TABLE: Feed = Feed {
+    has: "the steps produce",
+    unfed: "no step produces it (a table, window type none, has no window_start or window_end)",
     feed: "produce it",
     or_drop: "",
 };

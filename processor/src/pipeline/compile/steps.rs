@@ -87,13 +87,23 @@ pub(super) fn compile_window(p: &mut Problems, path: &str, w: &WindowDef) -> Opt
         };
     let forbid = |p: &mut Problems, name: &str, d: &Option<DurationSpec>| {
         if d.is_some() {
+            let what = match w.kind {
+                WindowKind::None => "a table (window type none)".to_string(),
+                k => format!("a {k:?} window").to_lowercase(),
+            };
             p.add(
                 &format!("{path}.{name}"),
-                format!("a {:?} window has no `{name}`", w.kind).to_lowercase(),
-                format!("remove {name}"),
+                format!("{what} has no `{name}`"),
+                match name {
+                    "ttl" => "remove ttl: it bounds a table's keys (window type none); a window's state ends when it closes".to_string(),
+                    _ => format!("remove {name}"),
+                },
             );
         }
     };
+    if w.kind != WindowKind::None {
+        forbid(p, "ttl", &w.ttl);
+    }
     let assigner = match w.kind {
         WindowKind::Tumbling => {
             forbid(p, "advance", &w.advance);
@@ -143,6 +153,21 @@ pub(super) fn compile_window(p: &mut Problems, path: &str, w: &WindowDef) -> Opt
             WindowAssigner::Session {
                 gap: need(p, "gap", &w.gap, "5m")?,
             }
+        }
+        WindowKind::None => {
+            forbid(p, "size", &w.size);
+            forbid(p, "advance", &w.advance);
+            forbid(p, "gap", &w.gap);
+            if w.grace.is_some() {
+                p.add(
+                    &format!("{path}.grace"),
+                    "a table (window type none) has no grace: it never closes",
+                    "remove grace; set ttl to drop keys untouched that long",
+                );
+            }
+            // A bad ttl is reported; the other checks still run on the table.
+            let ttl = duration(p, &format!("{path}.ttl"), &w.ttl, true);
+            WindowAssigner::Table { ttl }
         }
     };
     Some(WindowPlan { assigner, grace })

@@ -1,6 +1,6 @@
 //! The changelog topic (`state.changelog: true`): `<group>-changelog`, one partition per
 //! source partition, `cleanup.policy=compact,delete` with a retention longer than a window
-//! can stay open. The record format is [`crate::state::changelog`]'s.
+//! can stay open (a table's: `compact` alone, kept for ever). The record format is [`crate::state::changelog`]'s.
 //!
 //! **Writing.** Each checkpoint's changes go in one Kafka transaction (step 2 of the
 //! [driver](super::super::driver)'s protocol). The `transactional.id` is stable per
@@ -60,18 +60,29 @@ pub fn ensure(plan: &Plan, brokers: &str, extra: &[(String, String)]) -> Result<
         }
     }
     let lifetime = match plan.window.assigner {
-        WindowAssigner::Tumbling { size } | WindowAssigner::Hopping { size, .. } => size,
-        WindowAssigner::Session { gap } => gap,
+        WindowAssigner::Tumbling { size } | WindowAssigner::Hopping { size, .. } => Some(size),
+        WindowAssigner::Session { gap } => Some(gap),
+        // A table's key lives as long as it is touched (in event time): only compaction
+        // (and the tombstone its ttl writes) may remove it.
+        WindowAssigner::Table { .. } => None,
     };
-    let retention = lifetime
-        .saturating_add(plan.window.grace)
-        .saturating_add(plan.source.max_out_of_orderness_ms)
-        .saturating_add(86_400_000);
     let name = topic(&plan.source.group);
-    let configs = [
-        ("cleanup.policy", "compact,delete".to_string()),
-        ("retention.ms", retention.to_string()),
-    ];
+    let configs = match lifetime {
+        Some(lifetime) => {
+            let retention = lifetime
+                .saturating_add(plan.window.grace)
+                .saturating_add(plan.source.max_out_of_orderness_ms)
+                .saturating_add(86_400_000);
+            vec![
+                ("cleanup.policy", "compact,delete".to_string()),
+                ("retention.ms", retention.to_string()),
+            ]
+        }
+        None => vec![
+            ("cleanup.policy", "compact".to_string()),
+            ("retention.ms", "-1".to_string()),
+        ],
+    };
     ensure_topic_with(brokers, &name, partitions, -1, &configs, extra)?;
     Ok(())
 }

@@ -150,7 +150,7 @@ pub fn redrive(plan: Plan, opts: &KafkaOptions) -> Result<RedriveReport, RunErro
         }
         kafka_client::close(source.consumer, Duration::from_secs(30), &group);
     }
-    let d = lock(&driver);
+    let mut d = lock(&driver);
     report.results_out = d.engine.counters.results_out - results_before;
     report.failed_again = d.engine.counters.dead_total() - dead_before;
     d.publish();
