@@ -366,6 +366,22 @@ impl Broker {
             .collect()
     }
 
+    /// A topic's configuration value (`cleanup.policy`...), as the broker describes it.
+    pub fn topic_config(&self, topic: &str, name: &str) -> Option<String> {
+        let (admin, rt) = self.admin();
+        let r = rt
+            .block_on(admin.describe_configs(
+                [&rdkafka::admin::ResourceSpecifier::Topic(topic)],
+                &AdminOptions::new(),
+            ))
+            .expect("describe_configs");
+        r.into_iter()
+            .filter_map(|c| c.ok())
+            .flat_map(|c| c.entries)
+            .find(|e| e.name == name)
+            .and_then(|e| e.value)
+    }
+
     pub fn create_topic(&self, name: &str, partitions: i32) {
         match &self.inner {
             Inner::Mock(c) => c

@@ -109,8 +109,12 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     // The summary is read from the same telemetry that feeds `/metrics` under `weir serve`.
     let status = live.snapshot();
     eprintln!(
-        "weir: {}: {}; dead letters in {}{}",
-        plan.name, status.counters, s.dead_letter_path, resumed
+        "weir: {}: {}{}; dead letters in {}{}",
+        plan.name,
+        status.counters,
+        expired(status.table_keys_expired),
+        s.dead_letter_path,
+        resumed
     );
     tracing::info!(watermark = %fmt_ms(s.watermark), checkpoints = status.checkpoints, "run finished");
     Ok(ExitCode::SUCCESS)
@@ -194,8 +198,18 @@ fn run_against_kafka(
     let s = run_kafka(plan, &opts, stop)
         .with_context(|| format!("running {} against Kafka", a.pipeline.display()))?;
     eprintln!(
-        "weir: {name}: stopped; {}; dead letters in {}",
-        s.counters, s.dead_letter_path
+        "weir: {name}: stopped; {}{}; dead letters in {}",
+        s.counters,
+        expired(s.expired),
+        s.dead_letter_path
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The summary's note of a table's ttl drops, when there were any.
+fn expired(n: u64) -> String {
+    match n {
+        0 => String::new(),
+        n => format!(", {n} table keys expired (ttl)"),
+    }
 }

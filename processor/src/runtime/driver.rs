@@ -461,6 +461,7 @@ impl<'p> Driver<'p> {
             checkpoints: self.checkpoints,
             state_writes: self.store.writes,
             evicted: self.engine.windows.evicted,
+            expired: self.engine.windows.expired,
             active: self.first_record.zip(self.last_record).map(|(a, b)| b - a),
             latencies_ns: self.latencies.take().unwrap_or_default(),
             checkpoint_times: std::mem::take(&mut self.checkpoint_times),

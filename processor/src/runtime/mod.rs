@@ -167,6 +167,8 @@ pub struct Summary {
     pub state_writes: u64,
     /// Window entries evicted from the write cache to RocksDB (read back on a miss).
     pub evicted: u64,
+    /// A table's keys dropped by its ttl.
+    pub expired: u64,
     /// Kafka runs: from the first record processed to the last.
     pub active: Option<std::time::Duration>,
     /// With `sample_latency`: the time to process every 16th record, ns.

@@ -520,9 +520,12 @@ impl WindowState {
         let EmitPlan::Update { interval_ms } = self.emit else {
             return Ok(());
         };
+        // Paced by the pipeline watermark: none yet (a partition has shown no event), no
+        // update round; otherwise every event would send one.
         if interval_ms > 0
-            && self.last_update_wm != i64::MIN
-            && watermark < self.last_update_wm.saturating_add(interval_ms)
+            && (watermark == i64::MIN
+                || (self.last_update_wm != i64::MIN
+                    && watermark < self.last_update_wm.saturating_add(interval_ms)))
         {
             return Ok(());
         }

@@ -224,5 +224,6 @@ pub(super) fn run_rekeyed(
     s.checkpoints += b.checkpoints;
     s.state_writes += b.state_writes;
     s.evicted += b.evicted;
+    s.expired += b.expired;
     Ok(s)
 }
