@@ -44,6 +44,9 @@ const TOTALS: &str = r#"{"type":"record","name":"Totals","fields":[
   {"name":"events","type":"long"},
   {"name":"total","type":"long"}]}"#;
 
+/// (events, total) of one user.
+type Totals = (i64, i64);
+
 const USERS: u64 = 40;
 const EVENTS: u64 = 4_000;
 const T0: i64 = 1_767_225_600_000;
@@ -162,7 +165,7 @@ sinks:
     );
     let schema = Schema::parse_str(TOTALS).unwrap();
     // The records of each key in order: one partition per key, so offsets order them.
-    let mut per_key: BTreeMap<String, Vec<(i32, (i64, i64))>> = BTreeMap::new();
+    let mut per_key: BTreeMap<String, Vec<(i32, Totals)>> = BTreeMap::new();
     let mut ids = std::collections::HashSet::new();
     let all = read_all(&broker.bootstrap, &out, &[]);
     for r in &all {
