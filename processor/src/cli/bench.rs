@@ -1,6 +1,7 @@
 //! `weir bench`: the offline path under load, with a built-in Nexmark-style generator.
 //! decode (Confluent wire Avro) -> key_by bidder -> tumbling 10 s count/sum/max ->
-//! checkpoint to RocksDB -> encode results as Avro. Prints events/s, p99 per-event
+//! checkpoint to RocksDB -> encode results as Avro; with `--stateless`: decode -> filter ->
+//! map -> key_by -> encode each bid. Prints events/s, p99 per-event
 //! processing time, RocksDB writes per event and peak RSS.
 
 mod kafka;
@@ -45,6 +46,11 @@ pub struct BenchArgs {
     /// The pipeline to run.
     #[arg(long, default_value = "pipelines/nexmark-bids.yaml")]
     pipeline: PathBuf,
+    /// Run the stateless pipeline `pipelines/nexmark-bids-clean.yaml` (validate, filter,
+    /// map, key: one result per bid, no window state) instead of --pipeline. With --kafka its
+    /// results are encoded and written to /dev/null.
+    #[arg(long)]
+    stateless: bool,
     /// Benchmark the Kafka path on this broker instead: pre-produce --events bids to a new
     /// topic of --partitions partitions, read it with a raw rdkafka consumer, then run the
     /// pipeline on it, and print both rates, their ratio, p99 per-event latency and peak RSS.
@@ -144,7 +150,10 @@ fn current_rss_mib() -> f64 {
     kb / 1024.0
 }
 
-pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
+pub fn run(mut a: BenchArgs) -> anyhow::Result<ExitCode> {
+    if a.stateless {
+        a.pipeline = PathBuf::from("pipelines/nexmark-bids-clean.yaml");
+    }
     if let Some(brokers) = a.kafka.clone() {
         return kafka::bench_kafka(&a, &brokers);
     }
@@ -223,10 +232,18 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         .copied()
         .unwrap_or_default();
     let secs = busy.as_secs_f64();
-    println!(
-        "weir bench: {} events, {} distinct keys, {} events per 10 s window, cache {} entries",
-        events, keys, per_window, plan.state.cache_entries
-    );
+    match plan.stateless {
+        true => println!(
+            "weir bench: {} events, {} distinct keys, stateless ({})",
+            events,
+            keys,
+            a.pipeline.display()
+        ),
+        false => println!(
+            "weir bench: {} events, {} distinct keys, {} events per 10 s window, cache {} entries",
+            events, keys, per_window, plan.state.cache_entries
+        ),
+    }
     println!(
         "  throughput      {:.0} events/s ({:.1} MB/s of Avro in) on one thread",
         events as f64 / secs,

@@ -31,7 +31,17 @@ impl FileSink {
             .open(path)
             .map_err(open_err)?;
         let len = resume_at.unwrap_or(0);
-        let actual = f.metadata().map_err(open_err)?.len();
+        let meta = f.metadata().map_err(open_err)?;
+        // A device or a pipe (`--output /dev/null`) is written as it is: it has no length to
+        // cut back to.
+        if !meta.is_file() {
+            return Ok(FileSink {
+                path: path.to_string(),
+                out: BufWriter::with_capacity(1 << 16, f),
+                len,
+            });
+        }
+        let actual = meta.len();
         if actual < len {
             return Err(SinkError::Truncated {
                 path: path.to_string(),
