@@ -47,8 +47,8 @@ pub struct BenchArgs {
     #[arg(long, default_value = "pipelines/nexmark-bids.yaml")]
     pipeline: PathBuf,
     /// Run the stateless pipeline `pipelines/nexmark-bids-clean.yaml` (validate, filter,
-    /// map, key: one result per bid, no window state) instead of --pipeline. With --kafka its
-    /// results are encoded and written to /dev/null.
+    /// map, key: one result per bid, no window state) instead of --pipeline. Its results are
+    /// encoded to Avro and dropped.
     #[arg(long)]
     stateless: bool,
     /// Benchmark the Kafka path on this broker instead: pre-produce --events bids to a new

@@ -187,6 +187,7 @@ fn run_against_kafka(
         stop_after: None,
         live: None,
         sample_latency: false,
+        discard: false,
     };
     eprintln!(
         "weir: {name}: consuming {:?} from {} as group {}; state in {}; Ctrl-C to stop",

@@ -40,6 +40,7 @@ pub fn options(cfg: &ServerConfig, layout: &Layout, plan: &Plan, live: Arc<Live>
         stop_after: None,
         live: Some(live),
         sample_latency: false,
+        discard: false,
     }
 }
 

@@ -9,6 +9,8 @@ pub struct FileSink {
     path: String,
     out: BufWriter<File>,
     len: u64,
+    /// A regular file (synced at each checkpoint); else a device or a pipe.
+    regular: bool,
 }
 
 impl FileSink {
@@ -39,6 +41,7 @@ impl FileSink {
                 path: path.to_string(),
                 out: BufWriter::with_capacity(1 << 16, f),
                 len,
+                regular: false,
             });
         }
         let actual = meta.len();
@@ -55,6 +58,7 @@ impl FileSink {
             path: path.to_string(),
             out: BufWriter::with_capacity(1 << 16, f),
             len,
+            regular: true,
         })
     }
 
@@ -90,13 +94,15 @@ impl Sink for FileSink {
             source,
         };
         self.out.flush().map_err(werr)?;
-        self.out
-            .get_ref()
-            .sync_data()
-            .map_err(|source| SinkError::Write {
-                name: self.path.clone(),
-                source,
-            })?;
+        if self.regular {
+            self.out
+                .get_ref()
+                .sync_data()
+                .map_err(|source| SinkError::Write {
+                    name: self.path.clone(),
+                    source,
+                })?;
+        }
         Ok(Some(self.len))
     }
 }

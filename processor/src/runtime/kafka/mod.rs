@@ -64,6 +64,8 @@ pub struct KafkaOptions {
     pub live: Option<Arc<Live>>,
     /// Time every 16th record and every checkpoint (the benchmark).
     pub sample_latency: bool,
+    /// Encode the results (Avro) and drop them instead of the sinks (the benchmark).
+    pub discard: bool,
 }
 
 /// Runs the pipeline against Kafka until `stop` is set (SIGTERM/SIGINT), restarting from the
@@ -277,7 +279,8 @@ fn run_session(
     let shared = txn.as_ref().map(|t| t.producer().clone());
     let clock = txn.as_ref().map(|t| t.clock());
     let group: Option<SharedGroup> = eos.then(SharedGroup::default);
-    let mut opened = open_driver(plan, opts, live, hop.is_some(), shared.clone())?;
+    let discard = hop.is_some() || opts.discard;
+    let mut opened = open_driver(plan, opts, live, discard, shared.clone())?;
     if let Some((partitions, upstream)) = hop {
         opened.route_to(Box::new(repartition::KafkaRouter::open(
             plan,

@@ -182,6 +182,7 @@ pub(super) fn run_rekeyed(
         stop_after: if downstream { None } else { opts.stop_after },
         live,
         sample_latency: opts.sample_latency,
+        discard: downstream && opts.discard,
     };
     for d in ["upstream", "downstream"] {
         std::fs::create_dir_all(opts.state_dir.join(d)).map_err(|source| RunError::Io {
