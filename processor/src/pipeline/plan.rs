@@ -207,6 +207,12 @@ pub enum OutSource {
 }
 
 impl Plan {
+    /// A running table (`window: {type: none}`): one entry per key, results keyed by the
+    /// group key alone.
+    pub fn is_table(&self) -> bool {
+        matches!(self.window.assigner, WindowAssigner::Table { .. }) && !self.stateless
+    }
+
     /// The stage a re-keying pipeline runs upstream: this plan, marked so.
     pub fn upstream(mut self) -> Plan {
         self.stage = Stage::Upstream;

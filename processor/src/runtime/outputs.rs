@@ -1,7 +1,7 @@
 //! Opening the pipeline's sinks and dead letter, and writing each result to every sink.
 //! Shared by the file replay and the Kafka runtime.
 
-use crate::pipeline::plan::{Plan, WindowAssigner};
+use crate::pipeline::plan::Plan;
 use crate::pipeline::{SinkDef, SinkKind};
 use crate::schema::registry::Registry;
 use crate::sink::discard::DiscardSink;
@@ -154,9 +154,7 @@ pub fn open_sinks(
                 let brokers = conn.brokers();
                 let topic = d.topic.clone().unwrap_or_default();
                 let id = output_schema_id(plan, &topic, d, registry)?;
-                let table =
-                    matches!(plan.window.assigner, WindowAssigner::Table { .. }) && !plan.stateless;
-                create_topic(&brokers, d, table, &conn.kafka_config)?;
+                create_topic(&brokers, d, plan.is_table(), &conn.kafka_config)?;
                 AnySink::Kafka(KafkaSink::new(
                     &brokers,
                     &topic,

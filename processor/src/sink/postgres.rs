@@ -10,7 +10,7 @@
 //! field must be a column of a compatible type and the primary key must match.
 
 use super::{Output, Sink, SinkError};
-use crate::pipeline::plan::{OutSource, Plan, WindowAssigner};
+use crate::pipeline::plan::{OutSource, Plan};
 use crate::schema::Kind;
 use indexmap::IndexMap;
 use tokio::runtime::Runtime;
@@ -118,7 +118,7 @@ fn columns(plan: &Plan) -> Result<Vec<Column>, String> {
             in_key: matches!(f.source, OutSource::Key(_) | OutSource::WindowStart),
         });
     }
-    if is_table(plan) {
+    if plan.is_table() {
         return Ok(cols);
     }
     if !plan
@@ -130,10 +130,6 @@ fn columns(plan: &Plan) -> Result<Vec<Column>, String> {
         return Err("the postgres sink upserts on (key, window start): add a window_start field (timestamp-millis) to the output schema".into());
     }
     Ok(cols)
-}
-
-fn is_table(plan: &Plan) -> bool {
-    matches!(plan.window.assigner, WindowAssigner::Table { .. }) && !plan.stateless
 }
 
 impl PostgresSink {
@@ -186,7 +182,7 @@ impl PostgresSink {
             rt,
             client,
             upsert,
-            table: is_table(plan),
+            table: plan.is_table(),
             pending: IndexMap::new(),
         })
     }
